@@ -1,0 +1,32 @@
+# The two commands the README names: `make test` and `make reproduce`.
+# Each creates the virtual environment first when it is missing or out of date.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: test reproduce env benchmark clean-data
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+# Until the DVC pipeline lands: generate the embedded corpus into data/ and summarise it.
+reproduce: $(STAMP)
+	$(PY) -m common.data.synthetic
+
+benchmark: $(STAMP)
+	$(PY) scripts/benchmark_corpus.py
+
+clean-data:
+	rm -rf data/affwild2

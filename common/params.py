@@ -1,0 +1,84 @@
+"""params.yaml: one file, three profiles.
+
+The base sections of params.yaml are the `default` profile. `profiles.<name>` holds only the
+keys a profile changes; `load_params` lays them over the base. Every key a profile or a
+command-line override names must already exist in the base with a value of the same kind, so
+a typo stops the run with the key's full path instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "default", "paper")
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the file, the key and the fix."""
+
+
+def _same_kind(base: Any, new: Any) -> bool:
+    number = (int, float)
+    if isinstance(base, bool) or isinstance(new, bool):
+        return isinstance(base, bool) and isinstance(new, bool)
+    if isinstance(base, number) and isinstance(new, number):
+        return True
+    if base is None or new is None:
+        return True
+    return isinstance(new, type(base))
+
+
+def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dict:
+    """Return `base` with `override` laid over it; unknown keys or changed kinds raise."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in base:
+            known = ", ".join(sorted(map(str, base))) or "(none)"
+            raise ParamsError(
+                f"{where}: unknown key '{full}'. Known keys here: {known}. "
+                "Fix the spelling or add the key to the base section first."
+            )
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ParamsError(f"{where}: '{full}' must be a mapping, got {value!r}.")
+            merged[key] = merge_checked(base[key], value, where, full)
+        elif not _same_kind(base[key], value):
+            raise ParamsError(
+                f"{where}: '{full}' = {value!r} has the wrong type; the base value is "
+                f"{base[key]!r} ({type(base[key]).__name__})."
+            )
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(path: str | Path = "params.yaml", profile: str | None = None,
+                overrides: dict | None = None) -> dict:
+    """Read params.yaml and return the merged parameters of one profile.
+
+    `profile` defaults to the file's own `profile` key. `overrides` (same nesting) are applied
+    last, with the same checks, e.g. from a notebook's papermill parameters.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found. Run from the project root, or pass the path.")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections.")
+    profiles = raw.pop("profiles", {}) or {}
+    chosen = profile or raw.get("profile", "default")
+    if chosen not in PROFILES:
+        raise ParamsError(f"{path}: profile '{chosen}' is not one of {', '.join(PROFILES)}.")
+    for name in profiles:
+        if name not in PROFILES:
+            raise ParamsError(f"{path}: profiles.{name} is not one of {', '.join(PROFILES)}.")
+    params = merge_checked(raw, profiles.get(chosen) or {}, f"{path} (profiles.{chosen})")
+    if overrides:
+        params = merge_checked(params, overrides, f"{path} (overrides)")
+    params["profile"] = chosen
+    return params
