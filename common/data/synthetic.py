@@ -304,9 +304,15 @@ def render_faces(s: Subject, au: np.ndarray, pose: dict, size: int, rng) -> np.n
     img[:] = s.background * (0.85 + 0.15 * Y[..., None])
 
     def paint(alpha, colour):
-        nonlocal img
-        a = alpha[..., None]
-        img = img * (1 - a) + np.asarray(colour, np.float32) * a
+        # Alpha-blend in place, only over the rows the layer touches: most layers (brows, eyes,
+        # wrinkles) cover a thin band, and blending whole frames dominated the run time.
+        alpha = np.broadcast_to(alpha, img.shape[:3])
+        rows = np.flatnonzero(alpha.any(axis=(0, 2)))
+        if rows.size == 0:
+            return
+        band = slice(rows[0], rows[-1] + 1)
+        region = img[:, band]
+        region += alpha[:, band, :, None] * (np.asarray(colour, np.float32) - region)
 
     face_w = s.face_w * (1 - 0.15 * np.abs(yaw))
     face = _ramp(1 - (u / face_w) ** 2 - ((v - 0.03 * A["AU26"]) / s.face_h) ** 2, edge * 2)
@@ -449,18 +455,26 @@ def synth_voice(rng, s: Subject, arousal: np.ndarray, valence: np.ndarray, speak
     return (voiced * envelope * loud).astype(np.float32)
 
 
-def mix_audio(rng, voices: list[np.ndarray], speaking: np.ndarray, cfg: CorpusConfig,
-              n_samples: int, channels: int) -> np.ndarray:
-    """Voices + an unrelated second talker + background noise at the configured SNR."""
-    target = np.sum(voices, 0)
+def mix_audio(rng, voice: np.ndarray, second_voice: np.ndarray | None, speaking: np.ndarray,
+              cfg: CorpusConfig, channels: int) -> np.ndarray:
+    """The subject's voice + an unrelated second talker + background noise at the configured SNR.
+
+    The SNR is set against the voice's level while it speaks, so silent stretches are pure noise.
+    A second channel, when asked for, hears the same scene at another gain and noise draw.
+    """
+    n_samples = len(voice)
     active = _upsample(speaking.astype(np.float32), n_samples) > 0.5
-    ref = float(np.sqrt(np.mean(target[active] ** 2))) if active.any() else 0.05
+    ref = float(np.sqrt(np.mean(voice[active] ** 2))) if active.any() else 0.05
     out = []
     for ch in range(channels):
         noise = lfilter([1], [1, -0.9], rng.standard_normal(n_samples)).astype(np.float32)
         noise *= ref / 10 ** (cfg.snr_db / 20) / (noise.std() + 1e-9)
-        out.append(target * (1.0 if ch == 0 else 0.85) + noise)
-    return np.stack(out, 1)
+        scene = voice * (1.0 if ch == 0 else 0.85) + noise
+        if second_voice is not None:
+            scene = scene + second_voice
+        out.append(scene)
+    audio = np.stack(out, 1)
+    return audio * (0.9 / (np.abs(audio).max() + 1e-9))
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,7 +569,6 @@ def generate_video(cfg: CorpusConfig, plan: VideoPlan, subjects: dict, out: Path
         for task in tasks:
             path = out / "annotations" / TASK_DIRS[task] / SPLIT_DIRS[plan.split] / f"{name}.txt"
             path.write_text(format_task_file(task, labels))
-        second = speaking.copy() if len(plan.names) == 1 else None
         np.savez_compressed(
             out / "metadata" / "latent" / f"{name}.npz", valence=truth["va"][:, 0], arousal=truth["va"][:, 1],
             expression=truth["expression"].astype(np.int8), au=(truth["au"] > 0.5).astype(np.int8),
@@ -563,32 +576,29 @@ def generate_video(cfg: CorpusConfig, plan: VideoPlan, subjects: dict, out: Path
         rows.append({"video": name, "subject": sid, "split": plan.split, "fps": cfg.fps, "n_frames": n,
                      "width": cfg.image_size, "height": cfg.image_size, "audio": f"{plan.base}.wav",
                      "tasks": "+".join(tasks), "face_frames": int(has_face.sum()),
-                     "labels": labels, "has_face": has_face, "_second": second})
+                     "labels": labels, "has_face": has_face, "speech": speaking})
 
-    # One audio track per video; single-person videos get an unrelated second talker.
+    # One audio track per video; single-person videos get an unrelated second talker (in
+    # two-person videos the other person already is one).
+    second = None
     if len(plan.names) == 1:
         other = make_subject(rng, "other")
         other_arousal = np.tanh(smooth_process(rng, n, cfg.va_timescale_s, cfg.fps))
         other_talks = markov_runs(rng, n, cfg.second_voice_fraction, 2.0 * cfg.fps)
-        voices.append(10 ** (cfg.second_voice_db / 20) * synth_voice(
-            rng, other, other_arousal, np.zeros(n, np.float32), other_talks, cfg.audio_rate, n_samples))
-        rows[0]["_second"] = other_talks
-    audio = mix_audio(rng, voices[:len(plan.names)], any_speech, cfg, n_samples, cfg.audio_channels)
-    if len(plan.names) == 1:
-        audio += voices[-1][:, None]
-    audio *= 0.9 / (np.abs(audio).max() + 1e-9)
+        second = 10 ** (cfg.second_voice_db / 20) * synth_voice(
+            rng, other, other_arousal, np.zeros(n, np.float32), other_talks, cfg.audio_rate, n_samples)
+        rows[0]["other_voice"] = other_talks
+    audio = mix_audio(rng, np.sum(voices, 0), second, any_speech, cfg, cfg.audio_channels)
     sf.write(out / "videos" / f"{plan.base}.wav", audio, cfg.audio_rate, subtype="PCM_16")
     # Audio-event labels per video frame, for audio-network pre-training (issue: pipeline).
+    # In a two-person video the "other voice" of one face track is the other person's speech.
     for k, row in enumerate(rows):
-        speech = np.load(out / "metadata" / "latent" / f"{row['video']}.npz")["speech"]
-        other = rows[1 - k]["_second"] if len(rows) == 2 else row["_second"]
-        if len(rows) == 2:
-            other = np.load(out / "metadata" / "latent" / f"{rows[1 - k]['video']}.npz")["speech"]
+        other = rows[1 - k]["speech"] if len(rows) == 2 else row.pop("other_voice")
         lines = ["frame,speech,other_voice"] + [f"{t + 1},{int(a)},{int(b)}" for t, (a, b) in
-                                                 enumerate(zip(speech, other))]
+                                                 enumerate(zip(row["speech"], other))]
         (out / "metadata" / "audio_events" / f"{row['video']}.csv").write_text("\n".join(lines) + "\n")
     for row in rows:
-        row.pop("_second")
+        del row["speech"]
     return {"rows": rows}
 
 
@@ -766,16 +776,14 @@ def _write_tables(out: Path, rows: list, stills: dict, subjects: dict, plans: li
                         f"{s.va_offset[1]:.3f}"])
     headers = {"affectnet": ("image", "expression", "valence", "arousal"),
                "expw": ("image", "expression"), "afew_va": ("image", "valence", "arousal")}
+    column = {"image": 0, "expression": 1, "valence": 2, "arousal": 3}   # generate_stills' tuples
     for name, items in stills.items():
-        keep = [headers[name].index(h) for h in headers[name]]
-        full = {"image": 0, "expression": 1, "valence": 2, "arousal": 3}
         with open(out / "side" / name / "labels.csv", "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(headers[name])
             for item in sorted(items):
-                w.writerow([item[full[h]] if h in ("image", "expression") else f"{item[full[h]]:.3f}"
+                w.writerow([item[column[h]] if h in ("image", "expression") else f"{item[column[h]]:.3f}"
                             for h in headers[name]])
-        del keep
 
 
 def summarise(rows: list, stills: dict, mtl_counts: dict, seconds: float, root: Path) -> dict:
@@ -787,8 +795,6 @@ def summarise(rows: list, stills: dict, mtl_counts: dict, seconds: float, root: 
                             "frames": sum(r["n_frames"] for r in sel), "mtl_rows": mtl_counts[split]}
     labelled = {}
     for task in TASK_DIRS:
-        key = {"VA": "va", "EXPR": "expr", "AU": "au"}[task]
-        del key
         labelled[task] = {split: int(sum(r["labels"]["valid"][task].sum() for r in rows
                                          if r["split"] == split and task in r["tasks"].split("+")))
                           for split in SPLIT_DIRS}
