@@ -244,3 +244,28 @@ def test_unknown_profile_key_names_its_path(tmp_path):
         load_params(p, "smoke")
     with pytest.raises(ParamsError, match="wrong type"):
         load_params(ROOT / "params.yaml", "smoke", overrides={"corpus": {"subjects": "many"}})
+
+
+def test_side_sets_read_back_with_their_labels(corpus):
+    from common.data.still_images import StillSetError, read_still_set
+    root, _ = corpus
+    affectnet = read_still_set(root, "affectnet")
+    assert len(affectnet) == 60 and affectnet.va.shape == (60, 2) and affectnet.expression.shape == (60,)
+    assert set(np.unique(affectnet.expression)) <= set(range(7))
+    assert read_still_set(root, "expw").va is None and read_still_set(root, "afew_va").expression is None
+    # Expressions in the side set follow VA there too: happy images are more positive than sad ones.
+    happy, sad = EXPR_NAMES.index("Happiness"), EXPR_NAMES.index("Sadness")
+    if (affectnet.expression == happy).any() and (affectnet.expression == sad).any():
+        assert affectnet.va[affectnet.expression == happy, 0].mean() > affectnet.va[affectnet.expression == sad, 0].mean()
+    with pytest.raises(StillSetError, match="no_such_set|unknown side set"):
+        read_still_set(root, "no_such_set")
+
+
+def test_side_set_bad_row_names_file_and_line(tmp_path):
+    from common.data.still_images import StillSetError, read_still_set
+    folder = tmp_path / "side" / "expw"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "images" / "a.jpg")
+    (folder / "labels.csv").write_text("image,expression\na.jpg,3\na.jpg,9\n")
+    with pytest.raises(StillSetError, match=r"labels\.csv:3: expression 9"):
+        read_still_set(tmp_path, "expw")
