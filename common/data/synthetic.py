@@ -45,14 +45,8 @@ import soundfile as sf
 from PIL import Image
 from scipy.signal import lfilter
 
+from common.data.affwild2 import AU_NAMES, EXPR_NAMES, MTL_DIR, MTL_FILES, SPLIT_DIRS, TASK_DIRS
 from common.params import ParamsError, load_params
-
-EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-TASK_DIRS = {"VA": "VA_Estimation_Challenge", "EXPR": "EXPR_Classification_Challenge",
-             "AU": "AU_Detection_Challenge"}
-SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set", "test": "Test_Set"}
-MTL_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
 
 # Where each expression sits in the valence-arousal plane (Russell's circumplex, roughly as
 # AffectNet's per-class VA means) and how common it is a priori (Neutral dominates real video).
@@ -698,7 +692,7 @@ def write_mtl(cfg: CorpusConfig, rows: list, out: Path) -> dict:
             lines[row["split"]].append(f"{row['video']}/{t + 1:05d}.jpg,{va},{ex},{au}")
     header = "image,valence,arousal,expression," + ",".join(AU_NAMES)
     for split, body in lines.items():
-        (out / "annotations" / "MTL_Challenge" / MTL_FILES[split]).write_text(header + "\n" + "\n".join(body) + "\n")
+        (out / "annotations" / MTL_DIR / MTL_FILES[split]).write_text(header + "\n" + "\n".join(body) + "\n")
     return {split: len(body) for split, body in lines.items()}
 
 
@@ -711,7 +705,7 @@ def generate(cfg: CorpusConfig, out: str | Path, progress: bool = True) -> dict:
     started = time.time()
     try:
         for sub in ["cropped_aligned", "videos", "metadata/latent", "metadata/audio_events",
-                    "annotations/MTL_Challenge"] + [f"side/{s}/images" for s in cfg.side_sets] + \
+                    f"annotations/{MTL_DIR}"] + [f"side/{s}/images" for s in cfg.side_sets] + \
                    [f"annotations/{t}/{s}" for t in TASK_DIRS.values() for s in SPLIT_DIRS.values()]:
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         subjects, plans = plan_corpus(cfg)

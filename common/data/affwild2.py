@@ -1,0 +1,655 @@
+"""Reader for the official ABAW (Aff-Wild2) release layout.
+
+One reader serves the real corpus and the embedded synthetic one (common/data/synthetic.py
+writes exactly this layout):
+
+    <root>/cropped_aligned/<video>/00001.jpg ...      1-based frame numbers; no file = no face found
+    <root>/annotations/<task folder>/<split folder>/<video>.txt
+    <root>/annotations/MTL_Challenge/{train,validation,test}.txt
+    <root>/videos/<base>.wav | .mp4 | .avi            base = video name without _left / _right
+    <root>/metadata/videos.csv                        optional (only the generated corpus has it)
+
+Some real releases put the task folders directly under <root> (no `annotations/`); both work.
+
+Label files: line 1 is a header, line i + 1 belongs to frame i. Unannotated frames carry a
+marker: VA -5, EXPR -1, AU -1. The readers return (values, valid_mask) pairs in which masked
+entries always hold the marker, so a consumer can rely on the mask alone.
+
+Every problem raises AffWild2Error with the file, the 1-based line where there is one, and
+what to do about it: the real corpus has ~3 M label rows, and "could not convert string to
+float" without a location is useless there.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+TASKS = ("VA", "EXPR", "AU")
+TASK_DIRS = {"VA": "VA_Estimation_Challenge", "EXPR": "EXPR_Classification_Challenge",
+             "AU": "AU_Detection_Challenge"}
+SPLITS = ("train", "validation", "test")
+SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set", "test": "Test_Set"}
+MTL_DIR = "MTL_Challenge"
+MTL_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
+
+VA_NAMES = ("valence", "arousal")
+EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+HEADERS = {"VA": VA_NAMES, "EXPR": EXPR_NAMES, "AU": AU_NAMES}
+
+# The "no annotation" markers of the official files.
+VA_INVALID = -5.0
+EXPR_INVALID = -1
+AU_INVALID = -1.0
+
+AUDIO_SOURCE_EXTS = (".mp4", ".avi")
+DEFAULT_AUDIO_CACHE = "audio_wav"       # under <root> when audio_path() gets no cache_dir
+
+_FRAME_FILE = re.compile(r"^(\d{5,})\.jpg$")
+_MTL_IMAGE = re.compile(r"^([^/\\]+)/(\d{5,})\.jpg$")
+# <id>-<fps>-<W>x<H>, e.g. 12-24-1920x1080 or 118-30-640x480_left.
+_FPS_IN_NAME = re.compile(r"^[^-]+-(\d+(?:\.\d+)?)-\d+x\d+$")
+_TWO_PERSON_SUFFIX = re.compile(r"_(left|right)$")
+
+_FIX_CHECK_ROOT = "check data.root in params.yaml (it must point at the Aff-Wild2 folder)"
+
+
+class AffWild2Error(ValueError):
+    """An Aff-Wild2 layout or label problem; the message names the file, the line and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Per-task label files
+# --------------------------------------------------------------------------------------------
+
+def read_va_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(values (N, 2) float32, valid (N,) bool); a -5 in either column marks the row unannotated."""
+    table = _read_label_table(Path(path), "VA")
+    valid = ~(table == VA_INVALID).any(axis=1)
+    values = table.astype(np.float32)
+    values[~valid] = VA_INVALID
+    return values, valid
+
+
+def read_expr_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(classes (N,) int64 in 0..7, valid (N,) bool); -1 marks an unannotated frame."""
+    table = _read_label_table(Path(path), "EXPR")
+    values = table[:, 0].astype(np.int64)
+    return values, values != EXPR_INVALID
+
+
+def read_au_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N, 12) float32 of 0/1, valid (N, 12) bool); -1 masks one AU (normally a whole row)."""
+    values = _read_label_table(Path(path), "AU").astype(np.float32)
+    return values, values != AU_INVALID
+
+
+TASK_READERS = {"VA": read_va_labels, "EXPR": read_expr_labels, "AU": read_au_labels}
+
+
+def _rows_ok(task: str, table: np.ndarray) -> np.ndarray:
+    """Per row: every value finite and either in the task's range or its invalid marker."""
+    finite = np.isfinite(table)
+    with np.errstate(invalid="ignore"):
+        if task == "VA":
+            good = ((table >= -1) & (table <= 1)) | (table == VA_INVALID)
+        elif task == "EXPR":
+            good = (table == np.round(table)) & (((table >= 0) & (table <= len(EXPR_NAMES) - 1))
+                                                 | (table == EXPR_INVALID))
+        else:
+            good = (table == 0) | (table == 1) | (table == AU_INVALID)
+    return (finite & good).all(axis=1)
+
+
+def _explain_value(task: str, column: str, value: float) -> str:
+    """Why one parsed value is not acceptable (called only for values _rows_ok rejected)."""
+    if not np.isfinite(value):
+        return f"{column} is {value}; labels must be finite numbers"
+    if task == "VA":
+        return f"{column} = {value:g} is outside [-1, 1] and is not the unannotated marker -5"
+    if task == "EXPR":
+        return f"expression = {value:g} is not a class index 0..7 nor the unannotated marker -1"
+    return f"{column} = {value:g} is not 0, 1 or the unannotated marker -1"
+
+
+def _fix_hint(task: str) -> str:
+    if task == "VA":
+        return ("each row must be 'valence,arousal' with values in [-1, 1], or -5,-5 for an "
+                "unannotated frame")
+    if task == "EXPR":
+        return "each row must be one class index 0..7 (Neutral..Other), or -1 for an unannotated frame"
+    return ("each row must be 12 comma-separated 0/1 values (AU1..AU26), or -1 for unannotated; "
+            "re-export this file or fix the line")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        # utf-8-sig: files saved by spreadsheet tools start with a byte-order mark.
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise AffWild2Error(f"{path}: file not found; {_FIX_CHECK_ROOT}") from None
+    except UnicodeDecodeError as e:
+        raise AffWild2Error(f"{path}: not a UTF-8 text file ({e}); re-download or re-export it") from None
+
+
+def _split_header(path: Path, text: str, expected_desc: str) -> tuple[str, str]:
+    """(header line, body text with trailing blank lines removed); an empty file raises."""
+    if not text.strip():
+        raise AffWild2Error(f"{path}:1: the file is empty; expected the header {expected_desc} "
+                            f"and then one row per video frame. Re-download or regenerate it.")
+    header, _, body = text.partition("\n")
+    # Trailing blank lines are harmless; blank lines in the middle would shift every later
+    # frame, so only the end is trimmed (the row parser rejects the others).
+    return header.rstrip("\r"), body.rstrip("\r\n\t ")
+
+
+def _check_header(path: Path, header: str, expected: tuple, skip_first: bool = False) -> None:
+    names = [h.strip().lower() for h in header.split(",")]
+    want = [e.lower() for e in expected]
+    got = names[1:] if skip_first else names      # the MTL image column may be named anything
+    if got != want:
+        first = "<image>," if skip_first else ""
+        raise AffWild2Error(
+            f"{path}:1: header is {header!r}, expected {first + ','.join(expected)!r}. Line 1 must be "
+            f"this header (the first label row belongs to frame 00001.jpg on line 2); if the file "
+            f"has no header or belongs to another task, put it in the right task folder.")
+
+
+def _read_label_table(path: Path, task: str) -> np.ndarray:
+    """The body of a per-task label file as a float64 (N, columns) table, fully validated."""
+    expected = HEADERS[task]
+    n_cols = 1 if task == "EXPR" else len(expected)
+    text = _read_text(path)
+    header, body = _split_header(path, text, repr(",".join(expected)))
+    _check_header(path, header, expected)
+    if not body:
+        raise AffWild2Error(f"{path}:2: no label rows after the header; {_fix_hint(task)}")
+    table = _parse_numeric_fast(body, n_cols)
+    if table is not None:
+        ok = _rows_ok(task, table)
+        if ok.all():
+            return table
+        # Every line parsed, so the first rejected row is the first problem: explain just it.
+        first_bad = int(np.argmin(ok))
+        line = body.split("\n", first_bad + 1)[first_bad]
+        _parse_row(path, first_bad + 2, line.rstrip("\r"), n_cols, _column_names(task), task)
+    # Slow path: walk the lines to name the first bad one. It returns a table only if pandas
+    # rejected something plain Python accepts (e.g. odd whitespace).
+    return _parse_lines_slow(path, body, n_cols, task, first_line=2)
+
+
+def _parse_numeric_fast(body: str, n_cols: int) -> np.ndarray | None:
+    """pandas' C parser on the whole body; None if anything is off (the slow path then explains)."""
+    try:
+        frame = pd.read_csv(io.StringIO(body), header=None, dtype=np.float64, engine="c",
+                            skip_blank_lines=False, index_col=False, quoting=csv.QUOTE_NONE)
+    except Exception:   # noqa: BLE001 - any parser complaint means "find the line by hand"
+        return None
+    table = frame.to_numpy(dtype=np.float64)
+    # A row count that differs from the line count means pandas skipped or merged something.
+    if table.shape != (body.count("\n") + 1, n_cols):
+        return None
+    return table
+
+
+def _column_names(task: str) -> tuple:
+    return ("expression",) if task == "EXPR" else HEADERS[task]
+
+
+def _parse_lines_slow(path: Path, body: str, n_cols: int, task: str, first_line: int) -> np.ndarray:
+    names = _column_names(task)
+    rows = []
+    for line_no, line in enumerate(body.split("\n"), start=first_line):
+        rows.append(_parse_row(path, line_no, line.rstrip("\r"), n_cols, names, task))
+    return np.array(rows, dtype=np.float64).reshape(-1, n_cols)
+
+
+def _parse_row(path: Path, line_no: int, line: str, n_cols: int, names: tuple, task: str) -> list:
+    where = f"{path}:{line_no}"
+    if not line.strip():
+        raise AffWild2Error(f"{where}: empty line inside the labels (it would shift every later "
+                            f"frame by one); remove it or write the unannotated marker. {_fix_hint(task)}")
+    fields = line.split(",")
+    if len(fields) != n_cols:
+        raise AffWild2Error(f"{where}: {len(fields)} field(s) in {line!r}, expected {n_cols} "
+                            f"({','.join(names)}); {_fix_hint(task)}")
+    values = []
+    for name, text in zip(names, fields):
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise AffWild2Error(f"{where}: {name} = {text.strip()!r} is not a number; "
+                                f"{_fix_hint(task)}") from None
+    row = np.array([values], dtype=np.float64)
+    if not _rows_ok(task, row)[0]:
+        bad = next(i for i in range(n_cols) if not _rows_ok(task, row[:, i:i + 1])[0])
+        raise AffWild2Error(f"{where}: {_explain_value(task, names[bad], row[0, bad])}; {_fix_hint(task)}")
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Frames, names, metadata
+# --------------------------------------------------------------------------------------------
+
+def frame_images(root: str | Path, video: str) -> dict[int, str]:
+    """{1-based frame index: path} of the face JPEGs of one video, in frame order.
+
+    Files not named like 00001.jpg are ignored (thumbnails, .DS_Store and the like).
+    """
+    folder = Path(root) / "cropped_aligned" / video
+    if not folder.is_dir():
+        raise AffWild2Error(f"{folder}: no such face-image folder for video {video!r}; {_FIX_CHECK_ROOT}")
+    found = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = _FRAME_FILE.match(entry.name)
+            if match:
+                found[int(match.group(1))] = entry.path
+    if 0 in found:
+        # A 0-based folder would silently pair every label with the wrong frame.
+        raise AffWild2Error(f"{found[0]}: frame numbers in cropped_aligned are 1-based (00001.jpg is "
+                            f"the first frame, matching label line 2); renumber this folder from 00001")
+    return dict(sorted(found.items()))
+
+
+def audio_base(video: str) -> str:
+    """The audio/video file name of a face track: `_left` / `_right` tracks share one file."""
+    return _TWO_PERSON_SUFFIX.sub("", video)
+
+
+def parse_fps(video: str, default: float | None = None) -> float | None:
+    """The frame rate written in names like `12-24-1920x1080` (24.0); `default` otherwise."""
+    match = _FPS_IN_NAME.match(audio_base(video))
+    if match:
+        fps = float(match.group(1))
+        if fps > 0:
+            return fps
+    return default
+
+
+_INFO_INT_COLUMNS = ("n_frames", "width", "height", "face_frames")
+_INFO_FLOAT_COLUMNS = ("fps",)
+
+
+def read_video_info(root: str | Path) -> dict[str, dict]:
+    """video -> row of metadata/videos.csv (numbers converted), or {} when the file is absent."""
+    path = Path(root) / "metadata" / "videos.csv"
+    if not path.is_file():
+        return {}
+    info = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "video" not in reader.fieldnames:
+            raise AffWild2Error(f"{path}:1: header {reader.fieldnames} has no 'video' column; expected "
+                                f"video,subject,split,fps,n_frames,width,height. Regenerate the corpus "
+                                f"or delete the file (it is optional).")
+        for line_no, row in enumerate(reader, start=2):
+            if None in row or None in row.values():
+                raise AffWild2Error(f"{path}:{line_no}: {len(reader.fieldnames)} fields expected; "
+                                    f"fix the line or regenerate the corpus")
+            video = row["video"].strip()
+            if not video:
+                raise AffWild2Error(f"{path}:{line_no}: empty video name; fix the line")
+            if video in info:
+                raise AffWild2Error(f"{path}:{line_no}: video {video!r} listed twice; keep one row")
+            for columns, kind in ((_INFO_INT_COLUMNS, int), (_INFO_FLOAT_COLUMNS, float)):
+                for column in columns:
+                    if column not in row:
+                        continue
+                    text = (row[column] or "").strip()
+                    try:
+                        row[column] = kind(text) if text else None
+                    except ValueError:
+                        raise AffWild2Error(f"{path}:{line_no}: {column} = {text!r} is not "
+                                            f"{'an integer' if kind is int else 'a number'}; "
+                                            f"fix the line or regenerate the corpus") from None
+            info[video] = row
+    return info
+
+
+def subject_of(video: str, info: dict | None = None) -> str:
+    """Subject id from metadata when known, else the video name itself.
+
+    On the real corpus the only identity information is the video name, and the `_left` and
+    `_right` tracks of a two-person video are different people, so they stay distinct.
+    """
+    row = (info or {}).get(video) or {}
+    subject = (row.get("subject") or "").strip()
+    return subject or video
+
+
+def find_annotation_dir(root: str | Path) -> Path:
+    """`root/annotations` if it holds task folders, else `root` if it does (some releases)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AffWild2Error(f"{root}: the Aff-Wild2 root folder does not exist; {_FIX_CHECK_ROOT}")
+    task_folders = list(TASK_DIRS.values()) + [MTL_DIR]
+    for candidate in (root / "annotations", root):
+        if any((candidate / name).is_dir() for name in task_folders):
+            return candidate
+    # Neither has them: name the standard place in the errors that follow.
+    return root / "annotations"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise AffWild2Error(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# One split, merged across tasks
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoAnnotations:
+    """Every per-frame label of one face track, aligned with its frames (index t = frame t + 1).
+
+    Tasks the video is not annotated for have all-False masks and marker values.
+    """
+    video: str
+    split: str
+    subject: str
+    fps: float | None              # None when neither metadata nor the name gives it
+    n_frames: int
+    image_paths: list              # str, or None where no face was found
+    va: np.ndarray                 # (n_frames, 2) float32
+    va_mask: np.ndarray            # (n_frames,) bool
+    expr: np.ndarray               # (n_frames,) int64
+    expr_mask: np.ndarray          # (n_frames,) bool
+    au: np.ndarray                 # (n_frames, 12) float32
+    au_mask: np.ndarray            # (n_frames, 12) bool
+    tasks: tuple                   # annotated tasks, in TASKS order
+    audio_path: Path | None        # videos/<base>.wav if it exists; else use audio_path()
+    label_files: dict = field(default_factory=dict)   # task -> Path of its label file
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    @property
+    def has_image(self) -> np.ndarray:
+        return np.array([p is not None for p in self.image_paths], dtype=bool)
+
+
+def _empty_labels(n: int) -> dict:
+    return {"va": np.full((n, 2), VA_INVALID, np.float32), "va_mask": np.zeros(n, bool),
+            "expr": np.full(n, EXPR_INVALID, np.int64), "expr_mask": np.zeros(n, bool),
+            "au": np.full((n, len(AU_NAMES)), AU_INVALID, np.float32),
+            "au_mask": np.zeros((n, len(AU_NAMES)), bool)}
+
+
+def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[VideoAnnotations]:
+    """Every annotated video of one split, labels of all requested tasks merged, sorted by name."""
+    _check_split(split)
+    root = Path(root)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise AffWild2Error(f"unknown task {unknown[0]!r}; use some of {', '.join(TASKS)}")
+    ann_dir = find_annotation_dir(root)
+    info = read_video_info(root)
+
+    # video -> task -> (path, values, mask)
+    labels: dict[str, dict] = {}
+    for task in TASKS:
+        if task not in tasks:
+            continue
+        folder = ann_dir / TASK_DIRS[task] / SPLIT_DIRS[split]
+        if not folder.is_dir():
+            hidden = " (the real corpus does not release test labels)" if split == "test" else ""
+            raise AffWild2Error(f"{folder}: split folder not found{hidden}; {_FIX_CHECK_ROOT}, "
+                                f"or leave {task} out of the requested tasks")
+        for path in sorted(folder.glob("*.txt")):
+            video = path.stem
+            if not (root / "cropped_aligned" / video).is_dir():
+                raise AffWild2Error(
+                    f"{path}: unknown video {video!r}: there is no face folder "
+                    f"{root / 'cropped_aligned' / video}; the label file name must equal the "
+                    f"cropped_aligned folder name (check the name, or that data.root is the right corpus)")
+            values, mask = TASK_READERS[task](path)
+            labels.setdefault(video, {})[task] = (path, values, mask)
+
+    videos, missing_faces, total_frames = [], 0, 0
+    for video in sorted(labels):
+        by_task = labels[video]
+        n_rows = _agree_on_rows(video, by_task)
+        some_file = next(iter(by_task.values()))[0]
+        row = info.get(video)
+        n_frames = n_rows
+        if row is not None and row.get("n_frames") is not None and row["n_frames"] != n_rows:
+            raise AffWild2Error(
+                f"{some_file}: {n_rows} label rows, but metadata/videos.csv says video {video!r} has "
+                f"{row['n_frames']} frames; the file must have exactly one row per frame (regenerate "
+                f"the corpus or fix the file)")
+        images = frame_images(root, video)
+        if images:
+            last = next(reversed(images))
+            if last > n_rows:
+                raise AffWild2Error(
+                    f"{some_file}: {n_rows} label rows but face images go up to frame {last:05d}.jpg; "
+                    f"labels and frames are mis-aligned (line i + 1 labels frame i). Check that this "
+                    f"label file belongs to this video and has every row.")
+        image_paths = [images.get(t + 1) for t in range(n_frames)]
+        missing = sum(p is None for p in image_paths)
+        missing_faces += missing
+        total_frames += n_frames
+
+        merged = _empty_labels(n_frames)
+        for task, (_, values, mask) in by_task.items():
+            key = task.lower()
+            merged[key], merged[key + "_mask"] = values, mask
+        fps = row.get("fps") if row else None
+        wav = root / "videos" / f"{audio_base(video)}.wav"
+        videos.append(VideoAnnotations(
+            video=video, split=split, subject=subject_of(video, info),
+            fps=fps if fps else parse_fps(video), n_frames=n_frames, image_paths=image_paths,
+            tasks=tuple(t for t in TASKS if t in by_task),
+            audio_path=wav if wav.is_file() else None,
+            label_files={t: p for t, (p, _, _) in by_task.items()}, **merged))
+
+    share = 100.0 * missing_faces / total_frames if total_frames else 0.0
+    # Frames without a face are normal on the real corpus; a large share hints at a wrong root.
+    log.info("Aff-Wild2 %s (%s): %d videos, %d frames, %d without a face image (%.1f%%)",
+             split, "+".join(tasks), len(videos), total_frames, missing_faces, share)
+    no_fps = [v.video for v in videos if v.fps is None]
+    if no_fps:
+        log.warning("Aff-Wild2 %s: frame rate unknown for %d videos (e.g. %s): not in metadata nor "
+                    "in the name; fps is None for them", split, len(no_fps), no_fps[0])
+    return videos
+
+
+def _agree_on_rows(video: str, by_task: dict) -> int:
+    counts = {task: len(values) for task, (_, values, _) in by_task.items()}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{by_task[t][0]} has {n}" for t, n in counts.items())
+        raise AffWild2Error(f"video {video!r}: its label files disagree on the number of frames "
+                            f"({detail} rows); every task's file must have one row per frame. "
+                            f"Re-download the annotations.")
+    return next(iter(counts.values()))
+
+
+# --------------------------------------------------------------------------------------------
+# ABAW3 MTL (static) files
+# --------------------------------------------------------------------------------------------
+
+_MTL_COLUMNS = VA_NAMES + ("expression",) + AU_NAMES
+
+
+def read_mtl(root: str | Path, split: str, allow_missing_images: bool = False) -> dict[str, np.ndarray]:
+    """The ABAW3 MTL file of one split as aligned arrays, one entry per row.
+
+    Keys: video, frame (1-based), image_path, has_image, va, va_mask, expr, expr_mask, au, au_mask.
+    A row whose image is missing raises unless `allow_missing_images` (has_image tells which).
+    """
+    _check_split(split)
+    root = Path(root)
+    path = find_annotation_dir(root) / MTL_DIR / MTL_FILES[split]
+    if not path.is_file():
+        hidden = " (the real corpus does not release test labels)" if split == "test" else ""
+        raise AffWild2Error(f"{path}: MTL file not found{hidden}; {_FIX_CHECK_ROOT}")
+    text = _read_text(path)
+    header, body = _split_header(path, text, "'image,valence,arousal,expression,AU1,...,AU26'")
+    _check_header(path, header, _MTL_COLUMNS, skip_first=True)
+    if not body:
+        raise AffWild2Error(f"{path}:2: no rows after the header; each row is "
+                            f"'video/00001.jpg,valence,arousal,expression,AU1,...,AU26'")
+    lines = body.split("\n")
+    images, table = _parse_mtl_fast(body, len(lines))
+    ok = _mtl_rows_ok(images, table) if images is not None else None
+    if ok is not None and not ok.all():
+        first_bad = int(np.argmin(ok))          # every line parsed: explain the first rejected one
+        _parse_mtl_slow(path, lines[first_bad:first_bad + 1], first_line=first_bad + 2)
+    if ok is None or not ok.all():
+        images, table = _parse_mtl_slow(path, lines)
+
+    parts = [_MTL_IMAGE.match(name).groups() for name in images]
+    videos = np.array([video for video, _ in parts], dtype=str)
+    frames = np.array([int(number) for _, number in parts], dtype=np.int64)
+    _check_mtl_duplicates(path, images)
+    image_paths = np.array([str(root / "cropped_aligned" / name) for name in images], dtype=str)
+    has_image = _mtl_images_exist(root, path, videos, frames, allow_missing_images)
+
+    va = table[:, 0:2].astype(np.float32)
+    va_mask = ~(va == VA_INVALID).any(axis=1)
+    va[~va_mask] = VA_INVALID
+    expr = table[:, 2].astype(np.int64)
+    au = table[:, 3:].astype(np.float32)
+    return {"video": videos, "frame": frames, "image_path": image_paths, "has_image": has_image,
+            "va": va, "va_mask": va_mask, "expr": expr, "expr_mask": expr != EXPR_INVALID,
+            "au": au, "au_mask": au != AU_INVALID}
+
+
+def _mtl_rows_ok(images: np.ndarray, table: np.ndarray) -> np.ndarray:
+    names_ok = np.array([bool(_MTL_IMAGE.match(name)) for name in images], dtype=bool)
+    return (names_ok & _rows_ok("VA", table[:, 0:2]) & _rows_ok("EXPR", table[:, 2:3])
+            & _rows_ok("AU", table[:, 3:]))
+
+
+def _parse_mtl_fast(body: str, n_lines: int):
+    n_cols = 1 + len(_MTL_COLUMNS)
+    try:
+        frame = pd.read_csv(io.StringIO(body), header=None, engine="c", skip_blank_lines=False,
+                            index_col=False, quoting=csv.QUOTE_NONE,
+                            dtype={0: str, **{c: np.float64 for c in range(1, n_cols)}})
+    except Exception:   # noqa: BLE001 - any parser complaint means "find the line by hand"
+        return None, None
+    if frame.shape != (n_lines, n_cols) or frame[0].isna().any():
+        return None, None
+    return frame[0].to_numpy(dtype=str), frame.iloc[:, 1:].to_numpy(dtype=np.float64)
+
+
+def _parse_mtl_slow(path: Path, lines: list, first_line: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    images, rows = [], []
+    fix = ("each row must be 'video/00001.jpg,valence,arousal,expression,AU1,...,AU26' with "
+           "-5,-5 / -1 / -1 for missing VA / expression / AU labels")
+    for line_no, line in enumerate(lines, start=first_line):
+        line = line.rstrip("\r")
+        where = f"{path}:{line_no}"
+        if not line.strip():
+            raise AffWild2Error(f"{where}: empty line; remove it. {fix}")
+        name, _, rest = line.partition(",")
+        if not _MTL_IMAGE.match(name.strip()):
+            raise AffWild2Error(f"{where}: image {name!r} is not of the form <video>/<00001>.jpg; {fix}")
+        fields = rest.split(",") if rest else []
+        if len(fields) != len(_MTL_COLUMNS):
+            raise AffWild2Error(f"{where}: {len(fields) + 1} field(s), expected {len(_MTL_COLUMNS) + 1} "
+                                f"(image,{','.join(_MTL_COLUMNS)}); {fix}")
+        values = []
+        for column, text in zip(_MTL_COLUMNS, fields):
+            try:
+                values.append(float(text))
+            except ValueError:
+                raise AffWild2Error(f"{where}: {column} = {text.strip()!r} is not a number; {fix}") from None
+        row = np.array([values], dtype=np.float64)
+        for task, lo, hi in (("VA", 0, 2), ("EXPR", 2, 3), ("AU", 3, len(_MTL_COLUMNS))):
+            for i in range(lo, hi):
+                if not _rows_ok(task, row[:, i:i + 1])[0]:
+                    raise AffWild2Error(f"{where}: {_explain_value(task, _MTL_COLUMNS[i], row[0, i])}; {fix}")
+        images.append(name.strip())
+        rows.append(values)
+    return np.array(images, dtype=str), np.array(rows, dtype=np.float64)
+
+
+def _check_mtl_duplicates(path: Path, images: np.ndarray) -> None:
+    # A repeated image would count twice in every metric.
+    first_seen = {}
+    if len(np.unique(images)) == len(images):
+        return
+    for line_no, name in enumerate(images, start=2):
+        if name in first_seen:
+            raise AffWild2Error(f"{path}:{line_no}: image {name} already listed on line "
+                                f"{first_seen[name]}; keep one row per image")
+        first_seen[name] = line_no
+
+
+def _mtl_images_exist(root: Path, path: Path, videos: np.ndarray, frames: np.ndarray,
+                      allow_missing: bool) -> np.ndarray:
+    known: dict[str, dict] = {}
+    for video in np.unique(videos):
+        folder = root / "cropped_aligned" / video
+        known[video] = frame_images(root, video) if folder.is_dir() else {}
+    has_image = np.array([f in known[v] for v, f in zip(videos, frames)], dtype=bool)
+    if not allow_missing and not has_image.all():
+        i = int(np.argmin(has_image))
+        image = root / "cropped_aligned" / videos[i] / f"{frames[i]:05d}.jpg"
+        raise AffWild2Error(f"{path}:{i + 2}: image {image} does not exist; {_FIX_CHECK_ROOT}, or "
+                            f"pass allow_missing_images=True to keep such rows (has_image marks them)")
+    return has_image
+
+
+# --------------------------------------------------------------------------------------------
+# Audio
+# --------------------------------------------------------------------------------------------
+
+def audio_path(root: str | Path, video: str, cache_dir: str | Path | None = None) -> Path:
+    """A wav with the video's audio track: videos/<base>.wav, or extracted once with ffmpeg.
+
+    Extraction keeps the source's channels and sample rate (each feature extractor resamples
+    to what its paper uses) and lands in `cache_dir` (default <root>/audio_wav) under a
+    temporary name first, so an interrupted run never leaves a truncated wav to be reused.
+    """
+    root = Path(root)
+    base = audio_base(video)
+    ready = root / "videos" / f"{base}.wav"
+    if ready.is_file():
+        return ready
+    cache = Path(cache_dir) if cache_dir is not None else root / DEFAULT_AUDIO_CACHE
+    cached = cache / f"{base}.wav"
+    if cached.is_file():
+        return cached
+    sources = [root / "videos" / f"{base}{ext}" for ext in AUDIO_SOURCE_EXTS]
+    source = next((s for s in sources if s.is_file()), None)
+    if source is None:
+        looked = ", ".join(str(p) for p in [ready, cached] + sources)
+        raise AffWild2Error(f"no audio for video {video!r}: looked for {looked}; put the video or "
+                            f"its wav into {root / 'videos'} ({_FIX_CHECK_ROOT})")
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AffWild2Error(f"{source}: ffmpeg is needed to extract its audio but is not on PATH; "
+                            f"install it (conda install ffmpeg, or apt-get install ffmpeg) or put "
+                            f"{base}.wav into {root / 'videos'}")
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{base}.{os.getpid()}.partial.wav"
+    command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+               "-vn", "-acodec", "pcm_s16le", "-f", "wav", str(partial)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 or not partial.is_file():
+            raise AffWild2Error(f"{source}: ffmpeg could not extract the audio (exit {done.returncode}): "
+                                f"{done.stderr.strip()[-500:]}; check that the file plays and has an "
+                                f"audio track, or put {base}.wav into {root / 'videos'}")
+        os.replace(partial, cached)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return cached
