@@ -1,8 +1,8 @@
 """The feature cache: every extractor runs once per video, training reads arrays only.
 
-One folder per extractor and parameter set:
-    <cache_root>/<extractor>-<8 hex of its params>/manifest.json
-    <cache_root>/<extractor>-<8 hex of its params>/<video>.npy      (n_frames, dim) float16
+One folder per extractor (a DVC output of its feature stage), one subfolder per parameter set:
+    <cache_root>/<extractor>/<8 hex of its params>/manifest.json
+    <cache_root>/<extractor>/<8 hex of its params>/<video>.npy      (n_frames, dim) float16
 Rows are aligned to the video's label frames (row i = frame i + 1), so a feature array and a
 label array index the same frames. Reads are memory-mapped, so a training loop over the whole
 corpus keeps only what it touches in memory.
@@ -59,7 +59,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, extractor: str, version: str, params: dict, dim: int):
         self.extractor, self.version, self.params, self.dim = extractor, version, dict(params), int(dim)
-        self.folder = Path(root) / f"{extractor}-{params_key(self.params)}"
+        self.folder = Path(root) / extractor / params_key(self.params)
         self.manifest_path = self.folder / "manifest.json"
         if self.manifest_path.exists():
             manifest = json.loads(self.manifest_path.read_text())
