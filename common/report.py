@@ -1,0 +1,336 @@
+"""One report builder for all papers: `python -m common.report`.
+
+Reads, for every paper folder, `papers/<paper>/published.csv` (every number the paper publishes)
+and the plain JSON each notebook wrote (`reports/<paper>/<notebook>.json`, format below), and
+writes `reports/<paper>/index.html` (published beside reproduced, claim verdicts, what differs
+from the paper, the executed notebooks as offline HTML) and `reports/index.html` (links, a
+timing table per stage, and a cross-paper leaderboard on the same held-out split).
+
+Notebook JSON (every key optional but `paper`):
+    {"paper", "notebook", "title", "profile", "data": "synthetic"|"real", "seconds",
+     "results":  [{"table", "row", "column", "value", "low", "high", "spread", "n", "split"}],
+     "claims":   [output of judge_claim(...) plus "id", "text", "table"],
+     "leaderboard": [{"paper", "model", "split", "p_va", "p_expr", "p_au", "p_mtl"}],
+     "differences": [{"what", "paper", "here", "why"}]}
+Nothing here pulls a script or style sheet from the network: the HTML is self-contained, and
+LaTeX in notebook markdown is converted to MathML, which browsers render natively.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS = {"jeong2022": "Jeong, Oh, Lim (CVPRW 2022)", "zhang2021": "Zhang, Ding, Wei, Guan (ICCVW 2021)",
+          "liu2023": "Liu, Sun et al. (CVPRW 2023)", "vu2021": "Vu, Beurton-Aimar, Marchand (ICCVW 2021)"}
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+# ---- claims ------------------------------------------------------------------------------------
+
+def judge_claim(a, b=None, direction: str = ">", margin: float = 0.0, tolerance: float = 0.02,
+                paired: bool = True, confidence: float = 0.95) -> dict:
+    """Judge "a > b" (direction '>'), "a < b" ('<') or "a is about b" ('~', within ±tolerance).
+
+    a and b are per-seed (or per-fold) values of the same metric; with b None, a itself is the
+    effect (e.g. per-seed differences). The effect is mean(a - b) when paired, else the
+    difference of means, with a t-interval from the spread across runs. The verdict is
+    'reproduced' when the whole interval lies on the claimed side of `margin` (or, for '~',
+    inside ±tolerance), 'not reproduced' when it lies wholly on the other side (outside), and
+    'inconclusive' otherwise, including when a single run leaves no spread to judge by.
+    """
+    from scipy import stats
+
+    a = np.asarray(a, float).ravel()
+    if b is None:
+        diffs, n = a, a.size
+        spread = a.std(ddof=1) if n > 1 else float("nan")
+        se = spread / math.sqrt(n) if n > 1 else float("nan")
+    else:
+        b = np.asarray(b, float).ravel()
+        if paired:
+            if a.size != b.size:
+                raise ValueError(f"paired claim needs equal run counts, got {a.size} and {b.size}")
+            diffs, n = a - b, a.size
+            spread = diffs.std(ddof=1) if n > 1 else float("nan")
+            se = spread / math.sqrt(n) if n > 1 else float("nan")
+        else:
+            diffs, n = None, min(a.size, b.size)
+            spread = math.sqrt(((a.var(ddof=1) if a.size > 1 else np.nan) + (b.var(ddof=1) if b.size > 1 else np.nan)) / 2)
+            se = math.sqrt((a.var(ddof=1) / a.size if a.size > 1 else np.nan) + (b.var(ddof=1) / b.size if b.size > 1 else np.nan))
+    effect = float(diffs.mean()) if diffs is not None else float(a.mean() - b.mean())
+    if n > 1 and math.isfinite(se):
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se) if se > 0 else 0.0
+        low, high = effect - half, effect + half
+    else:
+        low = high = float("nan")
+    if not math.isfinite(low):
+        verdict = "inconclusive"
+    elif direction == ">":
+        verdict = "reproduced" if low > margin else "not reproduced" if high < margin else "inconclusive"
+    elif direction == "<":
+        verdict = "reproduced" if high < -margin else "not reproduced" if low > -margin else "inconclusive"
+    elif direction == "~":
+        inside = -tolerance <= low and high <= tolerance
+        outside = low > tolerance or high < -tolerance
+        verdict = "reproduced" if inside else "not reproduced" if outside else "inconclusive"
+    else:
+        raise ValueError(f"direction must be '>', '<' or '~', got {direction!r}")
+    d = effect / spread if spread and math.isfinite(spread) and spread > 0 else float("nan")
+    return {"verdict": verdict, "effect": effect, "low": low, "high": high, "n": int(n),
+            "spread": float(spread) if math.isfinite(spread) else None, "cohens_d": d if math.isfinite(d) else None,
+            "direction": direction, "margin": margin, "tolerance": tolerance if direction == "~" else None,
+            "a": a.tolist(), "b": None if b is None else np.asarray(b, float).ravel().tolist()}
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+def read_published(paper_dir: Path) -> list[dict]:
+    path = paper_dir / "published.csv"
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        expected = ["table", "row", "column", "value", "split", "note"]
+        if reader.fieldnames != expected:
+            raise ValueError(f"{path}:1: header {reader.fieldnames}, expected {expected}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                row["value"] = float(row["value"])
+            except ValueError:
+                raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
+            rows.append(row)
+    return rows
+
+
+def read_results(reports_paper: Path) -> list[dict]:
+    out = []
+    for path in sorted(reports_paper.glob("*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "paper" in data:
+            data.setdefault("notebook", path.stem)
+            out.append(data)
+    return out
+
+
+# ---- HTML --------------------------------------------------------------------------------------
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.8em 0}
+th,td{padding:.3em .7em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}th{background:#f6f6f6}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.banner{background:#fff6d6;border:1px solid #e8d48a;padding:.7em 1em;border-radius:6px}
+.reproduced{color:#0a7d32;font-weight:600}.not-reproduced{color:#b3261e;font-weight:600}.inconclusive{color:#8a6d00;font-weight:600}
+code{background:#f3f3f3;padding:0 .25em;border-radius:3px}.muted{color:#777}
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else html.escape(str(x))
+
+
+def banner(data_source: str) -> str:
+    if data_source == "real":
+        return "<p class=banner>Data: the real Aff-Wild2, from the folder named in params.yaml.</p>"
+    return ("<p class=banner><b>Data: the embedded synthetic Aff-Wild2</b> (common/data/synthetic.py), generated "
+            "in the official layout with the causal structure the papers rely on. Absolute values are "
+            "<b>not comparable</b> with the published ones; each claim is judged by the direction and size of "
+            "its effect across runs.</p>")
+
+
+def results_table(published: list[dict], results: list[dict]) -> str:
+    """Published beside reproduced for every published number, plus reproduced-only rows."""
+    reproduced = {(r.get("table"), r.get("row"), r.get("column")): r for res in results for r in res.get("results", [])}
+    tables = sorted({p["table"] for p in published} | {k[0] for k in reproduced if k[0]}, key=str)
+    parts = []
+    for table in tables:
+        rows = ["<tr><th>row</th><th>column</th><th>split</th><th>published</th><th>reproduced</th>"
+                "<th>95% CI / spread</th><th>Δ</th></tr>"]
+        keys = [(p["table"], p["row"], p["column"]) for p in published if p["table"] == table]
+        keys += [k for k in reproduced if k[0] == table and k not in keys]
+        pub = {(p["table"], p["row"], p["column"]): p for p in published}
+        for key in keys:
+            p, r = pub.get(key), reproduced.get(key)
+            value = r.get("value") if r else None
+            ci = (f"[{fmt(r.get('low'))}, {fmt(r.get('high'))}]" if r and r.get("low") is not None
+                  else f"± {fmt(r.get('spread'))} (n={r.get('n')})" if r and r.get("spread") is not None else "")
+            delta = fmt(value - p["value"]) if p and value is not None else ""
+            rows.append(f"<tr><td>{html.escape(key[1])}</td><td>{html.escape(key[2])}</td>"
+                        f"<td>{html.escape((p or r or {}).get('split', ''))}</td>"
+                        f"<td class=num>{fmt(p['value']) if p else ''}</td><td class=num>{fmt(value) if r else '<span class=muted>not run</span>'}</td>"
+                        f"<td class=num>{ci}</td><td class=num>{delta}</td></tr>")
+        parts.append(f"<h3>Table {html.escape(str(table))}</h3><table>{''.join(rows)}</table>")
+    return "\n".join(parts)
+
+
+def claims_table(results: list[dict]) -> str:
+    rows = ["<tr><th>claim</th><th>verdict</th><th>effect</th><th>95% CI</th><th>Cohen's d</th><th>runs</th></tr>"]
+    for res in results:
+        for c in res.get("claims", []):
+            cls = c["verdict"].replace(" ", "-")
+            rows.append(f"<tr><td>{html.escape(c.get('text', c.get('id', '')))}</td><td class={cls}>{c['verdict']}</td>"
+                        f"<td class=num>{fmt(c.get('effect'))}</td><td class=num>[{fmt(c.get('low'))}, {fmt(c.get('high'))}]</td>"
+                        f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td><td class=num>{c.get('n', '')}</td></tr>")
+    return f"<table>{''.join(rows)}</table>" if len(rows) > 1 else "<p class=muted>No claims judged yet.</p>"
+
+
+def differences_table(results: list[dict]) -> str:
+    rows, seen = ["<tr><th>what</th><th>paper</th><th>this run</th><th>why</th></tr>"], set()
+    for res in results:
+        for d in res.get("differences", []):
+            key = (d.get("what"), d.get("here"))
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(d.get(k, '')))}</td>" for k in ("what", "paper", "here", "why")) + "</tr>")
+    return f"<table>{''.join(rows)}</table>" if len(rows) > 1 else ""
+
+
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$(?!\s)([^$\n]+?)\$", re.S)
+
+
+def latex_to_mathml(markdown: str) -> str:
+    """Replace $...$ and $$...$$ with MathML so equations render without MathJax."""
+    import latex2mathml.converter
+
+    def convert(m):
+        display = m.group(1) is not None
+        tex = m.group(1) if display else m.group(2)
+        try:
+            return latex2mathml.converter.convert(tex.strip(), display="block" if display else "inline")
+        except Exception:  # noqa: BLE001 - leave unconvertible TeX visible rather than fail the report
+            return m.group(0)
+    return _MATH.sub(convert, markdown)
+
+
+def notebook_to_html(ipynb: Path, out: Path) -> None:
+    """Executed notebook -> self-contained HTML with no network references."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = latex_to_mathml(cell.source)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nb)
+    body = strip_external(body)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(body)
+    os.replace(tmp, out)
+
+
+_EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
+
+
+def strip_external(text: str) -> str:
+    """Drop <script src=http...> and <link href=http...>: the report must work offline."""
+    return _EXTERNAL.sub("", text)
+
+
+def external_references(text: str) -> list[str]:
+    return re.findall(r"<(?:script|link|img|iframe)[^>]*\b(?:src|href)=[\"'](https?://[^\"']+)", text, re.I)
+
+
+# ---- pages -------------------------------------------------------------------------------------
+
+def paper_report(paper: str, reports: Path) -> dict:
+    paper_dir, out_dir = ROOT / "papers" / paper, reports / paper
+    published = read_published(paper_dir)
+    results = read_results(out_dir) if out_dir.exists() else []
+    source = next((r.get("data") for r in results if r.get("data")), "synthetic")
+    notebooks = []
+    for res in results:
+        ipynb = out_dir / f"{res['notebook']}.ipynb"
+        if ipynb.exists():
+            notebook_to_html(ipynb, out_dir / f"{res['notebook']}.html")
+            notebooks.append(f"<li><a href=\"{res['notebook']}.html\">{html.escape(res.get('title', res['notebook']))}</a>"
+                             f" <span class=muted>({fmt(res.get('seconds'), 1)} s, profile {html.escape(str(res.get('profile', '?')))})</span></li>")
+    body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
+            banner(source), "<h2>Claims</h2>", claims_table(results),
+            "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
+    diff = differences_table(results)
+    if diff:
+        body += ["<h2>What differs from the paper, and why</h2>", diff]
+    if notebooks:
+        body += ["<h2>Walkthrough notebooks (executed)</h2><ul>", *notebooks, "</ul>"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "index.html").write_text(page(PAPERS.get(paper, paper), "\n".join(body)))
+    claims = [c for r in results for c in r.get("claims", [])]
+    return {"paper": paper, "claims": len(claims), "reproduced": sum(c["verdict"] == "reproduced" for c in claims),
+            "published": len(published), "results": sum(len(r.get("results", [])) for r in results),
+            "leaderboard": [row for r in results for row in r.get("leaderboard", [])],
+            "timings": [(f"{paper}/{r['notebook']}", r.get("seconds")) for r in results], "ran": bool(results)}
+
+
+def stage_timings(data_root: Path, features_root: Path) -> list[tuple[str, float | None]]:
+    rows = []
+    summary = data_root / "metadata" / "summary.json"
+    if summary.exists():
+        rows.append(("corpus (synthetic Aff-Wild2)", json.loads(summary.read_text()).get("seconds")))
+    for path in sorted(features_root.glob("*.json")) if features_root.exists() else []:
+        rows.append((f"features: {path.stem}", json.loads(path.read_text()).get("seconds")))
+    return rows
+
+
+def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
+    from common.params import load_params
+    reports = Path(reports or ROOT / "reports")
+    params = load_params(params_path or ROOT / "params.yaml")
+    summaries = [paper_report(p, reports) for p in PAPERS if (ROOT / "papers" / p).exists() or (reports / p).exists()]
+    timings = stage_timings(ROOT / params["data"]["root"], ROOT / params["features"]["root"])
+    timings += [t for s in summaries for t in s["timings"]]
+    body = ["<h1>affect-repro: four ABAW papers, reproduced</h1>", banner(params["data"]["source"]),
+            f"<p>Profile: <code>{html.escape(params['profile'])}</code>.</p><h2>Papers</h2><table>"
+            "<tr><th>paper</th><th>claims judged</th><th>reproduced</th><th>published numbers</th><th>reproduced numbers</th></tr>"]
+    for s in summaries:
+        link = f"<a href=\"{s['paper']}/index.html\">{html.escape(PAPERS[s['paper']])}</a>" if s["ran"] else html.escape(PAPERS[s["paper"]])
+        body.append(f"<tr><td>{link}</td><td class=num>{s['claims']}</td><td class=num>{s['reproduced']}</td>"
+                    f"<td class=num>{s['published']}</td><td class=num>{s['results']}</td></tr>")
+    body.append("</table>")
+    board = [row for s in summaries for row in s["leaderboard"]]
+    body.append("<h2>Leaderboard: every paper's final model, same metrics code, same held-out split</h2>")
+    if board:
+        cols = ["p_va", "p_expr", "p_au", "p_mtl"]
+        body.append("<table><tr><th>paper</th><th>model</th><th>split</th>" + "".join(f"<th>{c.upper()}</th>" for c in cols) + "</tr>")
+        for row in sorted(board, key=lambda r: -(r.get("p_va") or -9)):
+            body.append(f"<tr><td>{html.escape(row.get('paper', ''))}</td><td>{html.escape(row.get('model', ''))}</td>"
+                        f"<td>{html.escape(row.get('split', ''))}</td>" + "".join(f"<td class=num>{fmt(row.get(c))}</td>" for c in cols) + "</tr>")
+        body.append("</table>")
+    else:
+        body.append("<p class=muted>Fills in as papers land.</p>")
+    body.append("<h2>Time per stage (this machine)</h2><table><tr><th>stage</th><th>seconds</th></tr>")
+    body += [f"<tr><td>{html.escape(name)}</td><td class=num>{fmt(sec, 1)}</td></tr>" for name, sec in timings]
+    body.append("</table>")
+    reports.mkdir(parents=True, exist_ok=True)
+    index = reports / "index.html"
+    tmp = index.with_name(".index.html.tmp")
+    tmp.write_text(page("affect-repro reports", "\n".join(body)))
+    os.replace(tmp, index)
+    return index
+
+
+def main(argv=None) -> int:
+    out = build(Path(argv[0]) if argv else None)
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
