@@ -21,9 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
-# Until the DVC pipeline lands: generate the embedded corpus into data/ and summarise it.
+# The whole pipeline (default profile): corpus -> features -> papers -> reports/index.html.
+# The corpus stage prints its one-screen summary. Stages run with the venv first on PATH.
 reproduce: $(STAMP)
-	$(PY) -m common.data.synthetic
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark_corpus.py
