@@ -6,16 +6,13 @@ import pytest
 
 from common.data.affwild2 import SPLITS, read_split
 from common.features import audio as audio_features
-from common.features.cache import FeatureCache
-from common.features.extract import extract_audio
+from common.features.extract import extract_audio, open_audio_cache
 
 
 @pytest.mark.parametrize("name", ["mfcc", "fbank"])
 def test_extraction_fills_the_cache_aligned_to_frames(tiny_params, name):
     summary = extract_audio(tiny_params, name, workers=1, progress=False)
-    ext = audio_features.registry()[name]
-    cache = FeatureCache(tiny_params["features"]["root"], name, ext.version,
-                         {"sample_rate": audio_features.SAMPLE_RATE, "rate": ext.rate}, ext.dim)
+    cache = open_audio_cache(tiny_params, name)
     videos = [v for s in SPLITS for v in read_split(tiny_params["data"]["root"], s)]
     assert summary["tracks"] == len(videos) and summary["audio_files"] == len(videos) - 1  # one shared wav
     for v in videos:
@@ -30,9 +27,7 @@ def test_extraction_fills_the_cache_aligned_to_frames(tiny_params, name):
 
 def test_mfcc_log_energy_tracks_arousal(tiny_params):
     extract_audio(tiny_params, "mfcc", workers=1, progress=False)
-    ext = audio_features.registry()["mfcc"]
-    cache = FeatureCache(tiny_params["features"]["root"], "mfcc", ext.version,
-                         {"sample_rate": audio_features.SAMPLE_RATE, "rate": ext.rate}, ext.dim)
+    cache = open_audio_cache(tiny_params, "mfcc")
     root = tiny_params["data"]["root"]
     rs = []
     for v in read_split(root, "train"):

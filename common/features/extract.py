@@ -38,15 +38,21 @@ def audio_tracks(root: str | Path) -> dict:
     return dict(sorted(groups.items()))
 
 
-def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = True) -> dict:
-    from tqdm import tqdm
+def open_audio_cache(params: dict, name: str) -> FeatureCache:
+    """The cache folder of one audio extractor under features.root (what training reads)."""
     extractors = audio_features.registry()
     if name not in extractors:
         raise ParamsError(f"unknown audio extractor '{name}'; known: {', '.join(extractors)}")
     extractor = extractors[name]
+    return FeatureCache(params["features"]["root"], name, extractor.version,
+                        {"sample_rate": audio_features.SAMPLE_RATE, "rate": extractor.rate}, extractor.dim)
+
+
+def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = True) -> dict:
+    from tqdm import tqdm
+    cache = open_audio_cache(params, name)
+    extractor = audio_features.registry()[name]
     root, cache_root = params["data"]["root"], params["features"]["root"]
-    cache = FeatureCache(cache_root, name, extractor.version,
-                         {"sample_rate": audio_features.SAMPLE_RATE, "rate": extractor.rate}, extractor.dim)
     started = time.perf_counter()
     groups = audio_tracks(root)
     todo = [wav for wav, tracks in groups.items() if not all(cache.has(t.video) for t in tracks)]
