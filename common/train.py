@@ -132,7 +132,8 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
                                  lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.plateau_patience:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=cfg.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+            optimizer, mode=cfg.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            min_lr=cfg.min_lr)
     elif cfg.step_lr_epochs:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_lr_epochs, cfg.step_lr_gamma)
     else:

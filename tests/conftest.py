@@ -2,11 +2,16 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.data import synthetic
 from common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# `make test` runs two pytest workers on two cores: one torch thread each, or they oversubscribe
+# the cores and a training test runs several times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

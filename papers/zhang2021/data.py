@@ -1,0 +1,239 @@
+"""Zhang et al. 2021, Sec. 4.2-4.4: trials, folds, windows, normalisation, per-frame evaluation.
+
+A trial is one label file (a face track; `_left` / `_right` are two trials). Its features come
+from a `loader(video, n_frames) -> {modality: (n_frames, dim) array}`, so the same code runs on
+the feature caches (`cache_loader`) or on synthetic arrays in tests (`random_loader`).
+
+* Windows (Sec. 4.4): `window` consecutive frames every `hop` frames (300 / 200: 33% overlap);
+  the last window is aligned to the end of the trial so every frame is covered; trials shorter
+  than a window are zero-padded and the padding is masked.
+* Labels: frames marked -5 keep their place in time and are masked out of the loss and the
+  metric. The paper (and its code) instead delete the -5 rows before windowing (Sec. 4.2, "the
+  length N is determined by the number of rows which does not include -5"), which joins the
+  frames on both sides of a gap; `drop_invalid=True` does that (paper profile).
+* Normalisation: per-feature z-score with the mean and std of the training partition of the
+  fold (official code; Sec. 4.4 says so for the aural features). With cached visual embeddings
+  the visual features are z-scored too; the paper's "0.5 mean and std" applies to face pixels.
+* Folds (Sec. 4.3): the training trials are cut into folds - 1 contiguous chunks of about equal
+  trial count, the validation set is the last partition, and fold k rolls the partitions by k,
+  so fold 0 is the official split and each training chunk is validated on exactly once. Trials
+  that share a subject, or a video (the two tracks of a two-person video share one audio
+  track), always land in the same chunk, so no fold has a subject in training and validation.
+* Evaluation (ABAW, official code): overlapping window outputs are averaged per frame, all
+  trials of a split are concatenated and one CCC is computed over their valid frames.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.data.affwild2 import SPLITS, audio_base, read_split
+from common.metrics import ccc
+
+EMOTIONS = {"valence": 0, "arousal": 1}
+
+
+@dataclass
+class Trial:
+    video: str
+    subject: str
+    split: str                      # official split: train / validation / test
+    label: np.ndarray               # (N, 2) float32 valence, arousal; -5 where unannotated
+    mask: np.ndarray                # (N,) bool, True = annotated
+    features: dict                  # modality -> (N, dim) array (float16 memmaps are fine)
+    frames: np.ndarray = field(default=None)   # (N,) 0-based frame of each row (drop_invalid)
+
+    def __post_init__(self):
+        if self.frames is None:
+            self.frames = np.arange(len(self.label))
+        for name, array in self.features.items():
+            if len(array) != len(self.label):
+                raise ValueError(f"{self.video}: {name} has {len(array)} rows, labels have {len(self.label)}")
+
+    def __len__(self):
+        return len(self.label)
+
+
+# --------------------------------------------------------------------------- loading
+
+def cache_loader(caches: Mapping) -> Callable:
+    """Loader over FeatureCache objects, one per modality: {"visual": FeatureCache(...), ...}."""
+    return lambda video, n_frames: {name: cache.get(video, n_frames) for name, cache in caches.items()}
+
+
+def random_loader(dims: Mapping[str, int], seed: int = 0) -> Callable:
+    """Deterministic random features per video (timings and tests before the caches exist)."""
+    def load(video, n_frames):
+        rng = np.random.default_rng([seed, zlib.crc32(video.encode())])
+        return {name: rng.standard_normal((n_frames, dim), dtype=np.float32) for name, dim in dims.items()}
+    return load
+
+
+def load_trials(root, loader: Callable, splits=SPLITS, drop_invalid: bool = False) -> list[Trial]:
+    """Every VA-annotated trial of `splits` with its features. The real corpus has no test labels:
+    pass splits=("train", "validation") there."""
+    trials = []
+    for split in splits:
+        for v in read_split(root, split, tasks=("VA",)):
+            if "VA" not in v.tasks:
+                continue
+            feats = loader(v.video, v.n_frames)
+            keep = np.flatnonzero(v.va_mask) if drop_invalid else np.arange(v.n_frames)
+            trials.append(Trial(v.video, v.subject, split, v.va[keep], v.va_mask[keep],
+                                {k: a[keep] if drop_invalid else a for k, a in feats.items()}, keep))
+    return trials
+
+
+# --------------------------------------------------------------------------- folds (Sec. 4.3)
+
+def _subject_groups(trials: list[Trial]) -> list[list[str]]:
+    """Trials linked by a subject or by a shared video, in order of their first (sorted) name."""
+    parent = {}
+
+    def find(a):
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+    for t in trials:
+        for key in (("subject", t.subject), ("video", audio_base(t.video))):
+            parent[find(key)] = find(("trial", t.video))
+    groups = {}
+    for t in sorted(trials, key=lambda t: t.video):
+        groups.setdefault(find(("trial", t.video)), []).append(t.video)
+    return list(groups.values())
+
+
+def _contiguous_chunks(groups: list[list[str]], n_chunks: int) -> list[list[str]]:
+    """Cut the ordered groups into n_chunks contiguous runs of about equal trial count."""
+    if len(groups) < n_chunks:
+        raise ValueError(f"{len(groups)} independent subject groups in the training set cannot make "
+                         f"{n_chunks} training chunks; lower zhang2021.folds")
+    cum = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
+    cuts, prev = [0], 0
+    for i in range(1, n_chunks):
+        target = i * cum[-1] / n_chunks
+        candidates = range(prev + 1, len(groups) - (n_chunks - i) + 1)
+        prev = min(candidates, key=lambda c: abs(cum[c] - target))
+        cuts.append(prev)
+    cuts.append(len(groups))
+    return [[v for g in groups[a:b] for v in g] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def make_folds(trials: list[Trial], n_folds: int = 6) -> list[dict]:
+    """[{"train": [video...], "validation": [video...]}] for folds 0..n_folds-1; fold 0 = official."""
+    if n_folds < 2:
+        raise ValueError(f"zhang2021.folds must be >= 2 (fold 0 = official split), got {n_folds}")
+    train = [t for t in trials if t.split == "train"]
+    partitions = _contiguous_chunks(_subject_groups(train), n_folds - 1)
+    partitions.append(sorted(t.video for t in trials if t.split == "validation"))
+    folds = []
+    for k in range(n_folds):
+        rolled = partitions[-k:] + partitions[:-k] if k else partitions   # np.roll by k
+        folds.append({"train": [v for p in rolled[:-1] for v in p], "validation": list(rolled[-1])})
+    return folds
+
+
+# --------------------------------------------------------------------------- normalisation
+
+class Normalizer:
+    """Per-feature z-score with statistics from the given (training) trials."""
+
+    def __init__(self, trials: list[Trial], modalities):
+        self.mean, self.std = {}, {}
+        for m in modalities:
+            n, s, ss = 0, 0.0, 0.0
+            for t in trials:
+                a = np.asarray(t.features[m], dtype=np.float64)
+                n, s, ss = n + len(a), s + a.sum(0), ss + (a * a).sum(0)
+            mean = s / n
+            std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
+            self.mean[m] = mean.astype(np.float32)
+            self.std[m] = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+    def __call__(self, m: str, a: np.ndarray) -> np.ndarray:
+        return (np.asarray(a, dtype=np.float32) - self.mean[m]) / self.std[m]
+
+
+# --------------------------------------------------------------------------- windows (Sec. 4.4)
+
+def window_starts(n: int, window: int, hop: int) -> list[int]:
+    """Starts of the windows over n frames: every `hop`, plus one ending at the last frame."""
+    if n <= window:
+        return [0]
+    starts = list(range(0, n - window + 1, hop))
+    if starts[-1] + window < n:
+        starts.append(n - window)
+    return starts
+
+
+class WindowDataset(Dataset):
+    """Windows of all trials: {"x": {modality: (W, dim)}, "y": (W,), "mask": (W,)}, zero-padded."""
+
+    def __init__(self, trials, modalities, window, hop, normalize: Normalizer, emotion="valence"):
+        self.trials, self.modalities, self.window = trials, tuple(modalities), window
+        self.normalize, self.column = normalize, EMOTIONS[emotion]
+        self.index = [(i, s) for i, t in enumerate(trials) for s in window_starts(len(t), window, hop)]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, j):
+        i, start = self.index[j]
+        t = self.trials[i]
+        n = min(self.window, len(t) - start)
+        x = {}
+        for m in self.modalities:
+            a = np.zeros((self.window, t.features[m].shape[1]), np.float32)
+            a[:n] = self.normalize(m, t.features[m][start:start + n])
+            x[m] = torch.from_numpy(a)
+        y = np.full(self.window, -5.0, np.float32)
+        mask = np.zeros(self.window, bool)
+        y[:n], mask[:n] = t.label[start:start + n, self.column], t.mask[start:start + n]
+        return {"x": x, "y": torch.from_numpy(y), "mask": torch.from_numpy(mask & (y != -5.0))}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def average_windows(n: int, starts, outputs) -> np.ndarray:
+    """Per-frame mean of overlapping window outputs; outputs[i] covers frames starts[i]...(n)."""
+    total, count = np.zeros(n, np.float64), np.zeros(n, np.int64)
+    for s, out in zip(starts, outputs):
+        length = min(len(out), n - s)
+        total[s:s + length] += out[:length]
+        count[s:s + length] += 1
+    if (count == 0).any():
+        raise ValueError(f"frames {np.flatnonzero(count == 0)[:5]}... are covered by no window")
+    return (total / count).astype(np.float32)
+
+
+@torch.no_grad()
+def predict(model, trials, modalities, window, hop, normalize: Normalizer, batch_size=16) -> dict:
+    """{video: (N,) per-frame prediction}, overlapping windows averaged per frame."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ds = WindowDataset(trials, modalities, window, hop, normalize)
+    outputs = [[] for _ in trials]
+    for lo in range(0, len(ds), batch_size):
+        items = [ds[j] for j in range(lo, min(lo + batch_size, len(ds)))]
+        x = {m: torch.stack([it["x"][m] for it in items]).to(device) for m in ds.modalities}
+        out = model(x).float().cpu().numpy()
+        for j, o in zip(range(lo, lo + len(items)), out):
+            outputs[ds.index[j][0]].append(o)
+    model.train(was_training)
+    return {t.video: average_windows(len(t), window_starts(len(t), window, hop), outs)
+            for t, outs in zip(trials, outputs)}
+
+
+def split_ccc(trials, predictions: Mapping[str, np.ndarray], emotion: str) -> float:
+    """ABAW: one CCC over the valid frames of all trials of the split, concatenated."""
+    col = EMOTIONS[emotion]
+    truth = np.concatenate([t.label[t.mask, col] for t in trials])
+    pred = np.concatenate([predictions[t.video][t.mask] for t in trials])
+    return ccc(truth, pred)

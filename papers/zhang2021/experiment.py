@@ -1,0 +1,79 @@
+"""Zhang et al. 2021: the runs behind Tables 1 and 2 and the window-length claim.
+
+The notebooks call these functions and explain them; nothing here is specific to one table.
+A run is one (fold, emotion, modality, seed[, window]) model trained by `train.train_fold`; its
+folder holds fit's checkpoint and metrics.csv, result.json and predictions.npz, so a notebook
+re-executed after a kill picks up finished runs instead of training them again.
+"""
+from __future__ import annotations
+
+import json
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+
+from common.ensemble import merge_predictions
+from common.features import vggish, visual
+from common.features.extract import open_audio_cache
+from common.params import load_params
+from papers.zhang2021.data import EMOTIONS, cache_loader, load_trials, split_ccc
+from papers.zhang2021.train import train_fold
+
+
+def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
+                    features_root: str = "") -> dict:
+    """params.yaml for a notebook; empty strings keep the file's own values."""
+    overrides = {}
+    if data_root:
+        overrides["data"] = {"root": data_root}
+    if features_root:
+        overrides["features"] = {"root": features_root}
+    return load_params(params_path, profile or None, overrides)
+
+
+def load_corpus(params: dict) -> list:
+    """Every VA-annotated trial with its cached visual (frame encoder), MFCC and VGGish features."""
+    caches = {"visual": visual.feature_cache(params), "mfcc": open_audio_cache(params, "mfcc"),
+              "vggish": vggish.cache_for(params)}
+    return load_trials(params["data"]["root"], cache_loader(caches), drop_invalid=params["zhang2021"]["drop_invalid"])
+
+
+def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | None = None) -> str:
+    return f"{modality}-{emotion}-fold{fold}-seed{seed}" + (f"-w{window}" if window else "")
+
+
+def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple(EMOTIONS),
+             modalities=("unimodal", "multimodal"), seeds=None, window: int | None = None,
+             hop: int | None = None, batch_size: int | None = None, progress: bool = False) -> list[dict]:
+    """Train every combination (or reuse a finished run); return their result.json rows."""
+    rows = []
+    seeds = params["zhang2021"]["seeds"] if seeds is None else seeds
+    for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds):
+        out = Path(root) / run_name(fold, emotion, modality, seed, window)
+        done = out / "result.json"
+        if not done.exists():
+            train_fold(params, trials, fold, emotion, modality, out, window=window, hop=hop, seed=seed,
+                       batch_size=batch_size, progress=progress)
+        rows.append(json.loads(done.read_text()))
+    return rows
+
+
+def load_predictions(run_dir: str | Path, split: str) -> dict:
+    """{video: (N,) prediction} of one run on one split."""
+    with np.load(Path(run_dir) / "predictions.npz") as z:
+        return {key.split("/", 1)[1]: z[key] for key in z.files if key.startswith(f"{split}/")}
+
+
+def test_scores(params: dict, trials: list, root: str | Path, emotion: str, modality: str, seed: int,
+                folds, clip: str) -> dict:
+    """Test CCC of the fold-0 model alone and of the fold models merged by CCC centering (Sec. 4.5)."""
+    test = [t for t in trials if t.split == "test"]
+    per_fold = [load_predictions(Path(root) / run_name(f, emotion, modality, seed), "test") for f in folds]
+    single = {f: split_ccc(test, preds, emotion) for f, preds in zip(folds, per_fold)}
+    merged = {}
+    for t in test:
+        # Zhang's code centres each test trial on its own: merge video by video.
+        merged[t.video] = merge_predictions([p[t.video] for p in per_fold], clip=clip,
+                                            fusion=params["zhang2021"]["ensemble_fusion"])
+    return {"single": single, "merged": split_ccc(test, merged, emotion)}

@@ -1,0 +1,90 @@
+"""The pipeline end to end on a tiny corpus: features, the Zhang notebooks, the report.
+
+Also checks the DVC graph's promise that a paper's training parameters never touch the data or
+feature stages (so changing one re-runs only that paper).
+"""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common import report
+from common.notebooks import NotebookError, run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_SECTIONS = {"zhang2021", "jeong2022", "liu2023", "vu2021"}
+
+
+def test_data_and_feature_stages_ignore_paper_parameters():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        if any(str(o).startswith("data/") for o in outs):
+            assert not PAPER_SECTIONS & set(stage.get("params", [])), name
+            assert not any(str(d).startswith("papers/") for d in stage.get("deps", [])), name
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_params, tmp_path_factory):
+    """Features for the tiny corpus, and a params.yaml whose every path points at it."""
+    from common.features import vggish, visual
+    from common.features.extract import extract_audio
+    base = Path(tiny_params["features"]["root"]).parent
+    text = (ROOT / "params.yaml").read_text()
+    text = text.replace("profile: default", "profile: smoke", 1)
+    text = text.replace("root: data/affwild2", f"root: {tiny_params['data']['root']}", 1)
+    text = text.replace("root: data/features", f"root: {tiny_params['features']['root']}", 1)
+    text = text.replace("model_dir: data/models", f"model_dir: {base}/models")
+    path = base / "params.yaml"
+    path.write_text(text)
+    from common.params import load_params
+    params = load_params(path, overrides={"corpus": tiny_params["corpus"]})
+    extract_audio(params, "mfcc", workers=2, progress=False)
+    visual.pretrain_frame_encoder(params, progress=False)
+    visual.extract_visual(params, progress=False)
+    vggish.pretrain_vggish(params, progress=False)
+    vggish.extract_vggish(params, progress=False)
+    reports = base / "reports"
+    for notebook in ("table1", "table2", "window"):
+        run_notebook("zhang2021", notebook, {"params_path": str(path)}, reports)
+    return params, reports
+
+
+def test_notebooks_write_well_formed_results(tiny_pipeline):
+    _, reports = tiny_pipeline
+    published = report.read_published(ROOT / "papers" / "zhang2021")
+    for notebook in ("table1", "table2", "window"):
+        data = json.loads((reports / "zhang2021" / f"{notebook}.json").read_text())
+        assert data["paper"] == "zhang2021" and data["profile"] == "smoke" and data["seconds"] > 0
+        assert data["results"] and all(math.isfinite(r["value"]) and -1 <= r["value"] <= 1 for r in data["results"])
+        assert data["claims"] and all(c["verdict"] in report.VERDICTS for c in data["claims"])
+        assert (reports / "zhang2021" / f"{notebook}.ipynb").exists()
+    # Every "Ours" number of Tables 1 and 2 that the folds of this profile can produce has a reproduced twin.
+    table1 = json.loads((reports / "zhang2021" / "table1.json").read_text())
+    got = {(r["row"], r["column"]) for r in table1["results"]}
+    wanted = {(p["row"], p["column"]) for p in published if p["table"] == "1" and "Ours" in p["row"]
+              and p["column"] in ("Fold 0", "Fold 1", "Mean")}
+    assert wanted <= got, wanted - got
+    table2 = json.loads((reports / "zhang2021" / "table2.json").read_text())
+    rows2 = {r["row"] for r in table2["results"]}
+    assert {"UM", "MM", "UM-CV-EC", "UM-CV-LC", "MM-CV-EC", "MM-CV-LC"} <= rows2
+    assert table2["leaderboard"][0]["split"] == "test" and -1 <= table2["leaderboard"][0]["p_va"] <= 1
+
+
+def test_report_renders_offline(tiny_pipeline, monkeypatch):
+    params, reports = tiny_pipeline
+    index = report.build(reports)
+    for page in [index, reports / "zhang2021" / "index.html", *sorted((reports / "zhang2021").glob("*.html"))]:
+        text = page.read_text()
+        assert report.external_references(text) == [], page
+    paper = (reports / "zhang2021" / "index.html").read_text()
+    assert "Table 1" in paper and "MM-CV-LC" in paper and "not comparable" in paper
+    assert "<math" in (reports / "zhang2021" / "table1.html").read_text()      # Eq. 1 rendered as MathML
+
+
+def test_unknown_notebook_parameter_is_refused(tiny_pipeline):
+    with pytest.raises(NotebookError, match="unknown parameter.*windw"):
+        run_notebook("zhang2021", "table1", {"windw": 3})
