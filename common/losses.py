@@ -232,6 +232,18 @@ def masked_bce_with_logits(logits: torch.Tensor, target: torch.Tensor, mask=None
     return _masked_mean(per_entry, valid)                                # Jeong Eq. 5
 
 
+def _distillation_rows(student_logits, teacher_logits, temperature, mask):
+    """Shared checks of the logit distillation losses: same shapes, T > 0, one validity flag per
+    row; invalid rows zeroed (so they carry no gradient) and the teacher detached."""
+    _same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    valid = _mask_for_rows(mask, student_logits, "student_logits")
+    student = _zero_invalid(student_logits, valid.unsqueeze(-1))
+    teacher = _zero_invalid(teacher_logits.detach(), valid.unsqueeze(-1))
+    return student, teacher, valid
+
+
 def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
               scale_t2: bool = True, mask=None) -> torch.Tensor:
     """Hinton et al.'s distillation: KL(softmax(t / T) || softmax(s / T)), mean over rows.
@@ -241,12 +253,7 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     size does not shrink as 1/T^2; Vu's official code does it, Vu's paper does not say so.
     logits (..., C): one distribution per row; mask: optional, one flag per row.
     """
-    _same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    valid = _mask_for_rows(mask, student_logits, "student_logits")
-    student = _zero_invalid(student_logits, valid.unsqueeze(-1))
-    teacher = _zero_invalid(teacher_logits.detach(), valid.unsqueeze(-1))
+    student, teacher, valid = _distillation_rows(student_logits, teacher_logits, temperature, mask)
     log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
     log_p_student = F.log_softmax(student / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)   # Vu Sec. 3.2.2 KL
@@ -402,12 +409,7 @@ def jeong_expr_distillation(student_logits: torch.Tensor, teacher_logits: torch.
     constant for the student. Jeong's code swaps the arguments in the EXPR stream; we follow
     the paper. t = 2.5 (Jeong Sec. 5).
     """
-    _same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    valid = _mask_for_rows(mask, student_logits, "student_logits")
-    student = _zero_invalid(student_logits, valid.unsqueeze(-1))
-    teacher = _zero_invalid(teacher_logits.detach(), valid.unsqueeze(-1))
+    student, teacher, valid = _distillation_rows(student_logits, teacher_logits, temperature, mask)
     soft_labels = F.softmax(teacher / temperature, dim=-1)               # Jeong Sec. 4.2
     cross_entropy = -(soft_labels * F.log_softmax(student / temperature, dim=-1)).sum(-1)
     return _masked_mean(cross_entropy, valid)                            # Jeong Eq. 9
