@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from common.weights import UnreadableWeights, load_weights_file
+
 
 @dataclass
 class TrainConfig:
@@ -103,10 +105,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, 
 
 def load_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {first_line}). It is corrupt or "
+        return load_weights_file(path)
+    except UnreadableWeights as e:
+        raise CheckpointError(f"{path}: cannot be read ({e}). It is corrupt or "
                               "from another version; delete it to train from scratch.") from None
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.weights import UnreadableWeights, load_weights_file
+
 SAMPLE_RATE = 16000
 WINDOW_S = 0.025              # STFT window (400 samples)
 HOP_S = 0.010                 # STFT hop (160 samples): log-mel frames at 100 Hz
@@ -223,11 +225,10 @@ def load_vggish_weights(model: VGGish, path: str | Path) -> VGGish:
         raise VGGishWeightsError(f"{path}: VGGish weights file not found; fix vggish.weights in "
                                  f"params.yaml, or set it to \"\" to pre-train VGGish in the pipeline")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable state dict"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        state = load_weights_file(path)
+    except UnreadableWeights as e:
         raise VGGishWeightsError(f"{path}: cannot be read as a torch state dict with weights_only=True "
-                                 f"({type(e).__name__}: {first[:300]})") from None
+                                 f"({str(e)[:300]})") from None
     # Training checkpoints often wrap the weights.
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

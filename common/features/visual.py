@@ -46,6 +46,7 @@ from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
 from common.features.cache import FeatureCache, params_key
 from common.params import ParamsError, load_params
+from common.weights import UnreadableWeights, load_weights_file
 
 EXTRACTOR = "frame_encoder"
 VERSION = "1"             # bump when the extraction itself changes (not the weights: they are hashed)
@@ -115,11 +116,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         raise EncoderWeightsError(f"{path}: visual_encoder.weights names a file that does not exist; "
                                   f"fix the path, or set weights: \"\" to pre-train in the pipeline")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable state dict"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise EncoderWeightsError(f"{path}: cannot be read as a weights-only state dict "
-                                  f"({type(e).__name__}: {first})") from None
+        state = load_weights_file(path)
+    except UnreadableWeights as e:
+        raise EncoderWeightsError(f"{path}: cannot be read as a weights-only state dict ({e})") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise EncoderWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors "
                                   f"(save it with torch.save(model.state_dict(), path))")
