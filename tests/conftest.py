@@ -24,3 +24,28 @@ def tiny_params(tmp_path_factory):
                    "side_sets": {"affectnet": 30, "expw": 30, "afew_va": 30}, "workers": 2}})
     synthetic.generate(synthetic.CorpusConfig.from_params(params["corpus"]), params["data"]["root"], progress=False)
     return params
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_params):
+    """The tiny corpus with the shared features extracted (MFCC, frame encoder, VGGish) and a
+    params.yaml whose every path points at it: (params, params_path). Paper tests extract what
+    else they need into the same feature root, and run their notebooks with this params_path."""
+    from common.features import vggish, visual
+    from common.features.extract import extract_audio
+    base = Path(tiny_params["features"]["root"]).parent
+    text = (ROOT / "params.yaml").read_text()
+    text = text.replace("profile: default", "profile: smoke", 1)
+    text = text.replace("root: data/affwild2", f"root: {tiny_params['data']['root']}", 1)
+    text = text.replace("root: data/features", f"root: {tiny_params['features']['root']}", 1)
+    # every model folder of params.yaml lives under data/models/<name>
+    text = text.replace("model_dir: data/models", f"model_dir: {base}/models")
+    path = base / "params.yaml"
+    path.write_text(text)
+    params = load_params(path, overrides={"corpus": tiny_params["corpus"]})
+    extract_audio(params, "mfcc", workers=2, progress=False)
+    visual.pretrain_frame_encoder(params, progress=False)
+    visual.extract_visual(params, progress=False)
+    vggish.pretrain_vggish(params, progress=False)
+    vggish.extract_vggish(params, progress=False)
+    return params, path

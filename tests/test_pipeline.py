@@ -28,26 +28,10 @@ def test_data_and_feature_stages_ignore_paper_parameters():
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(tiny_params, tmp_path_factory):
-    """Features for the tiny corpus, and a params.yaml whose every path points at it."""
-    from common.features import vggish, visual
-    from common.features.extract import extract_audio
-    base = Path(tiny_params["features"]["root"]).parent
-    text = (ROOT / "params.yaml").read_text()
-    text = text.replace("profile: default", "profile: smoke", 1)
-    text = text.replace("root: data/affwild2", f"root: {tiny_params['data']['root']}", 1)
-    text = text.replace("root: data/features", f"root: {tiny_params['features']['root']}", 1)
-    text = text.replace("model_dir: data/models", f"model_dir: {base}/models")
-    path = base / "params.yaml"
-    path.write_text(text)
-    from common.params import load_params
-    params = load_params(path, overrides={"corpus": tiny_params["corpus"]})
-    extract_audio(params, "mfcc", workers=2, progress=False)
-    visual.pretrain_frame_encoder(params, progress=False)
-    visual.extract_visual(params, progress=False)
-    vggish.pretrain_vggish(params, progress=False)
-    vggish.extract_vggish(params, progress=False)
-    reports = base / "reports"
+def tiny_pipeline(tiny_features):
+    """The Zhang notebooks run on the tiny corpus's features."""
+    params, path = tiny_features
+    reports = path.parent / "reports"
     for notebook in ("table1", "table2", "window"):
         run_notebook("zhang2021", notebook, {"params_path": str(path)}, reports)
     return params, reports
