@@ -93,14 +93,18 @@ class FeatureCache:
         self._manifest()
         _atomic_save(self.path(video), features.astype(np.float16))
 
-    def get(self, video: str, n_frames: int | None = None) -> np.ndarray:
+    def _open(self, video: str, stage: str) -> tuple[Path, np.ndarray]:
+        """The memory-mapped array of one video; a missing or unreadable file names `stage` to re-run."""
         path = self.path(video)
         if not path.exists():
-            raise FeatureCacheError(f"{path}: missing; run the {self.extractor} feature stage first.")
+            raise FeatureCacheError(f"{path}: missing; run {stage} first.")
         try:
-            array = np.load(path, mmap_mode="r")
+            return path, np.load(path, mmap_mode="r")
         except (ValueError, OSError) as e:
-            raise FeatureCacheError(f"{path}: unreadable ({e}); delete it and re-run the feature stage.") from None
+            raise FeatureCacheError(f"{path}: unreadable ({e}); delete it and re-run {stage}.") from None
+
+    def get(self, video: str, n_frames: int | None = None) -> np.ndarray:
+        path, array = self._open(video, f"the {self.extractor} feature stage")
         if array.ndim != 2 or array.shape[1] != self.dim or (n_frames is not None and len(array) != n_frames):
             raise FeatureCacheError(f"{path}: shape {array.shape}, expected ({n_frames or 'n_frames'}, {self.dim}); "
                                     "delete it and re-run the feature stage.")
