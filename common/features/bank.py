@@ -1,0 +1,133 @@
+"""The feature bank: every per-frame feature a paper may name, as one registry entry each.
+
+Liu, Sun et al. 2023 (Sec. 3.2) feed their temporal models any combination of six visual and
+seven audio features. Each entry here says what the paper used (network, pre-training task and
+data), what this pipeline computes in its place, the feature's size and rate, and how to open
+its cache, so a model config can name features exactly as the paper's tables do
+("fau,ires100 | ecapatdnn,hubert") and a report can print the paper-vs-here table.
+
+    from common.features import bank
+    bank.open_cache(params, "compare")        # -> FeatureCache, rows aligned to label frames
+    bank.available(params)                     # names whose cache is built for these params
+    bank.table()                               # rows for the report's "feature: paper / here" table
+
+Entries whose extractor is not built in this pipeline have `cache=None`; asking for one raises
+a FeatureBankError that says so, never a stand-in under the paper's name.
+All caches hold one float16 row per label frame (see common/features/cache.py); the audio ones
+are resampled to the video frame rate by nearest time (Zhang Sec. 4.2 alignment), the visual
+ones take the nearest frame with a face where there is none (Liu Sec. 3.1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from common.features.cache import FeatureCache, FeatureCacheError
+
+
+class FeatureBankError(KeyError):
+    """A feature name is unknown or its extractor is not built; the message says which and why."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str                 # the paper's name (Liu Sec. 4 tables)
+    modality: str             # visual | audio
+    paper: str                # network + pre-training task + data the paper used
+    here: str                 # what this pipeline computes in its place ("" = not built)
+    rate: str                 # native rate before alignment to the label frames
+    cache: Callable | None    # params -> FeatureCache; None = not built here
+    stage: str = ""           # the DVC stage that fills the cache
+
+
+def _audio(name: str) -> Callable:
+    def open_(params):
+        from common.features.extract import open_audio_cache
+        return open_audio_cache(params, name)
+    return open_
+
+
+def _frame_encoder(params) -> FeatureCache:
+    from common.features import visual
+    return visual.feature_cache(params)
+
+
+def _vggish(params) -> FeatureCache:
+    from common.features import vggish
+    return vggish.cache_for(params)
+
+
+FEATURES = {f.name: f for f in [
+    # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
+    Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
+    Feature("ires100", "visual", "IResNet-100, facial expression on FER+, RAF-DB and AffectNet", "", "video fps", None),
+    Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set", "", "video fps", None),
+    Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet", "", "video fps", None),
+    Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)", "", "video fps", None),
+    Feature("affectnet", "visual", "expression model pre-trained on AffectNet (Table 1 row 3; not described further)",
+            "the shared frame encoder (common/features/visual.py): a small ResNet pre-trained in the pipeline on the "
+            "AffectNet-like stills for 7-class expression + VA, 512-d; a faithful small stand-in",
+            "video fps", _frame_encoder, "frame_encoder_features"),
+    # ---------------------------------------------------------------- audio (Liu Sec. 3.2.2)
+    Feature("fbank", "audio", "log Mel filter banks", "torchaudio Kaldi fbank, 80 bins (common/features/audio.py)",
+            "100 Hz", _audio("fbank"), "audio_features@fbank"),
+    Feature("egemaps", "audio", "openSMILE eGeMAPS LLDs", "openSMILE eGeMAPSv02 LLDs, 25-d", "100 Hz",
+            _audio("egemaps"), "audio_features@egemaps"),
+    Feature("compare", "audio", "openSMILE ComParE 2016 LLDs", "openSMILE ComParE 2016 LLDs (65-d)", "100 Hz",
+            _audio("compare"), "audio_features@compare"),
+    Feature("vggish", "audio", "VGGish, audio event tagging on AudioSet",
+            "VGGish in pure torch (common/features/vggish.py), narrow, pre-trained in the pipeline on the corpus's "
+            "speech / other-voice events (or published weights from vggish.weights), 128-d",
+            "10 Hz (default profile)", _vggish, "vggish_features"),
+    Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech", "", "50 Hz", None),
+    Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech", "", "50 Hz", None),
+    Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification", "", "per utterance / window", None),
+]}
+VISUAL = tuple(n for n, f in FEATURES.items() if f.modality == "visual")
+AUDIO = tuple(n for n, f in FEATURES.items() if f.modality == "audio")
+
+
+def get(name: str) -> Feature:
+    if name not in FEATURES:
+        raise FeatureBankError(f"unknown feature '{name}'; the bank has: {', '.join(FEATURES)}")
+    return FEATURES[name]
+
+
+def open_cache(params: dict, name: str) -> FeatureCache:
+    """The cache of one feature for these params; refuses features that are not built here."""
+    feature = get(name)
+    if feature.cache is None:
+        built = ", ".join(n for n, f in FEATURES.items() if f.cache is not None)
+        raise FeatureBankError(f"feature '{name}' ({feature.paper}) has no extractor in this pipeline yet; "
+                               f"built: {built}")
+    return feature.cache(params)
+
+
+def dims(params: dict, names) -> dict:
+    """{name: feature dimension} from each cache's declared size."""
+    return {n: open_cache(params, n).dim for n in names}
+
+
+def available(params: dict) -> list[str]:
+    """Names whose extractor is built and whose cache can be opened (model files present)."""
+    names = []
+    for name, feature in FEATURES.items():
+        if feature.cache is None:
+            continue
+        try:
+            cache = feature.cache(params)
+        except (FeatureCacheError, OSError, RuntimeError, ValueError):
+            continue
+        if cache.manifest_path.exists():
+            names.append(name)
+    return names
+
+
+def table() -> list[dict]:
+    """One row per feature for the report: the paper's extractor beside this pipeline's."""
+    return [{"feature": f.name, "modality": f.modality, "paper": f.paper,
+             "here": f.here or "not built in this pipeline (configurations naming it do not run)",
+             "rate": f.rate} for f in FEATURES.values()]
