@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.data.affwild2 import SPLITS, audio_base, read_split
+from common.data import folds
+from common.data.affwild2 import SPLITS, read_split
 from common.metrics import ccc
 
 EMOTIONS = {"valence": 0, "arousal": 1}
@@ -91,52 +92,10 @@ def load_trials(root, loader: Callable, splits=SPLITS, drop_invalid: bool = Fals
 
 # --------------------------------------------------------------------------- folds (Sec. 4.3)
 
-def _subject_groups(trials: list[Trial]) -> list[list[str]]:
-    """Trials linked by a subject or by a shared video, in order of their first (sorted) name."""
-    parent = {}
-
-    def find(a):
-        while parent.setdefault(a, a) != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-    for t in trials:
-        for key in (("subject", t.subject), ("video", audio_base(t.video))):
-            parent[find(key)] = find(("trial", t.video))
-    groups = {}
-    for t in sorted(trials, key=lambda t: t.video):
-        groups.setdefault(find(("trial", t.video)), []).append(t.video)
-    return list(groups.values())
-
-
-def _contiguous_chunks(groups: list[list[str]], n_chunks: int) -> list[list[str]]:
-    """Cut the ordered groups into n_chunks contiguous runs of about equal trial count."""
-    if len(groups) < n_chunks:
-        raise ValueError(f"{len(groups)} independent subject groups in the training set cannot make "
-                         f"{n_chunks} training chunks; lower zhang2021.folds")
-    cum = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
-    cuts, prev = [0], 0
-    for i in range(1, n_chunks):
-        target = i * cum[-1] / n_chunks
-        candidates = range(prev + 1, len(groups) - (n_chunks - i) + 1)
-        prev = min(candidates, key=lambda c: abs(cum[c] - target))
-        cuts.append(prev)
-    cuts.append(len(groups))
-    return [[v for g in groups[a:b] for v in g] for a, b in zip(cuts[:-1], cuts[1:])]
-
-
 def make_folds(trials: list[Trial], n_folds: int = 6) -> list[dict]:
-    """[{"train": [video...], "validation": [video...]}] for folds 0..n_folds-1; fold 0 = official."""
-    if n_folds < 2:
-        raise ValueError(f"zhang2021.folds must be >= 2 (fold 0 = official split), got {n_folds}")
-    train = [t for t in trials if t.split == "train"]
-    partitions = _contiguous_chunks(_subject_groups(train), n_folds - 1)
-    partitions.append(sorted(t.video for t in trials if t.split == "validation"))
-    folds = []
-    for k in range(n_folds):
-        rolled = partitions[-k:] + partitions[:-k] if k else partitions   # np.roll by k
-        folds.append({"train": [v for p in rolled[:-1] for v in p], "validation": list(rolled[-1])})
-    return folds
+    """[{"train": [video...], "validation": [video...]}] for folds 0..n_folds-1; fold 0 = official
+    (common/data/folds.py, shared with Liu et al. 2023 Sec. 4.5)."""
+    return folds.make_folds(trials, n_folds, knob="zhang2021.folds")
 
 
 # --------------------------------------------------------------------------- normalisation
