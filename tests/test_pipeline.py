@@ -72,3 +72,19 @@ def test_report_renders_offline(tiny_pipeline, monkeypatch):
 def test_unknown_notebook_parameter_is_refused(tiny_pipeline):
     with pytest.raises(NotebookError, match="unknown parameter.*windw"):
         run_notebook("zhang2021", "table1", {"windw": 3})
+
+
+def test_dvc_plots_point_at_curves_the_notebooks_write(tiny_pipeline):
+    """Every file a top-level `plots:` entry of dvc.yaml names is written by a run, with its x and y columns."""
+    import csv
+    _, reports = tiny_pipeline
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert plots
+    for entry in plots:
+        (name, spec), = entry.items()
+        for path, column in spec["y"].items():
+            written = reports / Path(path).relative_to("reports")
+            with open(written, newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert rows and {spec["x"], column} <= set(rows[0]), (name, path)
+            assert all(math.isfinite(float(r[column])) for r in rows), (name, path)
