@@ -1,0 +1,147 @@
+"""Liu, Sun et al. 2023: videos with their bank features, segments, normalisation, evaluation.
+
+* Pre-processing (Sec. 3.1): frames with no face already carry the nearest face frame's
+  feature in the cache (common/features/visual.py); frames whose VA label is -5 are discarded
+  before segmenting (`drop_invalid`, the paper), so a segment joins the frames on both sides
+  of an unannotated gap. With drop_invalid false they stay in place and are masked instead.
+* Segments (Sec. 3.3): each video is cut into consecutive non-overlapping segments of l = 150
+  frames (stride = l); the last one is padded by repeating the last frame, as the team's code
+  does, and the padding is masked out of the loss and removed before the metric.
+* Training items are chunks of `chunk_segments` consecutive segments of one video, so a
+  recurrent encoder carries its state across segments inside a chunk (Eqs. 3-4); at inference
+  each video is one sequence and the state runs through all its segments.
+* Features are z-scored per dimension with the statistics of the training videos of the run.
+* Metric (ABAW): one CCC over all valid frames of a split, videos concatenated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.data.affwild2 import SPLITS, read_split
+from common.features import bank
+from common.metrics import ccc
+
+TASKS = ("valence", "arousal")
+
+
+@dataclass
+class Clip:
+    video: str
+    subject: str
+    split: str                 # official split: train / validation / test
+    label: np.ndarray          # (N, 2) valence, arousal; -5 where unannotated (drop_invalid false)
+    mask: np.ndarray           # (N,) bool
+    features: dict             # bank name -> (N, dim) float32
+
+    def __len__(self):
+        return len(self.label)
+
+
+def load_clips(params: dict, names, drop_invalid: bool = True, splits=SPLITS) -> list[Clip]:
+    """Every VA-annotated face track with the bank features `names`, read once into memory."""
+    caches = {n: bank.open_cache(params, n) for n in names}
+    clips = []
+    for split in splits:
+        for v in read_split(params["data"]["root"], split, tasks=("VA",)):
+            if "VA" not in v.tasks:
+                continue
+            keep = np.flatnonzero(v.va_mask) if drop_invalid else np.arange(v.n_frames)
+            if len(keep) == 0:
+                continue
+            feats = {n: finite(c.get(v.video, v.n_frames)[keep]) for n, c in caches.items()}
+            clips.append(Clip(v.video, v.subject, split, v.va[keep], v.va_mask[keep], feats))
+    return clips
+
+
+def finite(a) -> np.ndarray:
+    """float32 copy with float16 overflow (+-inf in the cache: some ComParE energy LLDs exceed
+    65504) clipped back to the largest float16, so the z-score stays finite."""
+    top = float(np.finfo(np.float16).max)
+    return np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=top, neginf=-top)
+
+
+class Normalizer:
+    """Per-dimension z-score of each bank feature with the statistics of the training clips."""
+
+    def __init__(self, clips: list[Clip], names):
+        self.stats = {}
+        for n in names:
+            a = np.concatenate([c.features[n] for c in clips]).astype(np.float64)
+            std = a.std(0)
+            self.stats[n] = (a.mean(0).astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
+
+    def inputs(self, clip: Clip, visual, audio) -> dict:
+        """{"visual": (N, Dv), "audio": (N, Da)} for the feature groups of a model config."""
+        out = {}
+        for group, names in (("visual", visual), ("audio", audio)):
+            if names:
+                out[group] = np.concatenate([(clip.features[n] - self.stats[n][0]) / self.stats[n][1]
+                                             for n in names], 1)
+        return out
+
+
+def pad_to_segments(a: np.ndarray, segment: int, fill=None) -> np.ndarray:
+    """Pad the frame axis to a multiple of `segment`, repeating the last row (or with `fill`)."""
+    n = len(a)
+    total = max(1, -(-n // segment)) * segment
+    if total == n:
+        return a
+    tail = np.repeat(a[-1:], total - n, 0) if fill is None else np.full((total - n,) + a.shape[1:], fill, a.dtype)
+    return np.concatenate([a, tail], 0)
+
+
+class ChunkDataset(Dataset):
+    """Chunks of `chunk_segments` consecutive segments: {"x": {group: (L, D)}, "y": (L, 2), "mask": (L,)}."""
+
+    def __init__(self, clips, norm: Normalizer, visual, audio, segment: int, chunk_segments: int):
+        self.items = []
+        length = segment * chunk_segments
+        for clip in clips:
+            x = {g: pad_to_segments(a, segment) for g, a in norm.inputs(clip, visual, audio).items()}
+            y = pad_to_segments(clip.label.astype(np.float32), segment, fill=-5.0)
+            mask = pad_to_segments(clip.mask & (clip.label[:, 0] != -5), segment, fill=False)
+            for s in range(0, len(y), length):
+                e = s + length
+                if e > len(y):                   # the video's last chunk: shorter, pad to full
+                    e = len(y)
+                self.items.append(({g: a[s:e] for g, a in x.items()}, y[s:e], mask[s:e]))
+        self.length = length
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        x, y, mask = self.items[i]
+        n, pad = len(y), self.length - len(y)
+        if pad:                                  # whole padding segments, masked
+            x = {g: np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for g, a in x.items()}
+            y = np.concatenate([y, np.full((pad, 2), -5.0, np.float32)])
+            mask = np.concatenate([mask, np.zeros(pad, bool)])
+        return {"x": {g: torch.from_numpy(np.ascontiguousarray(a)) for g, a in x.items()},
+                "y": torch.from_numpy(y), "mask": torch.from_numpy(mask)}
+
+
+@torch.no_grad()
+def predict(model, clips, norm: Normalizer, visual, audio, segment: int) -> dict:
+    """{video: (N, 2) prediction}: each video one sequence, recurrent state through all segments."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for clip in clips:
+        x = {g: torch.from_numpy(pad_to_segments(a, segment))[None] for g, a in norm.inputs(clip, visual, audio).items()}
+        out[clip.video] = model(x)[0, :len(clip)].float().numpy()
+    model.train(was_training)
+    return out
+
+
+def split_ccc(clips, predictions: dict) -> dict:
+    """ABAW: {"valence", "arousal", "mean"} CCC over the valid frames of all clips concatenated."""
+    truth = np.concatenate([c.label[c.mask] for c in clips])
+    pred = np.concatenate([predictions[c.video][c.mask] for c in clips])
+    scores = {t: ccc(truth[:, i], pred[:, i]) for i, t in enumerate(TASKS)}
+    scores["mean"] = (scores["valence"] + scores["arousal"]) / 2
+    return scores

@@ -1,0 +1,219 @@
+"""Liu, Sun et al. 2023: the runs behind Tables 1-7; the notebooks call these and explain them.
+
+A run is one model config {encoder, fusion, visual features, audio features} trained with one
+seed on one plan: `fold0` (official train / validation split), `fold1`..`fold5` (Sec. 4.5,
+6-fold CV; common/data/folds.py) or `tvm` (Train-Val-Mix: train + validation together, Sec.
+4.7). Its folder holds common.train.fit's files, result.json and predictions.npz, so a
+notebook re-executed after a kill, or a second notebook, reuses finished runs.
+
+Training (Sec. 3.5, 4.2): loss Eq. 10, L = alpha (1 - CCC_v) + beta (1 - CCC_a) over the valid
+frames of the flattened batch; Adam, StepLR. Checkpoint selection as the team's code: the
+valence prediction comes from the epoch with the best validation valence CCC and the arousal
+prediction from the best arousal epoch (both kept by an on_epoch_end hook; fit itself keeps
+the best mean). A tvm run has no validation set: it keeps the test prediction of every epoch in
+`tvm_epochs` and averages them (Sec. 4.7: "the models from 16 to 25 epochs").
+
+Ensembles (Sec. 4.4, 4.7). Averaging rule (the paper gives none): the plain per-frame mean of
+the members' predictions, per task; members are chosen per task by their validation CCC.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.data.folds import make_folds
+from common.losses import ccc_loss
+from common.params import load_params
+from common.train import TrainConfig, fit
+from papers.liu2023.data import ChunkDataset, Normalizer, TASKS, load_clips, predict, split_ccc
+from papers.liu2023.model import build_model
+
+ENCODER_NAMES = {"transformer": "Transformer", "lstm": "LSTM", "gru": "GRU", "transformer_lstm": "Transformer-LSTM"}
+
+
+def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
+                    features_root: str = "") -> dict:
+    """params.yaml for a notebook; empty strings keep the file's own values."""
+    overrides = {}
+    if data_root:
+        overrides["data"] = {"root": data_root}
+    if features_root:
+        overrides["features"] = {"root": features_root}
+    return load_params(params_path, profile or None, overrides)
+
+
+# --------------------------------------------------------------------------- configs
+
+def config(encoder: str, visual, audio, fusion: str = "early") -> dict:
+    return {"encoder": encoder, "fusion": fusion, "visual": list(visual), "audio": list(audio)}
+
+
+def parse_config(text: str) -> dict:
+    """"transformer early | affectnet | compare,egemaps" -> config (params.yaml grid entries)."""
+    try:
+        head, visual, audio = (p.strip() for p in text.split("|"))
+        encoder, fusion = head.split()
+    except ValueError:
+        raise ValueError(f"liu2023 grid entry {text!r}: expected 'encoder fusion | visual,... | audio,...' "
+                         "e.g. 'transformer early | affectnet | compare,egemaps'") from None
+    split = lambda s: [f for f in s.split(",") if f]                       # noqa: E731
+    return config(encoder, split(visual), split(audio), fusion)
+
+
+def config_name(c: dict) -> str:
+    return f"{c['encoder']}-{c['fusion']}-{'+'.join(c['visual']) or 'none'}-{'+'.join(c['audio']) or 'none'}"
+
+
+def row_label(c: dict, with_fusion: bool = True) -> str:
+    """The paper's row format: Model | visual | audio (late fusion marked, underlined in the paper)."""
+    model = ENCODER_NAMES[c["encoder"]] + (" (late fusion)" if with_fusion and c["fusion"] == "late" else "")
+    return f"{model} | {','.join(c['visual']) or '-'} | {','.join(c['audio']) or '-'}"
+
+
+def features_of(configs) -> list[str]:
+    return list(dict.fromkeys(f for c in configs for f in c["visual"] + c["audio"]))
+
+
+def load_corpus(params: dict, configs) -> list:
+    return load_clips(params, features_of(configs), drop_invalid=params["liu2023"]["drop_invalid"])
+
+
+# --------------------------------------------------------------------------- one run
+
+def plan_split(params: dict, clips, plan: str) -> tuple[list, list]:
+    """(train videos, validation videos) of a plan: fold0..fold5 or tvm."""
+    if plan == "tvm":
+        return [c.video for c in clips if c.split in ("train", "validation")], []
+    fold = int(plan.removeprefix("fold"))
+    return tuple(make_folds(clips, params["liu2023"]["folds"], knob="liu2023.folds")[fold].values())
+
+
+def eq10_loss(alpha: float, beta: float):
+    def loss_fn(net, batch):
+        pred, y, mask = net(batch["x"]), batch["y"], batch["mask"]
+        lv = ccc_loss(pred[..., 0].reshape(-1), y[..., 0].reshape(-1), mask=mask.reshape(-1))
+        la = ccc_loss(pred[..., 1].reshape(-1), y[..., 1].reshape(-1), mask=mask.reshape(-1))
+        return alpha * lv + beta * la                                   # Eq. 10
+    return loss_fn
+
+
+def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, progress: bool = False) -> dict:
+    """Train one model; write result.json and predictions.npz ("validation/<video>", "test/<video>")."""
+    lp = params["liu2023"]
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    train_videos, val_videos = plan_split(params, clips, plan)
+    by_video = {c.video: c for c in clips}
+    train = [by_video[v] for v in train_videos]
+    val = [by_video[v] for v in val_videos]
+    test = [c for c in clips if c.split == "test"]
+    visual, audio = cfg["visual"], cfg["audio"]
+    norm = Normalizer(train, visual + audio)
+    dims = {g: sum(train[0].features[n].shape[1] for n in names) for g, names in (("visual", visual), ("audio", audio))}
+    torch.manual_seed(seed)
+    model = build_model(lp, dims["visual"], dims["audio"], cfg["encoder"], cfg["fusion"])
+    data = ChunkDataset(train, norm, visual, audio, lp["segment"], lp["chunk_segments"])
+    seg = lp["segment"]
+
+    best = {t: (-np.inf, 0, None, None) for t in TASKS}        # task -> (val CCC, epoch, val preds, test preds)
+    tvm_keep = []
+    last_val = {}
+
+    def evaluate(net):
+        if not val:
+            return {}
+        last_val["preds"] = predict(net, val, norm, visual, audio, seg)
+        return split_ccc(val, last_val["preds"])
+
+    def keep_best(model, state, **_):
+        row, epoch = state.history[-1], state.epoch
+        if val:
+            for t in TASKS:
+                if row[t] > best[t][0]:
+                    best[t] = (row[t], epoch, last_val["preds"], predict(model, test, norm, visual, audio, seg))
+        elif lp["tvm_epochs"][0] <= epoch <= lp["tvm_epochs"][1]:
+            tvm_keep.append(predict(model, test, norm, visual, audio, seg))
+
+    train_cfg = TrainConfig(epochs=lp["epochs"], batch_size=lp["batch_size"], lr=lp["lr"],
+                            weight_decay=lp["weight_decay"], seed=seed,
+                            monitor="mean" if val else "train_loss", mode="max" if val else "min",
+                            step_lr_epochs=lp["step_lr_epochs"], step_lr_gamma=lp["step_lr_gamma"])
+    result = fit(model, data, eq10_loss(lp["alpha"], lp["beta"]), evaluate, train_cfg, out_dir,
+                 on_epoch_end=[keep_best], progress=progress)
+
+    predictions = {}
+    if val:
+        # valence from the best-valence epoch, arousal from the best-arousal epoch (team's code)
+        for split, k in (("validation", 2), ("test", 3)):
+            predictions[split] = {v: np.stack([best["valence"][k][v][:, 0], best["arousal"][k][v][:, 1]], 1)
+                                  for v in best["valence"][k]}
+    else:
+        if not tvm_keep:
+            raise ValueError(f"liu2023.tvm_epochs {lp['tvm_epochs']} selects none of the {lp['epochs']} epochs")
+        predictions["test"] = {v: np.mean([p[v] for p in tvm_keep], 0) for v in tvm_keep[0]}
+    metrics = {"config": cfg, "name": config_name(cfg), "plan": plan, "seed": seed,
+               "epochs_run": len(result["history"]), "train_frames": int(sum(len(c) for c in train)),
+               "seconds": round(time.perf_counter() - started, 2)}
+    if val:
+        metrics["validation"] = split_ccc(val, predictions["validation"])
+        metrics["best_epoch"] = {t: best[t][1] for t in TASKS}
+    else:
+        metrics["tvm_models"] = len(tvm_keep)
+    if test:
+        metrics["test"] = split_ccc(test, predictions["test"])
+    np.savez_compressed(out_dir / "predictions.npz",
+                        **{f"{s}/{v}": p for s, preds in predictions.items() for v, p in preds.items()})
+    tmp = out_dir / ".result.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(out_dir / "result.json")
+    return metrics
+
+
+def run_dir(root, cfg: dict, plan: str, seed: int) -> Path:
+    return Path(root) / f"{config_name(cfg)}-{plan}-seed{seed}"
+
+
+def run_grid(params: dict, clips, root, configs, plans=("fold0",), seeds=None, progress: bool = False) -> list[dict]:
+    """Train every (config, plan, seed) or reuse a finished run; return their result.json rows."""
+    seeds = params["liu2023"]["seeds"] if seeds is None else seeds
+    rows = []
+    for cfg in configs:
+        for plan in plans:
+            for seed in seeds:
+                out = run_dir(root, cfg, plan, seed)
+                if not (out / "result.json").exists():
+                    train_run(params, clips, cfg, plan, seed, out, progress)
+                rows.append(json.loads((out / "result.json").read_text()))
+    return rows
+
+
+def load_predictions(root, cfg: dict, plan: str, seed: int, split: str) -> dict:
+    with np.load(run_dir(root, cfg, plan, seed) / "predictions.npz") as z:
+        return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{split}/")}
+
+
+# --------------------------------------------------------------------------- ensembles
+
+def average(predictions: list[dict]) -> dict:
+    """The averaging rule: per video and frame, the plain mean of the members' (N, 2) predictions."""
+    if not predictions:
+        raise ValueError("an ensemble needs at least one member")
+    return {v: np.mean([p[v] for p in predictions], 0) for v in predictions[0]}
+
+
+def select(rows: list[dict], task: str, k: int) -> list[dict]:
+    """The k runs with the best validation CCC on `task` (ties: the earlier row)."""
+    return sorted(rows, key=lambda r: -r["validation"][task])[:k]
+
+
+def task_ensemble(root, members: dict, split: str) -> dict:
+    """{video: (N, 2)} with column t the average of members[t]'s predictions on `split`."""
+    cols = []
+    for i, task in enumerate(TASKS):
+        preds = average([load_predictions(root, r["config"], r["plan"], r["seed"], split) for r in members[task]])
+        cols.append({v: p[:, i] for v, p in preds.items()})
+    return {v: np.stack([cols[0][v], cols[1][v]], 1) for v in cols[0]}
