@@ -55,6 +55,7 @@ def test_notebooks_write_well_formed_results(tiny_pipeline):
     table2 = json.loads((reports / "zhang2021" / "table2.json").read_text())
     rows2 = {r["row"] for r in table2["results"]}
     assert {"UM", "MM", "UM-CV-EC", "UM-CV-LC", "MM-CV-EC", "MM-CV-LC"} <= rows2
+    assert (reports / "zhang2021" / "table2_attention.png").stat().st_size > 0
     assert table2["leaderboard"][0]["split"] == "test" and -1 <= table2["leaderboard"][0]["p_va"] <= 1
 
 

@@ -12,12 +12,16 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
 from common.params import load_params
-from papers.zhang2021.data import EMOTIONS, cache_loader, load_trials, split_ccc
+from common.weights import load_weights_file
+from papers.zhang2021.data import (EMOTIONS, Normalizer, WindowDataset, cache_loader, load_trials, make_folds,
+                                   split_ccc, window_starts)
+from papers.zhang2021.model import BRANCHES, build_model
 from papers.zhang2021.train import train_fold
 
 
@@ -77,3 +81,31 @@ def test_scores(params: dict, trials: list, root: str | Path, emotion: str, moda
         merged[t.video] = merge_predictions([p[t.video] for p in per_fold], clip=clip,
                                             fusion=params["zhang2021"]["ensemble_fusion"])
     return {"single": single, "merged": split_ccc(test, merged, emotion)}
+
+
+@torch.no_grad()
+def attention_over_time(params: dict, trials: list, root: str | Path, emotion: str, seed: int, video: str) -> np.ndarray:
+    """(T, 3, 3) leader-follower attention scores (Eq. 1 softmax) of the fold-0 multimodal model on one trial.
+
+    Row i of a time step holds how branch i's query spreads over the keys of (visual, MFCC, VGGish).
+    The trial is fed in the windows the model was trained with and the scores of overlapping
+    windows are averaged per frame, as its predictions are.
+    """
+    z = params["zhang2021"]
+    by_video = {t.video: t for t in trials}
+    fold0 = make_folds(trials, z["folds"])[0]
+    norm = Normalizer([by_video[v] for v in fold0["train"]], BRANCHES)
+    model = build_model(z, "multimodal")
+    model.load_state_dict(load_weights_file(Path(root) / run_name(0, emotion, "multimodal", seed) / "best.pt"))
+    model.eval()
+    trial = by_video[video]
+    data = WindowDataset([trial], BRANCHES, z["window"], z["hop"], norm)
+    starts = window_starts(len(trial), z["window"], z["hop"])
+    total = np.zeros((len(trial), 3, 3))
+    count = np.zeros(len(trial))
+    for item, start in zip(data, starts):
+        _, scores = model({m: x[None] for m, x in item["x"].items()}, return_attention=True)
+        n = min(z["window"], len(trial) - start)
+        total[start:start + n] += scores[0, :n].numpy()
+        count[start:start + n] += 1
+    return total / count[:, None, None]
