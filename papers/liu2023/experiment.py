@@ -18,6 +18,7 @@ the members' predictions, per task; members are chosen per task by their validat
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -119,7 +120,7 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
     data = ChunkDataset(train, norm, visual, audio, lp["segment"], lp["chunk_segments"])
     seg = lp["segment"]
 
-    best = {t: (-np.inf, 0, None, None) for t in TASKS}        # task -> (val CCC, epoch, val preds, test preds)
+    best = {t: (-np.inf, 0, None, None) for t in TASKS}        # task -> (val CCC, epoch, val preds, weights)
     tvm_keep = []
     last_val = {}
 
@@ -134,7 +135,7 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
         if val:
             for t in TASKS:
                 if row[t] > best[t][0]:
-                    best[t] = (row[t], epoch, last_val["preds"], predict(model, test, norm, visual, audio, seg))
+                    best[t] = (row[t], epoch, last_val["preds"], copy.deepcopy(model.state_dict()))
         elif lp["tvm_epochs"][0] <= epoch <= lp["tvm_epochs"][1]:
             tvm_keep.append(predict(model, test, norm, visual, audio, seg))
 
@@ -148,9 +149,13 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
     predictions = {}
     if val:
         # valence from the best-valence epoch, arousal from the best-arousal epoch (team's code)
-        for split, k in (("validation", 2), ("test", 3)):
-            predictions[split] = {v: np.stack([best["valence"][k][v][:, 0], best["arousal"][k][v][:, 1]], 1)
-                                  for v in best["valence"][k]}
+        per_task = {"validation": {t: best[t][2] for t in TASKS}, "test": {}}
+        for t in TASKS:
+            model.load_state_dict(best[t][3])
+            per_task["test"][t] = predict(model, test, norm, visual, audio, seg)
+        for split, preds in per_task.items():
+            predictions[split] = {v: np.stack([preds["valence"][v][:, 0], preds["arousal"][v][:, 1]], 1)
+                                  for v in preds["valence"]}
     else:
         if not tvm_keep:
             raise ValueError(f"liu2023.tvm_epochs {lp['tvm_epochs']} selects none of the {lp['epochs']} epochs")
@@ -217,3 +222,37 @@ def task_ensemble(root, members: dict, split: str) -> dict:
         preds = average([load_predictions(root, r["config"], r["plan"], r["seed"], split) for r in members[task]])
         cols.append({v: p[:, i] for v, p in preds.items()})
     return {v: np.stack([cols[0][v], cols[1][v]], 1) for v in cols[0]}
+
+
+# --------------------------------------------------------------------------- what the notebooks run
+
+def runnable(params: dict, entries) -> tuple[list[dict], list[dict]]:
+    """(configs whose features are all built, [{"config": text, "missing": [...]}] for the others)."""
+    from common.features import bank
+    built = set(bank.available(params))
+    ok, skipped = [], []
+    for text in entries:
+        cfg = parse_config(text)
+        for name in cfg["visual"] + cfg["audio"]:
+            bank.get(name)                                  # unknown names fail loudly here
+        missing = [f for f in cfg["visual"] + cfg["audio"] if f not in built]
+        (skipped.append({"config": text, "missing": missing}) if missing else ok.append(cfg))
+    return ok, skipped
+
+
+def unique(configs) -> list[dict]:
+    seen, out = set(), []
+    for c in configs:
+        if config_name(c) not in seen:
+            seen.add(config_name(c))
+            out.append(c)
+    return out
+
+
+def ensemble_members(rows: list[dict], sizes: dict) -> dict:
+    """Per task, the `sizes[task]` runs with the best validation CCC on that task."""
+    return {t: select(rows, t, sizes[t]) for t in TASKS}
+
+
+def seconds_per_run(rows) -> float:
+    return float(np.mean([r["seconds"] for r in rows])) if rows else 0.0
