@@ -1,0 +1,160 @@
+"""Vu et al. 2021: the runs behind Tables 1-4; the notebooks call these and explain them.
+
+Run folders (each holds fit's checkpoint, best.pt, metrics.csv and result.json; a finished run
+is reused, so a notebook re-executed after a kill, or a later table, picks up earlier runs):
+    <out_dir>/teachers/<teacher12|teacher123>-seed<s>              Table 1 (Eq. 7)
+    <out_dir>/students/<student_nosharing|student_sharing>-seed<s>  Table 2 (Eqs. 9, 10)
+    <out_dir>/gru/<teacher|student>-seed<s>, <out_dir>/gru/features Table 3 (the CNN-GRU)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.data.affwild2 import read_split
+from common.params import load_params
+from papers.vu2021 import train as vt
+
+SPLITS = ("train", "validation", "test")
+
+
+def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
+                    features_root: str = "") -> dict:
+    """params.yaml for a notebook; empty strings keep the file's own values."""
+    overrides = {}
+    if data_root:
+        overrides["data"] = {"root": data_root}
+    if features_root:
+        overrides["features"] = {"root": features_root}
+    return load_params(params_path, profile or None, overrides)
+
+
+def cnn_dir(out_dir, kind: str, seed: int) -> Path:
+    group = "teachers" if kind.startswith("teacher") else "students"
+    return Path(out_dir) / group / f"{kind}-seed{seed}"
+
+
+def cnn_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False) -> dict:
+    """result.json of one CNN run, training it (and, for a student, its teacher) if needed."""
+    out = cnn_dir(out_dir, kind, seed)
+    done = out / "result.json"
+    if not done.exists():
+        teacher = None
+        if vt.CNN_KINDS[kind][1] is not None:
+            cnn_run(params, out_dir, "teacher123", seed, progress)
+            teacher = cnn_dir(out_dir, "teacher123", seed)
+        vt.train_cnn(params, kind, seed, out, teacher, progress)
+    return json.loads(done.read_text())
+
+
+def cnn_grid(params: dict, out_dir, kinds, progress: bool = False) -> list[dict]:
+    return [cnn_run(params, out_dir, kind, seed, progress)
+            for seed in params["vu2021"]["seeds"] for kind in kinds]
+
+
+def gru_tracks(params: dict, out_dir, seed: int) -> dict:
+    """{split: [Track]} of the student (with sharing) CNN's cached features, extracted if needed."""
+    source = cnn_dir(out_dir, "student_sharing", seed)
+    cnn_run(params, out_dir, "student_sharing", seed)
+    videos = {s: read_split(params["data"]["root"], s, tasks=("VA", "EXPR")) for s in SPLITS}
+    caches = vt.extract_features(params, source, Path(out_dir) / "gru" / "features",
+                                 [v for s in SPLITS for v in videos[s]])
+    return {s: [vt.Track(v, caches) for v in videos[s]] for s in SPLITS}
+
+
+def gru_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False) -> dict:
+    """result.json of one GRU run (kind teacher or student) plus the CNN it reads, scored alike."""
+    out = Path(out_dir) / "gru" / f"{kind}-seed{seed}"
+    done = out / "result.json"
+    if not done.exists():
+        tracks = gru_tracks(params, out_dir, seed)
+        teacher = None
+        if kind == "student":
+            gru_run(params, out_dir, "teacher", seed, progress)
+            teacher = Path(out_dir) / "gru" / f"teacher-seed{seed}"
+        vt.train_gru(params, kind, seed, tracks, out, teacher, progress)
+    return json.loads(done.read_text())
+
+
+def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
+    """The student (with sharing) CNN alone, scored on every annotated frame like the GRU."""
+    out = cnn_dir(out_dir, "student_sharing", seed) / "all_frames.json"
+    if not out.exists():
+        tracks = gru_tracks(params, out_dir, seed)
+        model = vt.load_model(vt.build_cnn(params["vu2021"]["cnn"]),
+                              cnn_dir(out_dir, "student_sharing", seed) / "best.pt")
+        length = int(params["vu2021"]["gru"]["seq_len"])
+        vt._write_json(out, {s: vt.track_score(model, tracks[s], length, params["vu2021"], gru=False)
+                             for s in ("validation", "test")})
+    return json.loads(out.read_text())
+
+
+def per_seed(rows: list[dict], kind: str, split: str, metric: str) -> np.ndarray:
+    return np.array([r[split][metric] for r in rows if r["kind"] == kind])
+
+
+def result_row(table: str, row: str, column: str, values, split: str) -> dict:
+    values = np.asarray(values, float)
+    return {"table": table, "row": row, "column": column, "value": float(values.mean()),
+            "spread": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values)),
+            "split": split}
+
+
+def write_summary(out_dir, notebook: str, summary: dict) -> Path:
+    out = Path(out_dir) / f"{notebook}.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def differences(params: dict) -> list[dict]:
+    """Where every run of this paper differs from the paper, and why (the report's table)."""
+    v, c = params["vu2021"], params["vu2021"]["cnn"]
+    size = int(params["faces"]["size"])
+    pixels = int(c["crop"]) // int(c["downsample"])
+    return [
+        {"what": "CNN backbone", "paper": "ResNet-50 pre-trained on FER+ (official code), 112 px faces",
+         "here": f"{c['block']} ResNet {c['layers']} width {c['width']} (embedding {c['embed_dim']}), "
+                 f"trained from scratch on {pixels} px inputs ({c['crop']} px windows of {size} px faces"
+                 + (f", average-pooled x{c['downsample']})" if int(c["downsample"]) > 1 else ")"),
+         "why": "no FER+ weights offline; a ResNet-50 on 112 px faces does not fit the 2-core CPU budget (paper profile builds it)"},
+        {"what": "CNN training", "paper": "Adam 1e-4, up to 40 epochs over the sets, early stop 5, batch 64 per set",
+         "here": f"Adam {c['lr']} betas {c['betas']}, {c['epochs']} epochs of {c['samples_per_epoch']} balanced draws per set, "
+                 f"early stop {c['early_stop']}, batch {c['batch_size']} per set",
+         "why": "CPU budget; a higher rate for a network trained from scratch"},
+        {"what": "dataset balancing (Deng et al.)", "paper": "the balancing protocol of Deng et al. 2020 (not detailed)",
+         "here": "sampling with replacement, weight 1/class size (Mixed EXPR, Affect EXPR_VA) or 1/(20x20 valence-arousal "
+                 "histogram cell count) (Mixed VA), as the official code's samplers; redrawn every epoch",
+         "why": "the protocol as the official code implements it"},
+        {"what": "training sets", "paper": "Aff-Wild2 + ExpW, Aff-Wild2 + AFEW-VA, AffectNet",
+         "here": "the corpus's train split + its ExpW-like, AFEW-VA-like and AffectNet-like still side sets",
+         "why": "no licensed data can ship; the embedded corpus has the same structure"},
+        {"what": "runs per result", "paper": "mean of 10 runs", "here": f"mean of {len(v['seeds'])} seeds (spread = std)",
+         "why": "CPU budget (paper profile: 10)"},
+        {"what": "evaluated frames (CNN)", "paper": "every annotated validation frame",
+         "here": f"every {v['eval_stride']}th annotated frame" if int(v["eval_stride"]) > 1 else "every annotated frame",
+         "why": "30 fps neighbours are near-duplicates; CPU budget"},
+        {"what": "Eq. 2 CCC weight", "paper": "1/B (as printed)", "here": str(v["ccc_weight"]) + (" (w = 1, official code)" if v["ccc_weight"] == "code" else ""),
+         "why": "the official code weighs the CCC term 1; with 1/B it would vanish"},
+        {"what": "KD temperature", "paper": "T not given", "here": f"T = {v['temperature']}, KL times T^2", "why": "official code"},
+        {"what": "EXPR classes", "paper": "7 basic expressions", "here": "7; frames labelled Other (ABAW3 class 7) are left out of training and scoring",
+         "why": "the corpus uses the ABAW3 labels with Other"},
+    ]
+
+
+def gru_differences(params: dict) -> list[dict]:
+    g = params["vu2021"]["gru"]
+    return [
+        {"what": "GRU stage inputs", "paper": "CNN features of 32-frame sequences, image augmentation per sequence",
+         "here": f"cached 128-d features of the frozen student CNN (Eq. 10); sequence-level flip via a cached mirrored copy, "
+                 "no translation", "why": "features extracted once (CPU budget); a translation would need a pass per offset"},
+        {"what": "GRU training sets", "paper": "T in {1, 2, 3}",
+         "here": "the Aff-Wild2 parts of Mixed EXPR and Mixed VA (as the official CNN-RNN code); stills make no sequences",
+         "why": "the official code's GRU loaders"},
+        {"what": "GRU training", "paper": "Adam 1e-4, up to 40 epochs, early stop 5, batch 16",
+         "here": f"Adam {g['lr']}, {g['epochs']} epochs of {g['samples_per_epoch']} sequences per set, early stop {g['early_stop']}, batch {g['batch_size']} per set",
+         "why": "CPU budget"},
+    ]

@@ -1,0 +1,438 @@
+"""Vu et al. 2021 Sec. 3.2: teacher and student losses, CNN and GRU training with common.train.fit.
+
+Losses (one batch holds N samples of every training set; outputs of all sets in one forward pass):
+    supervision  L^(1) = CE (Eq. 1); L^(2) = sum over V, A of CE on the bin + w (1 - CCC) (Eq. 2,
+                 `common.losses.vu_va_loss`); L^(3) = L^(1) + L^(2) on the EXPR_VA set (Eq. 3)
+    distillation H = KL(SF(t, T) || SF(s, T)) per output (Eqs. 4-6, `common.losses.vu_kd_loss`)
+    teacher      F_t = sum of L^(i) over the sets in use (Eq. 7; T in {1, 2} or {1, 2, 3})
+    student      G_i = lambda L^(i) + (1 - lambda) H^(i) on each set's own task(s) (Eq. 8), and
+                 for the other task j of sets 1 and 2: H^(j) (Eq. 9, no sharing), or, frame by
+                 frame, H^(j) where the frame has no label for j and G_j where it has (Eq. 10).
+Sums over the N samples are means here (the same minimiser; the learning rate absorbs N).
+The teacher of a student is the teacher trained with T in {1, 2, 3} with the same seed, run in
+eval mode on the same (augmented) inputs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.features.cache import FeatureCache
+from common.features.visual import file_sha256, frozen_for_inference
+from common.losses import EXPR_INVALID, VA_INVALID, bins_expectation, masked_cross_entropy, \
+    vu_kd_loss, vu_va_loss
+from common.metrics import abaw2_expr_criterion, expr_metrics, va_metrics
+from common.train import TrainConfig, fit
+from common.weights import UnreadableWeights, load_weights_file
+from papers.vu2021 import data as vd
+from papers.vu2021.model import MultitaskCNN, MultitaskGRU, build_cnn
+
+PRIMARY = {"expr": ("expr",), "va": ("va",), "both": ("expr", "va")}     # each set's own task(s)
+SECONDARY = {"expr": ("va",), "va": ("expr",), "both": ()}               # the task it lacks
+CNN_KINDS = {  # run kind -> (training sets, student loss or None for a teacher)
+    "teacher12": (("expr", "va"), None),
+    "teacher123": (("expr", "va", "both"), None),
+    "student_nosharing": (("expr", "va", "both"), "eq9"),
+    "student_sharing": (("expr", "va", "both"), "eq10"),
+}
+
+
+class WeightsMismatch(ValueError):
+    """A weights file does not fit the configured model; the message names the file and the fix."""
+
+
+def load_model(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict saved by fit (best.pt) with torch.load(weights_only=True)."""
+    try:
+        state = load_weights_file(path)
+    except (UnreadableWeights, FileNotFoundError) as e:
+        raise WeightsMismatch(f"{path}: cannot be read ({e}); delete its run folder to retrain") from None
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        key = sorted(missing or unexpected)[0]
+        raise WeightsMismatch(f"{path}: {'missing' if missing else 'unexpected'} key {key!r} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected): it was trained "
+                              "with another vu2021.cnn / vu2021.gru config; delete the run folder to retrain")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsMismatch(f"{path}: {str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else e}; "
+                              "it was trained with another config; delete the run folder to retrain") from None
+    return model
+
+
+# ------------------------------------------------------------------------------------- losses
+
+def _flat(expr_logits, va_logits, expr, va):
+    """(..., 7), (..., 2, K), (...), (..., 2) -> rows: a GRU's frames become samples."""
+    k = va_logits.shape[-1]
+    return (expr_logits.reshape(-1, expr_logits.shape[-1]), va_logits.reshape(-1, 2, k),
+            expr.reshape(-1), va.reshape(-1, 2))
+
+
+def supervision(task: str, expr_logits, va_logits, expr, va, vp: dict) -> torch.Tensor:
+    """L^(1) (Eq. 1) or L^(2) (Eq. 2); rows without a label for `task` are left out."""
+    if task == "expr":
+        return masked_cross_entropy(expr_logits, expr, ignore=EXPR_INVALID)          # Eq. 1
+    return vu_va_loss(va_logits, va, ccc_weight=vp["ccc_weight"], support=vp["bin_support"])  # Eq. 2
+
+
+def distillation(task: str, s_expr, s_va, t_expr, t_va, vp: dict, mask=None) -> torch.Tensor:
+    """H^(1) (Eq. 4) or H^(2) (Eq. 5) at temperature T."""
+    T = float(vp["temperature"])
+    if task == "expr":
+        return vu_kd_loss(s_expr, t_expr, temperature=T, mask=mask)                   # Eq. 4
+    return vu_kd_loss(student_va=s_va, teacher_va=t_va, temperature=T, mask=mask)      # Eq. 5
+
+
+def teacher_loss(outputs: dict, batch: dict, vp: dict) -> torch.Tensor:
+    """Eq. 7: the sum over the training sets of their supervision losses (Eq. 3 = both on set 3)."""
+    total = 0.0
+    for name, (expr_logits, va_logits) in outputs.items():
+        e, v, expr, va = _flat(expr_logits, va_logits, batch[name]["expr"], batch[name]["va"])
+        for task in PRIMARY[name]:
+            total = total + supervision(task, e, v, expr, va, vp)
+    return total
+
+
+def student_loss(outputs: dict, teacher_outputs: dict, batch: dict, vp: dict, sharing: bool) -> torch.Tensor:
+    """Eq. 9 (sharing=False) or Eq. 10 (sharing=True)."""
+    lam = float(vp["lam"])
+    total = 0.0
+    for name, (s_e, s_v) in outputs.items():
+        t_e, t_v = teacher_outputs[name]
+        s_e, s_v, expr, va = _flat(s_e, s_v, batch[name]["expr"], batch[name]["va"])
+        t_e, t_v = t_e.reshape(s_e.shape), t_v.reshape(s_v.shape)
+        for task in PRIMARY[name]:                                            # Eq. 8: G_i
+            total = total + lam * supervision(task, s_e, s_v, expr, va, vp) \
+                + (1 - lam) * distillation(task, s_e, s_v, t_e, t_v, vp)
+        for task in SECONDARY[name]:
+            if not sharing:                                                   # Eq. 9: H^(j)
+                total = total + distillation(task, s_e, s_v, t_e, t_v, vp)
+                continue
+            # Eq. 10, frame by frame: H^(j) if y^(j) is NA, G_j otherwise. The two masked means
+            # are weighted by their share of the rows, so this is the mean over rows of the
+            # per-row loss (the CCC term of G_j is a statistic over the labelled rows).
+            labelled = (expr != EXPR_INVALID) if task == "expr" else (va[:, 0] != VA_INVALID)
+            share = labelled.float().mean()
+            na = distillation(task, s_e, s_v, t_e, t_v, vp, mask=~labelled)
+            g = lam * supervision(task, s_e, s_v, expr, va, vp) \
+                + (1 - lam) * distillation(task, s_e, s_v, t_e, t_v, vp, mask=labelled)
+            total = total + (1 - share) * na + (share * g if bool(labelled.any()) else 0.0)
+    return total
+
+
+def forward_sets(model: nn.Module, batch: dict, key: str = "image") -> dict:
+    """Every set's outputs from ONE forward pass (BatchNorm sees the whole mixed batch)."""
+    names = list(batch)
+    sizes = [batch[n][key].shape[0] for n in names]
+    expr_logits, va_logits = model(torch.cat([batch[n][key] for n in names]))
+    return dict(zip(names, zip(expr_logits.split(sizes), va_logits.split(sizes))))
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+def score(expr_true, expr_logits, va_true, va_pred) -> dict:
+    """Sec. 4.2 metrics: CCC per dimension; EXPR criterion 0.67 F1 + 0.33 accuracy (7 classes).
+
+    `score` = criterion + CCC_V + CCC_A selects the best epoch, as the official code does.
+    """
+    expr = expr_metrics(expr_true, expr_logits, num_classes=vd.N_EXPR)
+    va = va_metrics(va_true, va_pred)
+    out = {"expr_f1": expr["f1_macro"], "expr_accuracy": expr["accuracy"],
+           "expr_criterion": abaw2_expr_criterion(expr_true, expr_logits, num_classes=vd.N_EXPR),
+           "ccc_valence": va["ccc_valence"], "ccc_arousal": va["ccc_arousal"], "ccc_mean": va["p_va"]}
+    out["score"] = out["expr_criterion"] + out["ccc_valence"] + out["ccc_arousal"]
+    return {k: float(v) for k, v in out.items()}
+
+
+def va_prediction(va_logits: torch.Tensor, vp: dict) -> torch.Tensor:
+    """The VA prediction: the expectation over the bins (Eq. 2's regression output)."""
+    return bins_expectation(va_logits, support=vp["bin_support"])
+
+
+@torch.no_grad()
+def predict_frames(model: MultitaskCNN, frames: vd.EvalFrames, cfg: dict, vp: dict):
+    was = model.training
+    model.eval()
+    logits, va = [], []
+    for images in vd.eval_batches(frames, int(cfg["crop"]), int(cfg["pad"]), int(cfg["eval_batch"]),
+                                    int(cfg["downsample"])):
+        e, v = model(images)
+        logits.append(e)
+        va.append(va_prediction(v, vp))
+    model.train(was)
+    return torch.cat(logits).numpy(), torch.cat(va).numpy()
+
+
+# ---------------------------------------------------------------------------------- the CNN
+
+_STREAMS: dict = {}
+_FRAMES: dict = {}
+
+
+def _cached(store: dict, key, make):
+    """Training sets and evaluation frames are built once per process and reused by every run."""
+    if key not in store:
+        store[key] = make()
+    return store[key]
+
+
+def train_config(section: dict, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
+                       lr=float(section["lr"]), betas=tuple(section["betas"]), seed=seed,
+                       monitor="score", mode="max", early_stop=int(section["early_stop"]))
+
+
+def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path | None = None,
+              progress: bool = False) -> dict:
+    """One CNN run (teacher or student); writes best.pt, metrics.csv and result.json in `out`."""
+    vp, cfg = params["vu2021"], params["vu2021"]["cnn"]
+    sets, student = CNN_KINDS[kind]
+    started = time.perf_counter()
+    root, size = params["data"]["root"], vd.face_size(params)
+    streams = _cached(_STREAMS, (root, size, int(vp["frame_step"])),
+                      lambda: vd.build_streams(params))
+    val = _cached(_FRAMES, (root, size, "validation"),
+                  lambda: vd.eval_frames(params, "validation", int(vp["eval_stride"])))
+    dataset = vd.TaskStreams({k: streams[k] for k in sets}, int(cfg["samples_per_epoch"]),
+                             int(cfg["crop"]), int(cfg["pad"]), seed, int(cfg["downsample"]))
+    torch.manual_seed(seed)                      # the initial weights depend on the seed only
+    model = build_cnn(cfg)
+
+    if student is None:
+        def loss_fn(net, batch):
+            return teacher_loss(forward_sets(net, batch), batch, vp)               # Eq. 7
+    else:
+        teacher = load_model(build_cnn(cfg), Path(teacher_dir) / "best.pt").eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+        def loss_fn(net, batch):
+            with torch.no_grad():
+                t_out = forward_sets(teacher, batch)
+            return student_loss(forward_sets(net, batch), t_out, batch, vp,
+                                sharing=student == "eq10")                     # Eq. 9 / 10
+
+    def evaluate(net):
+        logits, va = predict_frames(net, val, cfg, vp)
+        return score(val.expr, logits, val.va, va)
+
+    def redraw(state, **_):
+        dataset.set_epoch(state.epoch)           # a fresh balanced draw for the next epoch
+
+    fitted = fit(model, dataset, loss_fn, evaluate, train_config(cfg, seed), out,
+                 on_epoch_end=[redraw], progress=progress)
+    result = {"kind": kind, "seed": seed, "epochs_run": len(fitted["history"]),
+              "best_epoch": fitted["best"]["epoch"], "train_seconds": round(time.perf_counter() - started, 2)}
+    for split in ("validation", "test"):
+        frames = val if split == "validation" else _cached(
+            _FRAMES, (root, size, split), lambda: vd.eval_frames(params, split, int(vp["eval_stride"])))
+        logits, va = predict_frames(model, frames, cfg, vp)
+        result[split] = score(frames.expr, logits, frames.va, va)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    _write_json(out / "result.json", result)
+    return result
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- features for the GRU stage
+
+FEATURE_EXTRACTOR = "vu2021_cnn"
+FEATURE_VERSION = "1"
+
+
+class _Features(nn.Module):
+    def __init__(self, model: MultitaskCNN):
+        super().__init__()
+        self.backbone, self.neck = model.backbone, model.neck
+
+    def forward(self, x):
+        return self.neck(self.backbone(x))
+
+
+def feature_caches(root: Path, cnn_dir: Path, cfg: dict) -> dict[bool, FeatureCache]:
+    """{flipped: cache} of one CNN's 128-d features, keyed by its weights' hash."""
+    sha = file_sha256(Path(cnn_dir) / "best.pt")[:16]
+    return {flip: FeatureCache(root, FEATURE_EXTRACTOR, FEATURE_VERSION,
+                               {"weights_sha256": sha, "flip": flip, "crop": int(cfg["crop"]),
+                                "pad": int(cfg["pad"]), "downsample": int(cfg["downsample"])},
+                               int(cfg["feature_dim"]))
+            for flip in (False, True)}
+
+
+@torch.no_grad()
+def extract_features(params: dict, cnn_dir: Path, root: Path, videos: list) -> dict[bool, FeatureCache]:
+    """Every frame of `videos` through the frozen CNN, as is and mirrored (Sec. 3.4).
+
+    The mirrored copy lets the GRU stage apply the paper's sequence-level flip (Sec. 3.4: "the
+    same augmentation ... in sequence level") to cached features: a flipped sequence reads it.
+    """
+    cfg = params["vu2021"]["cnn"]
+    caches = feature_caches(root, cnn_dir, cfg)
+    todo = [v for v in videos if not all(c.has(v.video) for c in caches.values())]
+    if not todo:
+        return caches
+    model = load_model(build_cnn(cfg), Path(cnn_dir) / "best.pt")
+    net = frozen_for_inference(_Features(model))
+    faces = vd.face_cache(params)
+    crop, pad, batch = int(cfg["crop"]), int(cfg["pad"]), int(cfg["eval_batch"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for v in todo:
+        pixels = torch.from_numpy(np.array(faces.get(v.video, v.n_frames)))
+        for flip, cache in caches.items():
+            out = []
+            for chunk in pixels.split(batch):
+                images = vd.augment_batch(chunk.flip(-1) if flip else chunk, crop, pad, int(cfg["downsample"]))
+                out.append(net(images.to(device)).float().cpu())
+            cache.put(v.video, torch.cat(out).numpy())
+    return caches
+
+
+# ------------------------------------------------------------------------------ the GRU stage
+
+def windows(n_frames: int, length: int, hop: int) -> list[int]:
+    """Start frames of `length`-frame windows every `hop` frames; the last one ends at the end."""
+    if n_frames <= length:
+        return [0]
+    starts = list(range(0, n_frames - length + 1, hop))
+    if starts[-1] != n_frames - length:
+        starts.append(n_frames - length)
+    return starts
+
+
+class Track:
+    """One video's cached features (as is, mirrored) and its labels in the paper's 7 classes."""
+
+    def __init__(self, v, caches: dict):
+        self.video, self.n = v.video, v.n_frames
+        self.features = {flip: c.get(v.video, v.n_frames) for flip, c in caches.items()}
+        self.expr = vd.seven_classes(v.expr, v.expr_mask)
+        self.va = vd.va_or_na(v.va, v.va_mask)
+
+    def window(self, start: int, length: int, flip: bool = False):
+        sl = slice(start, start + length)
+        x = torch.from_numpy(np.asarray(self.features[flip][sl], np.float32))
+        expr, va = torch.from_numpy(self.expr[sl]), torch.from_numpy(self.va[sl])
+        if len(x) < length:                      # a video shorter than one sequence: pad, unlabelled
+            pad = length - len(x)
+            x = torch.cat([x, x[-1:].expand(pad, -1)])
+            expr = torch.cat([expr, torch.full((pad,), EXPR_INVALID)])
+            va = torch.cat([va, torch.full((pad, 2), VA_INVALID)])
+        return x, expr, va
+
+
+class SequenceStreams(torch.utils.data.Dataset):
+    """Item i = one 32-frame sequence from each set: {set: {"x": (T, D), "expr", "va"}}.
+
+    The GRU stage uses the Aff-Wild2 sets only, as the official code (its CNN-RNN loaders are
+    Mixed_EXPR and Mixed_VA over Aff-Wild2 videos): stills make no sequences. Training windows
+    overlap by half (hop T/2, official code); each epoch draws `samples_per_epoch` windows of each
+    set uniformly (seeded by seed, epoch); each sequence is mirrored as a whole with probability 1/2.
+    """
+
+    def __init__(self, tracks: list, length: int, seed: int, samples_per_epoch: int):
+        self.length, self.seed = length, seed
+        self.items = {}
+        for name, task in (("expr", "expr"), ("va", "va")):
+            labelled = [t for t in tracks if ((t.expr != EXPR_INVALID) if task == "expr" else (t.va[:, 0] != VA_INVALID)).any()]
+            self.items[name] = [(t, s) for t in labelled for s in windows(t.n, length, length // 2)]
+        self.n = samples_per_epoch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        self.draws = {k: rng.integers(0, len(v), self.n) for k, v in self.items.items()}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        out = {}
+        for name, items in self.items.items():
+            track, start = items[self.draws[name][i]]
+            x, expr, va = track.window(start, self.length, flip=bool(torch.rand(()) < 0.5))
+            out[name] = {"x": x, "expr": expr, "va": va}
+        return out
+
+
+@torch.no_grad()
+def predict_tracks(model: nn.Module, tracks: list, length: int, vp: dict, gru: bool = True):
+    """Per-frame (EXPR logits, VA) of every track: non-overlapping windows, the last end-aligned
+    (its frames already predicted by the window before keep the later, end-aligned prediction).
+
+    gru=False: `model` is a MultitaskCNN and its heads are applied to the cached features frame
+    by frame (the CNN alone, on exactly the frames the GRU is scored on).
+    """
+    was = model.training
+    model.eval()
+    logits, va = [], []
+    for t in tracks:
+        starts = windows(t.n, length, length)
+        x = torch.stack([t.window(s, length)[0] for s in starts])          # (W, T, D)
+        e, v = model(x) if gru else model.heads(x)
+        v = va_prediction(v, vp)
+        e_out, v_out = torch.zeros(t.n, e.shape[-1]), torch.zeros(t.n, 2)
+        for i, s in enumerate(starts):
+            n = min(length, t.n - s)
+            e_out[s:s + n], v_out[s:s + n] = e[i, :n], v[i, :n]
+        logits.append(e_out)
+        va.append(v_out)
+    model.train(was)
+    return torch.cat(logits).numpy(), torch.cat(va).numpy()
+
+
+def track_score(model, tracks: list, length: int, vp: dict, gru: bool = True) -> dict:
+    logits, va = predict_tracks(model, tracks, length, vp, gru)
+    return score(np.concatenate([t.expr for t in tracks]), logits,
+                 np.concatenate([t.va for t in tracks]), va)
+
+
+def build_gru(params: dict) -> MultitaskGRU:
+    g = params["vu2021"]["gru"]
+    return MultitaskGRU(int(params["vu2021"]["cnn"]["feature_dim"]), int(g["hidden"]),
+                        int(params["vu2021"]["cnn"]["n_bins"]))
+
+
+def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
+              teacher_dir: Path | None = None, progress: bool = False) -> dict:
+    """GRU teacher (Eq. 7 over the EXPR and VA sets) or student (Eq. 10); writes result.json."""
+    vp, g = params["vu2021"], params["vu2021"]["gru"]
+    started = time.perf_counter()
+    length = int(g["seq_len"])
+    dataset = SequenceStreams(tracks["train"], length, seed, int(g["samples_per_epoch"]))
+    torch.manual_seed(seed)
+    model = build_gru(params)
+    if kind == "teacher":
+        def loss_fn(net, batch):
+            return teacher_loss(forward_sets(net, batch, "x"), batch, vp)              # Eq. 7
+    else:
+        teacher = load_model(build_gru(params), Path(teacher_dir) / "best.pt").eval()
+
+        def loss_fn(net, batch):
+            with torch.no_grad():
+                t_out = forward_sets(teacher, batch, "x")
+            return student_loss(forward_sets(net, batch, "x"), t_out, batch, vp, sharing=True)  # Eq. 10
+
+    def redraw(state, **_):
+        dataset.set_epoch(state.epoch)
+
+    fitted = fit(model, dataset, loss_fn, lambda net: track_score(net, tracks["validation"], length, vp),
+                 train_config(g, seed), out, on_epoch_end=[redraw], progress=progress)
+    result = {"kind": kind, "seed": seed, "epochs_run": len(fitted["history"]),
+              "best_epoch": fitted["best"]["epoch"]}
+    for split in ("validation", "test"):
+        result[split] = track_score(model, tracks[split], length, vp)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    _write_json(out / "result.json", result)
+    return result
