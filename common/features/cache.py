@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from common.files import atomic_save_npy, atomic_write_json
 
 
 class FeatureCacheError(RuntimeError):
@@ -47,13 +48,6 @@ def align_to_frames(features: np.ndarray, feature_rate: float, n_frames: int, fp
     return features[nearest_frame_index(n_frames, fps, feature_rate, len(features))]
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 class FeatureCache:
     """Per-video float16 feature arrays for one extractor at one parameter set."""
 
@@ -71,11 +65,8 @@ class FeatureCache:
 
     def _manifest(self) -> None:
         if not self.manifest_path.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.manifest_path.with_name(f".manifest.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"extractor": self.extractor, "version": self.version,
-                                       "params": self.params, "dim": self.dim}, indent=2, default=str) + "\n")
-            os.replace(tmp, self.manifest_path)
+            atomic_write_json(self.manifest_path, {"extractor": self.extractor, "version": self.version,
+                                                   "params": self.params, "dim": self.dim})
 
     def path(self, video: str) -> Path:
         return self.folder / f"{video}.npy"
@@ -91,7 +82,7 @@ class FeatureCache:
         if not np.isfinite(features).all():
             raise ValueError(f"{self.extractor}: features for {video} contain NaN or inf")
         self._manifest()
-        _atomic_save(self.path(video), features.astype(np.float16))
+        atomic_save_npy(self.path(video), features.astype(np.float16))
 
     def _open(self, video: str, stage: str) -> tuple[Path, np.ndarray]:
         """The memory-mapped array of one video; a missing or unreadable file names `stage` to re-run."""

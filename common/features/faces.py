@@ -24,8 +24,9 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from common.data.affwild2 import SPLITS, AffWild2Error, read_split
-from common.features.cache import FeatureCache, FeatureCacheError, _atomic_save
+from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.visual import TrackFaces, nearest_face_index
+from common.files import atomic_save_npy, atomic_write_json
 from common.params import ParamsError, load_params
 
 EXTRACTOR = "faces"
@@ -45,7 +46,7 @@ class FaceCache(FeatureCache):
             raise ValueError(f"{EXTRACTOR}: faces for {video} have shape {faces.shape} ({faces.dtype}), "
                              f"expected (n_frames, 3, {self.size}, {self.size}) uint8")
         self._manifest()
-        _atomic_save(self.path(video), faces)
+        atomic_save_npy(self.path(video), faces)
 
     def get(self, video: str, n_frames: int | None = None) -> np.ndarray:
         path, faces = self._open(video, "`python -m common.features.faces` (dvc stage face_pixels)")
@@ -99,11 +100,7 @@ def extract_faces(params: dict, workers: int = 2, progress: bool = True) -> dict
                "mebibytes": round(sum(cache.path(t.video).stat().st_size for t in tracks) / 2**20, 1),
                "seconds": round(seconds, 2), "frames_per_second": round(frames / max(seconds, 1e-9), 1),
                "workers": workers, "folder": str(cache.folder)}
-    out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(Path(params["features"]["root"]) / f"{EXTRACTOR}.json", summary)
     return summary
 
 

@@ -26,10 +26,8 @@ hop = 1/fps) and no PCA. Two stages:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
@@ -45,6 +43,7 @@ from common.backbones import vggish as vg
 from common.data.affwild2 import SPLITS, audio_base, audio_path, read_split
 from common.features.audio import SAMPLE_RATE, load_mono
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
+from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.features.extract import audio_tracks
 from common.params import ParamsError, load_params
 
@@ -65,26 +64,6 @@ class VGGishStageError(RuntimeError):
 
 def model_path(params: dict) -> Path:
     return Path(params["vggish"]["model_dir"]) / "vggish.pt"
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_model(params: dict) -> vg.VGGish:
@@ -240,16 +219,16 @@ def pretrain_vggish(params: dict, progress: bool = True) -> Path:
     if cfg["weights"]:
         vg.load_vggish_weights(backbone, cfg["weights"])
         summary.update(source=SOURCE_FILE, weights_file=str(cfg["weights"]),
-                       weights_sha256=_sha256(Path(cfg["weights"])), validation=None, test=None)
+                       weights_sha256=file_sha256(Path(cfg["weights"])), validation=None, test=None)
         # An events head left by an earlier in-pipeline run belongs to other weights.
         (out_dir / "events_head.pt").unlink(missing_ok=True)
     else:
         with _torch_threads(int(cfg["threads"])):
             summary.update(source=SOURCE_PRETRAINED, **_pretrain(params, backbone, out_dir, progress))
 
-    _atomic_torch_save(backbone.state_dict(), out_dir / "vggish.pt")
+    atomic_torch_save(backbone.state_dict(), out_dir / "vggish.pt")
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    _atomic_json(summary, out_dir / "vggish.json")
+    atomic_write_json(out_dir / "vggish.json", summary)
     return out_dir / "vggish.pt"
 
 
@@ -293,11 +272,11 @@ def _pretrain(params: dict, backbone: vg.VGGish, out_dir: Path, progress: bool) 
     if train_dir.exists() and (not stamp_path.is_file() or json.loads(stamp_path.read_text()) != stamp):
         shutil.rmtree(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(stamp, stamp_path)
+    atomic_write_json(stamp_path, stamp)
     result = fit(model, train, loss_fn, evaluate, cfg, train_dir, progress=progress)
     model.cpu()                                # fit() may have moved it to a GPU
 
-    _atomic_torch_save(model.head.state_dict(), out_dir / "events_head.pt")
+    atomic_torch_save(model.head.state_dict(), out_dir / "events_head.pt")
     return {"trained_on": "training split, single-person tracks; best epoch on the validation split",
             "train_videos": len(train.spectrograms), "train_patches": len(train), "val_patches": len(val),
             "best_epoch": result["best"]["epoch"], "epochs_run": len(result["history"]),
@@ -367,7 +346,7 @@ def cache_for(params: dict) -> FeatureCache:
     if not path.is_file():
         raise VGGishStageError(f"{path}: not found; run `python -m common.features.vggish pretrain` first")
     key = {"sample_rate": SAMPLE_RATE, "hop_s": float(cfg["hop_s"]),
-           "architecture": vg.architecture(cfg), "model_sha256": _sha256(path)[:16]}
+           "architecture": vg.architecture(cfg), "model_sha256": file_sha256(path)[:16]}
     return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["embed_dim"]))
 
 
@@ -414,7 +393,7 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
                "tracks": sum(len(t) for t in groups.values()), "patches": patches,
                "patches_per_s": round(patches / seconds, 1) if patches else None,
                "model": str(model_path(params)), "seconds": round(seconds, 2), "folder": str(cache.folder)}
-    _atomic_json(summary, Path(cache_root) / f"{NAME}.json")
+    atomic_write_json(Path(cache_root) / f"{NAME}.json", summary)
     return summary
 
 

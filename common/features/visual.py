@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from common.backbones.resnet import ResNet
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
 from common.features.cache import FeatureCache, params_key
+from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.params import ParamsError, load_params
 from common.weights import UnreadableWeights, load_weights_file
 
@@ -80,29 +80,6 @@ def build_encoder(vp: dict) -> ResNet:
 def encoder_path(params: dict) -> Path:
     """<visual_encoder.model_dir>/frame_encoder.pt (data/models/ by default, beside data/features/)."""
     return Path(params["visual_encoder"]["model_dir"]) / "frame_encoder.pt"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    # Written under a temporary name and renamed, so a killed run never leaves half a file
-    # that the extract stage would trust.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
@@ -404,10 +381,10 @@ def _pretrain_frame_encoder(params: dict, progress: bool) -> Path:
         report = {"source": "pretrained_in_pipeline", "side_set": "affectnet",
                   **_pretrain_in_pipeline(params, encoder, progress)}
     out = encoder_path(params)
-    _atomic_torch_save(encoder.cpu().state_dict(), out)
+    atomic_torch_save(encoder.cpu().state_dict(), out)
     report = {**report, "config": encoder_config(vp), "file": str(out), "sha256": file_sha256(out),
               "seconds": round(time.perf_counter() - started, 2)}
-    _atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     return out
 
 
@@ -540,7 +517,7 @@ def _extract_visual(params: dict, workers: int, progress: bool) -> dict:
                "workers": workers, "folder": str(cache.folder)}
     out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
