@@ -229,12 +229,13 @@ def task_ensemble(root, members: dict, split: str) -> dict:
 def runnable(params: dict, entries) -> tuple[list[dict], list[dict]]:
     """(configs whose features are all built, [{"config": text, "missing": [...]}] for the others)."""
     from common.features import bank
-    built = set(bank.available(params))
-    ok, skipped = [], []
-    for text in entries:
-        cfg = parse_config(text)
+    configs = [parse_config(text) for text in entries]
+    for cfg in configs:
         for name in cfg["visual"] + cfg["audio"]:
             bank.get(name)                                  # unknown names fail loudly here
+    built = set(bank.available(params))
+    ok, skipped = [], []
+    for text, cfg in zip(entries, configs):
         missing = [f for f in cfg["visual"] + cfg["audio"] if f not in built]
         (skipped.append({"config": text, "missing": missing}) if missing else ok.append(cfg))
     return ok, skipped
