@@ -54,6 +54,10 @@ class TrainConfig:
     grad_clip: float = 0.0
     amp: bool = True                 # only takes effect on CUDA
     num_workers: int = 0
+    # Round-robin sub-steps (Jeong Algorithms 1-2): when set, each batch is a dict with one
+    # sub-batch per name, and every sub-batch gets its own optimiser step, in this order, with
+    # loss_fn(model, sub_batch, name). Empty = one step per batch with loss_fn(model, batch).
+    substeps: tuple = ()
     extra: dict = field(default_factory=dict)
 
 
@@ -168,14 +172,16 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
         for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                           disable=not progress or rank != 0):
             batch = _to(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            total, count = total + float(loss.detach()), count + 1
+            steps = [(batch[name], (name,)) for name in cfg.substeps] if cfg.substeps else [(batch, ())]
+            for sub_batch, name in steps:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss_fn(net, sub_batch, *name)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                total, count = total + float(loss.detach()), count + 1
 
         net.eval()
         with torch.no_grad():

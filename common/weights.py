@@ -21,3 +21,27 @@ def load_weights_file(path: str | Path):
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable weights file"
         text = str(e).strip()
         raise UnreadableWeights(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}") from None
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A file's state dict of tensors ("module." prefixes of DDP models dropped), else UnreadableWeights."""
+    state = load_weights_file(path)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UnreadableWeights(f"holds a {type(state).__name__}, not a state dict of tensors "
+                                "(save it with torch.save(model.state_dict(), path))")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def state_dict_problems(model: torch.nn.Module, state: dict) -> str:
+    """'' when `state` fits `model` key for key and shape for shape; else what does not, briefly."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+
+    def few(what, keys):
+        return f"{what} {keys[0]}" + (f" (+{len(keys) - 1} more)" if len(keys) > 1 else "") if keys else ""
+    parts = [few("missing key", missing), few("unexpected key", unexpected),
+             few("shape mismatch (file vs model)", wrong)]
+    return "; ".join(p for p in parts if p)
