@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: test reproduce env benchmark clean-data
+.PHONY: test reproduce env benchmark benchmark-pipeline clean-data
 
 env: $(STAMP)
 
@@ -28,6 +28,10 @@ reproduce: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark_corpus.py
+
+# Wall time of every pipeline stage (reports/benchmarks/pipeline_<profile>.json).
+benchmark-pipeline: $(STAMP)
+	$(PY) scripts/benchmark_pipeline.py
 
 clean-data:
 	rm -rf data/affwild2
