@@ -51,15 +51,19 @@ class MultitaskCNN(nn.Module):
 class MultitaskGRU(nn.Module):
     """Feature sequences (B, T, D) -> (EXPR logits (B, T, 7), VA bin logits (B, T, 2, n_bins))."""
 
-    def __init__(self, input_dim: int = 128, hidden: int = 64, n_bins: int = 20):
+    def __init__(self, input_dim: int = 128, hidden: int = 64, n_bins: int = 20, dropout: float = 0.0):
         super().__init__()
+        # Dropout on the input features (0 = none, as the official code): the frozen CNN has seen
+        # the training frames, so their features are cleaner than unseen ones and a GRU on them
+        # overfits within a few epochs.
+        self.dropout = nn.Dropout(dropout)
         self.gru = nn.GRU(input_dim, hidden, batch_first=True, bidirectional=True)
         self.expr_head = nn.Linear(2 * hidden, N_EXPR)
         self.va_head = nn.Linear(2 * hidden, 2 * n_bins)
         self.n_bins = n_bins
 
     def forward(self, x):
-        h = torch.relu(self.gru(x)[0])          # official code: ReLU on the GRU outputs
+        h = torch.relu(self.gru(self.dropout(x))[0])     # official code: ReLU on the GRU outputs
         return self.expr_head(h), self.va_head(h).unflatten(-1, (2, self.n_bins))
 
 

@@ -401,7 +401,7 @@ def track_score(model, tracks: list, length: int, vp: dict, gru: bool = True) ->
 def build_gru(params: dict) -> MultitaskGRU:
     g = params["vu2021"]["gru"]
     return MultitaskGRU(int(params["vu2021"]["cnn"]["feature_dim"]), int(g["hidden"]),
-                        int(params["vu2021"]["cnn"]["n_bins"]))
+                        int(params["vu2021"]["cnn"]["n_bins"]), float(g["dropout"]))
 
 
 def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
