@@ -37,6 +37,7 @@ from common.backbones.resnext_se import ResNeXtSE
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
 from common.features import visual
+from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.features.cache import FeatureCache, params_key
 from common.params import ParamsError, load_params
 from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
@@ -113,7 +114,7 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
     if fp["weights"]:
         load_fer_weights(net, fp["weights"])
         report = {"source": "loaded", "weights_file": str(fp["weights"]),
-                  "weights_file_sha256": visual.file_sha256(fp["weights"])}
+                  "weights_file_sha256": file_sha256(fp["weights"])}
         metrics = evaluate(net)
     else:
         train_set = visual.StillFaces(images[train_idx], side.expression[train_idx], side.va[train_idx], crop, True)
@@ -132,11 +133,11 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
     report["metrics"] = {k: metrics[k] for k in ("expr_f1", "expr_accuracy", "ccc_valence", "ccc_arousal", "ccc_mean")}
     report["majority_accuracy"] = visual._majority_rate(side.expression[val_idx])
     out = fer_path(params)
-    visual._atomic_torch_save(net.cpu().state_dict(), out)
+    atomic_torch_save(net.cpu().state_dict(), out)
     report.update({"config": fer_config(fp), "train_images": len(train_idx), "val_images": len(val_idx),
-                   "file": str(out), "sha256": visual.file_sha256(out),
+                   "file": str(out), "sha256": file_sha256(out),
                    "seconds": round(time.perf_counter() - started, 2)})
-    visual._atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     return out
 
 
@@ -147,7 +148,7 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
 def feature_caches(params: dict, sha: str | None = None) -> tuple[FeatureCache, FeatureCache]:
     """(512-d features, 9-d teacher posteriors) caches for the current weights."""
     fp = params["fer"]
-    sha = sha or visual.file_sha256(fer_path(params))
+    sha = sha or file_sha256(fer_path(params))
     key = {**fer_config(fp), "faces_size": int(params["faces"]["size"]), "weights_sha256": sha[:16]}
     return (FeatureCache(params["features"]["root"], EXTRACTOR, VERSION, key, int(fp["embed_dim"])),
             FeatureCache(params["features"]["root"], POSTERIORS, VERSION, key, POSTERIOR_DIM))
@@ -194,7 +195,7 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
     load_fer_weights(net, weights)
     net.eval()
     model = _Teacher(net).eval()
-    sha = visual.file_sha256(weights)
+    sha = file_sha256(weights)
     features, posteriors = feature_caches(params, sha)
     faces = face_cache(params)
     started = time.perf_counter()
@@ -214,7 +215,7 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
                "posteriors_folder": str(posteriors.folder)}
     out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    visual._atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

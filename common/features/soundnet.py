@@ -53,6 +53,7 @@ from common.backbones.soundnet import (CONV8_KERNEL, SAMPLE_RATE, SoundNet8, hop
                                        load_soundnet_weights, SoundNetWeightsError)
 from common.data.affwild2 import SPLITS, audio_path, read_split
 from common.features import fer, visual
+from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.features.cache import FeatureCache, params_key
 from common.losses import ccc_loss
 from common.params import ParamsError, load_params
@@ -208,7 +209,7 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
     if sp["weights"]:
         load_soundnet_weights(model, sp["weights"])
         report = {"source": "loaded", "weights_file": str(sp["weights"]),
-                  "weights_file_sha256": visual.file_sha256(sp["weights"])}
+                  "weights_file_sha256": file_sha256(sp["weights"])}
     else:
         crop_steps = max(CONV8_KERNEL, int(round(float(pp["crop_s"]) * SAMPLE_RATE / hop_samples())))
         train = AudioWindows(*_load_tracks(params, "train"), crop_steps, int(pp["crops_per_track"]), True)
@@ -245,10 +246,10 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
                   "train_tracks": len(train.waves), "train_crops": len(train), "crop_steps": crop_steps,
                   "train_folder": str(out_dir)}
     out = soundnet_path(params)
-    visual._atomic_torch_save(model.cpu().state_dict(), out)
-    report.update({"width": float(sp["width"]), "file": str(out), "sha256": visual.file_sha256(out),
+    atomic_torch_save(model.cpu().state_dict(), out)
+    report.update({"width": float(sp["width"]), "file": str(out), "sha256": file_sha256(out),
                    "seconds": round(time.perf_counter() - started, 2)})
-    visual._atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     return out
 
 
@@ -258,7 +259,7 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
 
 def feature_cache(params: dict, sha: str | None = None) -> FeatureCache:
     sp = params["soundnet"]
-    sha = sha or visual.file_sha256(soundnet_path(params))
+    sha = sha or file_sha256(soundnet_path(params))
     return FeatureCache(params["features"]["root"], EXTRACTOR, VERSION,
                         {"width": float(sp["width"]), "weights_sha256": sha[:16]}, DIM)
 
@@ -272,7 +273,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
     model = SoundNet8(float(params["soundnet"]["width"]))
     load_soundnet_weights(model, weights)
     model.eval()
-    sha = visual.file_sha256(weights)
+    sha = file_sha256(weights)
     cache = feature_cache(params, sha)
     started = time.perf_counter()
     tracks = [video for split in SPLITS for video in read_split(params["data"]["root"], split)]
@@ -292,7 +293,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
                "folder": str(cache.folder)}
     out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    visual._atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -1,0 +1,109 @@
+"""Jeong et al. 2022 Sec. 3: samples built from the cached FER and SoundNet features.
+
+A sample is one label frame t of one face track:
+    X_img: the FER vectors of N_img = 6 frames taken with stride S = 10 from the past T_img = 2 s,
+           i.e. frames t - 50, t - 40, ..., t (frames before the first one repeat the first)
+    X_aud: the SoundNet vector of the audio before t (common/features/soundnet.py)
+Every track's rows are concatenated into one table (row = frame), so a batch is a fancy index.
+
+Task sets (Sec. 3 / Algorithms 1-2): the training frames annotated for VA, for EXPR, for AU
+(each from its own annotation files) and the rows of the MTL annotation file. Evaluation "STL"
+uses each task's own annotations of a split, "MTL" the MTL file of that split (Sec. 5.1).
+Features are z-scored with the training frames' mean and standard deviation (not in the paper:
+SoundNet's logits and the FER features have different scales).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.data.affwild2 import SPLITS, read_mtl, read_split
+from common.features import fer, soundnet
+
+TASKS = ("va", "expr", "au")
+STREAMS = ("va", "expr", "au", "mtl")      # Algorithm 1-2 order: T = [va, expr, au, mtl]
+
+
+@dataclass
+class Corpus:
+    img: np.ndarray                 # (N, 512) float32, every frame of every track
+    aud: np.ndarray                 # (N, 1000) float32
+    va: np.ndarray                  # (N, 2) task annotations, -5 invalid
+    expr: np.ndarray                # (N,) -1 invalid
+    au: np.ndarray                  # (N, 12) -1 invalid
+    track_start: np.ndarray         # (N,) first row of each row's track
+    sets: dict                      # (split, set name) -> {"rows", "va", "expr", "au"}
+    offsets: np.ndarray             # (N_img,) frame offsets, e.g. [-50, -40, ..., 0]
+
+
+def frame_offsets(t_img: float, fps: float, stride: int, n_img: int) -> np.ndarray:
+    """Offsets of the N_img past frames: N_img frames at stride S ending at t, within T_img s."""
+    if (n_img - 1) * stride > t_img * fps:
+        raise ValueError(f"jeong2022: n_img = {n_img} frames at stride {stride} span more than "
+                         f"t_img = {t_img} s at {fps} fps; lower n_img or stride")
+    return -stride * np.arange(n_img - 1, -1, -1)
+
+
+def _mtl_set(params: dict, split: str, index: dict) -> dict | None:
+    try:
+        mtl = read_mtl(params["data"]["root"], split, allow_missing_images=True)
+    except Exception:                       # the real corpus has no test MTL labels
+        return None
+    keep = np.array([v in index for v in mtl["video"]], bool)
+    rows = np.array([index[v] + f - 1 for v, f in zip(mtl["video"][keep], mtl["frame"][keep])], np.int64)
+    return {"rows": rows, "va": mtl["va"][keep], "expr": mtl["expr"][keep], "au": mtl["au"][keep]}
+
+
+def load_corpus(params: dict) -> Corpus:
+    jp = params["jeong2022"]
+    img_cache, _ = fer.feature_caches(params)
+    aud_cache = soundnet.feature_cache(params)
+    imgs, auds, vas, exprs, aus, starts, splits = [], [], [], [], [], [], []
+    index, n = {}, 0
+    for split in SPLITS:
+        for t in read_split(params["data"]["root"], split):
+            index[t.video] = n
+            imgs.append(np.asarray(img_cache.get(t.video, t.n_frames), np.float32))
+            auds.append(np.asarray(aud_cache.get(t.video, t.n_frames), np.float32))
+            vas.append(np.where(t.va_mask[:, None], t.va, -5.0).astype(np.float32))
+            exprs.append(np.where(t.expr_mask, t.expr, -1))
+            aus.append(np.where(t.au_mask, t.au, -1.0).astype(np.float32))
+            starts.append(np.full(t.n_frames, n, np.int64))
+            splits.append(np.full(t.n_frames, SPLITS.index(split)))
+            n += t.n_frames
+    img, aud = np.concatenate(imgs), np.concatenate(auds)
+    va, expr, au = np.concatenate(vas), np.concatenate(exprs), np.concatenate(aus)
+    split_of = np.concatenate(splits)
+    train = split_of == 0
+    for x in (img, aud):                                    # z-score with training statistics
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+        x -= mean
+        x /= std
+    sets = {}
+    for s, split in enumerate(SPLITS):
+        in_split = split_of == s
+        for task, valid in (("va", (va != -5).all(1)), ("expr", expr != -1), ("au", (au != -1).any(1))):
+            rows = np.flatnonzero(in_split & valid)
+            sets[(split, task)] = {"rows": rows, "va": va[rows], "expr": expr[rows], "au": au[rows]}
+        mtl = _mtl_set(params, split, index)
+        if mtl is not None:
+            sets[(split, "mtl")] = mtl
+    fps = float(params["corpus"]["fps"]) if params["data"]["source"] == "synthetic" else float(jp["fps"])
+    offsets = frame_offsets(float(jp["t_img"]), fps, int(jp["stride"]), int(jp["n_img"]))
+    return Corpus(img, aud, va, expr, au, np.concatenate(starts), sets, offsets)
+
+
+def inputs(corpus: Corpus, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N_img, 512) past FER vectors and (B, 1000) SoundNet vectors of the given rows."""
+    past = rows[:, None] + corpus.offsets[None, :]
+    past = np.maximum(past, corpus.track_start[rows][:, None])     # before the track: its first frame
+    return torch.from_numpy(corpus.img[past]), torch.from_numpy(corpus.aud[rows])
+
+
+def batch(corpus: Corpus, labelled: dict, pick: np.ndarray) -> dict:
+    """A training batch of a task set: inputs and labels of its entries `pick`."""
+    img, aud = inputs(corpus, labelled["rows"][pick])
+    return {"img": img, "aud": aud, "va": torch.from_numpy(labelled["va"][pick]),
+            "expr": torch.from_numpy(labelled["expr"][pick]), "au": torch.from_numpy(labelled["au"][pick])}

@@ -1,0 +1,119 @@
+"""Jeong et al. 2022: the runs behind Tables 2-4 (the notebooks call these and explain them).
+
+A run is one (role, inputs, seed): a teacher ("I", "A" or "I+A", Table 2) or the I+A student
+distilled from the I+A teacher of the same seed (Table 3). Its folder holds fit's checkpoint,
+metrics.csv, best.pt and result.json, so a notebook re-run after a kill, or a later notebook
+reading the same runs, reuses finished runs instead of training them again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.params import load_params
+from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
+from papers.jeong2022.train import train_run
+
+
+def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
+                    features_root: str = "") -> dict:
+    """params.yaml for a notebook; empty strings keep the file's own values."""
+    overrides = {}
+    if data_root:
+        overrides["data"] = {"root": data_root}
+    if features_root:
+        overrides["features"] = {"root": features_root}
+    return load_params(params_path, profile or None, overrides)
+
+
+def run_name(role: str, inputs: str, seed: int) -> str:
+    return f"{role}-{inputs.replace('+', '')}-seed{seed}"
+
+
+def run(params: dict, corpus, teachers: str | Path, role: str, inputs: str, seed: int,
+        students: str | Path | None = None) -> dict:
+    """One run's result.json, training it first if it is not finished."""
+    teacher_dir = Path(teachers) / run_name("teacher", inputs, seed)
+    out = teacher_dir if role == "teacher" else Path(students) / run_name(role, inputs, seed)
+    done = out / "result.json"
+    if not done.exists():
+        if role == "student":
+            run(params, corpus, teachers, "teacher", inputs, seed)      # the student needs its teacher
+        train_run(params, corpus, role, inputs, seed, out, teacher_dir=teacher_dir)
+    return json.loads(done.read_text())
+
+
+def run_grid(params: dict, corpus, teachers, role: str, inputs_list, students=None) -> list[dict]:
+    return [run(params, corpus, teachers, role, inputs, seed, students)
+            for inputs in inputs_list for seed in params["jeong2022"]["seeds"]]
+
+
+def values(rows: list[dict], key: str, split: str = "validation", inputs: str | None = None,
+           role: str | None = None) -> np.ndarray:
+    """Per-seed values of one metric (e.g. 'mtl', 'stl_au') of the matching runs, in seed order."""
+    pick = [r for r in rows if (inputs is None or r["inputs"] == inputs) and (role is None or r["role"] == role)]
+    return np.array([r[split][key] for r in sorted(pick, key=lambda r: r["seed"])], float)
+
+
+def cell(table: str, row: str, column: str, vals, split: str = "validation") -> dict:
+    """A result row for the report: mean over seeds, spread = standard deviation across seeds."""
+    vals = np.asarray(vals, float)
+    return {"table": table, "row": row, "column": column, "value": float(vals.mean()),
+            "spread": float(vals.std(ddof=1)) if len(vals) > 1 else None, "n": int(len(vals)), "split": split}
+
+
+def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
+    """reports/jeong2022/<notebook>.json, written atomically (tmp + rename)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{notebook}.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    tmp.replace(out / f"{notebook}.json")
+    return out / f"{notebook}.json"
+
+
+def differences(params: dict) -> list[dict]:
+    """Every place where this run differs from the paper, and why (the report's table)."""
+    jp, fp, sp = params["jeong2022"], params["fer"], params["soundnet"]
+    fer_here = ("loaded from " + fp["weights"]) if fp["weights"] else \
+        "pre-trained in the pipeline on the AffectNet-like side set (VA 1 - CCC + 7-class expression CE)"
+    sound_here = ("loaded from " + sp["weights"]) if sp["weights"] else \
+        ("pre-trained in the pipeline with SoundNet's own recipe: the FER network's expression / VA "
+         "predictions on the frames of each audio window distilled (KL + CCC) into SoundNet over the "
+         "unlabelled training videos")
+    return [
+        {"what": "FER backbone", "paper": "DRER FER model (ResNeXt + SE), pre-trained on AffectNet for VA, frozen, 112 px",
+         "here": f"ResNeXt-SE layers {fp['layers']} width {fp['width']} cardinality {fp['cardinality']}, "
+                 f"{fp['input_size']} px, {fer_here}, frozen, features cached",
+         "why": "AffectNet weights cannot be downloaded; a CPU budget of minutes"},
+        {"what": "SoundNet", "paper": "published SoundNet-8 (Aytar et al. 2016, 2 M unlabelled Flickr videos, ImageNet/Places teachers)",
+         "here": f"SoundNet-8 at width {sp['width']}, {sound_here}",
+         "why": "the published weights are not available offline; the same visual-to-sound transfer, on this corpus"},
+        {"what": "audio window", "paper": f"the T_aud = 10 s before the frame, one SoundNet pass per sample",
+         "here": "one fully convolutional pass per track, conv8 at every conv7 step; each frame takes the latest "
+                 "11.9 s window ending before it (0-1.5 s before the frame); the first frames see left-padded silence",
+         "why": "one pass per track instead of one per frame (10^4 x fewer SoundNet passes)"},
+        {"what": "C_aud", "paper": "2 (stereo)", "here": f"{params['corpus']['audio_channels']} (channels through SoundNet one by one, outputs averaged)",
+         "why": "the embedded corpus is 16 kHz mono (paper profile: stereo), resampled to 22.05 kHz"},
+        {"what": "LSTM / trunk / task networks", "paper": "512 / [1024, 512] / [256, 128]",
+         "here": f"{jp['lstm']} / {jp['trunk']} / {jp['heads']}", "why": "CPU budget (paper profile: the paper's sizes)"},
+        {"what": "epochs / early stop", "paper": "20 / 5", "here": f"{jp['epochs']} / {jp['early_stop']}", "why": "CPU budget"},
+        {"what": "epoch", "paper": "a full pass over every task set",
+         "here": (f"{jp['steps_per_epoch']} round-robin steps of randomly drawn frames" if jp["steps_per_epoch"] else "a full pass"),
+         "why": "CPU budget; neighbouring 30 fps frames are near-duplicates"},
+        {"what": "learning rate", "paper": "1e-4", "here": str(jp["lr"]), "why": "~20 k training frames instead of ~2.6 M per task: 1e-4 barely moves in the budget"},
+        {"what": "per-epoch validation", "paper": "every validation frame",
+         "here": f"every {jp['eval_stride']}-th frame for model selection, early stop and gamma; every frame for the reported metrics",
+         "why": "CPU budget"},
+        {"what": "feature scaling", "paper": "not stated", "here": "FER and SoundNet features z-scored with training statistics",
+         "why": "SoundNet logits and FER features have different scales"},
+        {"what": "metric", "paper": "ABAW3 P_MTL (Sec. 5.1); the authors' code averages over batches of 256 with F1 zero_division = 1",
+         "here": "ABAW3 over whole splits for every table; the code's batch-averaged metric reported beside it in Table 4",
+         "why": "the paper's definition; the code's version is reported to show its effect (REFERENCE_FACTS)"},
+        {"what": "samples without 10 s of audio history", "paper": "dropped (official code)", "here": "kept (left-padded silence)",
+         "why": "the embedded videos are 30-50 s long; dropping would lose a third of the frames"},
+        {"what": "data", "paper": "Aff-Wild2 (ABAW3), MTL test set hidden", "here": f"{params['data']['source']} corpus with a labelled MTL test split",
+         "why": "Aff-Wild2 needs a licence; results are judged by direction and effect size"},
+    ]
