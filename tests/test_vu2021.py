@@ -189,3 +189,20 @@ def test_smoke_notebooks(tiny_features, tmp_path):
     for r in _published():
         if (r["table"], r["row"]) in OURS:
             assert (r["table"], r["row"], r["column"]) in produced, r
+
+
+def test_task_streams_draw_balanced_samples_per_epoch(tmp_path):
+    faces = np.zeros((10, 3, 8, 8), np.uint8)
+    expr = np.array([0] * 9 + [5])
+    stream = vd.Stream("expr", [faces], np.stack([np.zeros(10, int), np.arange(10)], 1), expr,
+                       np.full((10, 2), -5.0, np.float32), vd.expr_balance_weights(expr), np.ones(10, bool))
+    ds = vd.TaskStreams({"expr": stream}, samples_per_epoch=400, crop=6, pad=0, seed=0)
+    drawn = expr[ds.draws["expr"]]
+    assert 0.4 < (drawn == 5).mean() < 0.6                   # the rare class drawn half the time
+    first = ds.draws["expr"].copy()
+    ds.set_epoch(1)
+    assert not np.array_equal(first, ds.draws["expr"])       # a fresh draw every epoch
+    item = ds[0]["expr"]
+    assert item["image"].shape == (3, 6, 6) and item["va"].tolist() == [-5.0, -5.0]
+    (tmp_path / "metrics.csv").write_text("epoch,score\n1,0.1\n2,0.2\n")
+    assert vt.epochs_done(tmp_path) == 2 and vt.epochs_done(tmp_path / "none") == 0

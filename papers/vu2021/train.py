@@ -160,12 +160,13 @@ def va_prediction(va_logits: torch.Tensor, vp: dict) -> torch.Tensor:
 def predict_frames(model: MultitaskCNN, frames: vd.EvalFrames, cfg: dict, vp: dict):
     was = model.training
     model.eval()
+    device = next(model.parameters()).device      # fit() puts the model on the GPU when there is one
     logits, va = [], []
     for images in vd.eval_batches(frames, int(cfg["crop"]), int(cfg["pad"]), int(cfg["eval_batch"]),
                                     int(cfg["downsample"])):
-        e, v = model(images)
-        logits.append(e)
-        va.append(va_prediction(v, vp))
+        e, v = model(images.to(device))
+        logits.append(e.float().cpu())
+        va.append(va_prediction(v.float(), vp).cpu())
     model.train(was)
     return torch.cat(logits).numpy(), torch.cat(va).numpy()
 
@@ -214,6 +215,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
             p.requires_grad_(False)
 
         def loss_fn(net, batch):
+            teacher.to(next(net.parameters()).device)    # no-op after the first batch
             with torch.no_grad():
                 t_out = forward_sets(teacher, batch)
             return student_loss(forward_sets(net, batch), t_out, batch, vp,
@@ -225,6 +227,8 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
 
     def redraw(state, **_):
         dataset.set_epoch(state.epoch)           # a fresh balanced draw for the next epoch
+
+    dataset.set_epoch(epochs_done(out))          # resuming after a kill replays the same draws
 
     fitted = fit(model, dataset, loss_fn, evaluate, train_config(cfg, seed), out,
                  on_epoch_end=[redraw], progress=progress)
@@ -238,6 +242,12 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
     result["seconds"] = round(time.perf_counter() - started, 2)
     _write_json(out / "result.json", result)
     return result
+
+
+def epochs_done(out: Path) -> int:
+    """Epochs a killed run already finished (fit resumes after them): the next epoch's draw."""
+    path = Path(out) / "metrics.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
 def _write_json(path: Path, obj) -> None:
@@ -376,12 +386,13 @@ def predict_tracks(model: nn.Module, tracks: list, length: int, vp: dict, gru: b
     """
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     logits, va = [], []
     for t in tracks:
         starts = windows(t.n, length, length)
-        x = torch.stack([t.window(s, length)[0] for s in starts])          # (W, T, D)
+        x = torch.stack([t.window(s, length)[0] for s in starts]).to(device)   # (W, T, D)
         e, v = model(x) if gru else model.heads(x)
-        v = va_prediction(v, vp)
+        e, v = e.float().cpu(), va_prediction(v.float(), vp).cpu()
         e_out, v_out = torch.zeros(t.n, e.shape[-1]), torch.zeros(t.n, 2)
         for i, s in enumerate(starts):
             n = min(length, t.n - s)
@@ -420,6 +431,7 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
         teacher = load_model(build_gru(params), Path(teacher_dir) / "best.pt").eval()
 
         def loss_fn(net, batch):
+            teacher.to(next(net.parameters()).device)
             with torch.no_grad():
                 t_out = forward_sets(teacher, batch, "x")
             return student_loss(forward_sets(net, batch, "x"), t_out, batch, vp, sharing=True)  # Eq. 10
@@ -427,6 +439,7 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
     def redraw(state, **_):
         dataset.set_epoch(state.epoch)
 
+    dataset.set_epoch(epochs_done(out))
     fitted = fit(model, dataset, loss_fn, lambda net: track_score(net, tracks["validation"], length, vp),
                  train_config(g, seed), out, on_epoch_end=[redraw], progress=progress)
     result = {"kind": kind, "seed": seed, "epochs_run": len(fitted["history"]),
