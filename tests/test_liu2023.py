@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from common import report
-from common.features import bank
+from common.backbones.ecapa_tdnn import EcapaTDNN, EcapaWeightsError, load_ecapa_weights
+from common.features import bank, ecapatdnn
 from common.metrics import ccc
 from papers.liu2023 import experiment as ex
 from papers.liu2023.data import ChunkDataset, Clip, Normalizer, pad_to_segments, split_ccc
@@ -49,7 +50,7 @@ def test_bank_names_every_feature_of_the_paper_and_refuses_unbuilt_ones():
     assert set(bank.VISUAL) == {"densenet", "ires100", "fau", "ms_va", "mae", "affectnet"}
     assert set(bank.AUDIO) == {"fbank", "egemaps", "compare", "vggish", "wav2vec", "hubert", "ecapatdnn"}
     assert len(bank.table()) == 13 and all(r["paper"] and r["here"] for r in bank.table())
-    with pytest.raises(bank.FeatureBankError, match="hubert"):
+    with pytest.raises(bank.FeatureBankError, match="hubert.*no extractor"):
         bank.open_cache({}, "hubert")
     with pytest.raises(bank.FeatureBankError, match="unknown feature 'resnet'"):
         bank.get("resnet")
@@ -65,6 +66,40 @@ def test_configs_parse_from_params_text():
     assert ex.row_label(cfg) == "Transformer-LSTM (late fusion) | fau,ires100 | ecapatdnn,hubert"
     with pytest.raises(ValueError, match="encoder fusion"):
         ex.parse_config("transformer affectnet")
+
+
+# --------------------------------------------------------------------------- ECAPA-TDNN (ecapatdnn)
+
+def test_ecapa_tdnn_embeds_a_window_and_loads_only_fitting_weights(tmp_path):
+    torch.manual_seed(0)
+    net = EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=8, scale=4, se_bottleneck=8, attention_bottleneck=8).eval()
+    x = torch.randn(3, 50, 20)
+    out = net(x)
+    assert out.shape == (3, 8) and torch.isfinite(out).all()
+    assert torch.allclose(net(x[:1]), out[:1], atol=1e-5)            # eval mode: each window on its own
+    good = tmp_path / "good.pt"
+    torch.save(net.state_dict(), good)
+    other = EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=8, scale=4, se_bottleneck=8, attention_bottleneck=8).eval()
+    load_ecapa_weights(other, good)
+    assert torch.allclose(other(x), out)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=12, scale=4, se_bottleneck=8,
+                         attention_bottleneck=8).state_dict(), wrong)
+    with pytest.raises(EcapaWeightsError, match=r"wrong\.pt.*embed"):
+        load_ecapa_weights(other, wrong)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(EcapaWeightsError, match=r"junk\.pt.*ecapatdnn\.weights"):
+        load_ecapa_weights(other, junk)
+
+
+def test_ecapa_windows_are_centred_edge_padded_and_mean_normalised():
+    fb = np.arange(10, dtype=np.float32)[:, None].repeat(2, 1)
+    w = ecapatdnn.windows(fb, [0, 5, 9], 4)
+    assert w.shape == (3, 4, 2)
+    assert np.allclose(w.mean(1), 0)                                 # per-window mean normalisation
+    raw = np.pad(fb, ((2, 2), (0, 0)), mode="edge")
+    assert np.allclose(w[1] + raw[5:9].mean(0), raw[5:9])            # frames 3..6 around centre 5
 
 
 # --------------------------------------------------------------------------- model
@@ -170,9 +205,12 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
     params, path = tiny_features
     for name in ("fbank", "egemaps", "compare"):
         extract_audio(params, name, workers=2, progress=False)
+    ecapatdnn.pretrain_ecapa(params, progress=False)
+    ecapatdnn.extract_ecapa(params, progress=False)
+    assert set(bank.available(params)) >= {"affectnet", "fbank", "egemaps", "compare", "vggish", "ecapatdnn"}
     for nb in ("validation", "submissions"):
         run_notebook("liu2023", nb, {"params_path": str(path)}, tmp_path)
-    out = {nb: json.loads((tmp_path / f"{nb}.json").read_text()) for nb in ("validation", "submissions")}
+    out = {nb: json.loads((tmp_path / "liu2023" / f"{nb}.json").read_text()) for nb in ("validation", "submissions")}
     for data in out.values():
         assert data["paper"] == "liu2023" and data["profile"] == "smoke" and data["seconds"] > 0
         assert data["results"] and all(math.isfinite(r["value"]) and -1 <= r["value"] <= 1 for r in data["results"])

@@ -60,6 +60,11 @@ def _vggish(params) -> FeatureCache:
     return vggish.cache_for(params)
 
 
+def _ecapatdnn(params) -> FeatureCache:
+    from common.features import ecapatdnn
+    return ecapatdnn.cache_for(params)
+
+
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
     Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
@@ -84,7 +89,10 @@ FEATURES = {f.name: f for f in [
             "10 Hz (default profile)", _vggish, "vggish_features"),
     Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech", "", "50 Hz", None),
     Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech", "", "50 Hz", None),
-    Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification", "", "per utterance / window", None),
+    Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification (published VoxCeleb model)",
+            "ECAPA-TDNN in pure torch (common/backbones/ecapa_tdnn.py), narrow, pre-trained in the pipeline on "
+            "speaker identity of the training subjects (or weights from ecapatdnn.weights); 2 s windows every 0.5 s",
+            "2 Hz (default profile)", _ecapatdnn, "ecapatdnn_features"),
 ]}
 VISUAL = tuple(n for n, f in FEATURES.items() if f.modality == "visual")
 AUDIO = tuple(n for n, f in FEATURES.items() if f.modality == "audio")

@@ -1,0 +1,199 @@
+"""The `ecapatdnn` feature: speaker embeddings of an ECAPA-TDNN (Liu, Sun et al. 2023 Sec. 3.2.2).
+
+    python -m common.features.ecapatdnn pretrain [--profile smoke]   # -> <model_dir>/ecapatdnn.pt
+    python -m common.features.ecapatdnn extract  [--profile smoke]   # -> the feature cache
+
+pretrain: Liu et al. use a published speaker-verification ECAPA-TDNN (VoxCeleb). Those weights
+  cannot be downloaded here, so
+  * if `ecapatdnn.weights` names a local state-dict file it is loaded (weights_only) and checked
+    against the configured architecture (common/backbones/ecapa_tdnn.py);
+  * otherwise the network is pre-trained in the pipeline on speaker identity: the subjects of
+    the single-person training videos are the speakers (two-person videos are left out: their
+    audio holds two voices), `window_s` crops every `pretrain.hop_s`, one crop in ten held out
+    to validate; cross-entropy over a linear classifier on the embedding (the paper's
+    AAM-softmax margin is left out: with a dozen speakers the plain softmax separates them).
+extract: for every audio file, an embedding of the `window_s` window centred every `hop_s`
+  seconds (log Mel filter banks, 80 bins at 100 Hz, mean-normalised per window), aligned to the
+  label frames by nearest time (common/features/cache.align_to_frames); face tracks sharing an
+  audio file get the same rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common.backbones.ecapa_tdnn import EcapaWeightsError, build_ecapa, load_ecapa_weights
+from common.data.affwild2 import audio_base, audio_path, read_split
+from common.features import audio as audio_features
+from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
+from common.features.extract import audio_tracks
+from common.files import atomic_torch_save, atomic_write_json, file_sha256
+from common.params import ParamsError, load_params
+
+NAME = "ecapatdnn"
+VERSION = "1"
+FBANK_RATE = 100.0                # torchaudio Kaldi fbank frames per second
+
+
+def model_path(params: dict) -> Path:
+    return Path(params[NAME]["model_dir"]) / "ecapatdnn.pt"
+
+
+def fbank_of(wav) -> np.ndarray:
+    """(T, 80) log Mel filter banks at 100 Hz (the `fbank` extractor of common/features/audio.py)."""
+    return audio_features.registry()["fbank"].compute(audio_features.load_mono(wav)).astype(np.float32)
+
+
+def windows(fbank: np.ndarray, centres, length: int) -> np.ndarray:
+    """(len(centres), length, n_mels) windows centred on the given fbank frames, edge-padded,
+    each mean-normalised over time (cepstral mean normalisation, as speaker models expect)."""
+    half = length // 2
+    padded = np.pad(fbank, ((half, length - half), (0, 0)), mode="edge")
+    out = np.stack([padded[c:c + length] for c in centres])
+    return out - out.mean(1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- pretrain
+
+def _speaker_crops(params: dict):
+    cfg = params[NAME]
+    root = params["data"]["root"]
+    videos = [v for v in read_split(root, "train") if audio_base(v.video) == v.video]
+    speakers = sorted({v.subject for v in videos})
+    if len(speakers) < 2:
+        raise ValueError(f"{root}: {len(speakers)} single-person training speakers; ECAPA-TDNN "
+                         "pre-training needs at least 2 (or set ecapatdnn.weights)")
+    length, hop = int(cfg["window_s"] * FBANK_RATE), max(1, int(cfg["pretrain"]["hop_s"] * FBANK_RATE))
+    xs, ys = [], []
+    for v in videos:
+        fb = fbank_of(v.audio_path or audio_path(root, v.video))
+        centres = np.arange(length // 2, max(len(fb) - length // 2, length // 2 + 1), hop)
+        xs.append(windows(fb, centres, length))
+        ys.append(np.full(len(centres), speakers.index(v.subject)))
+    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)).long()
+    held = torch.zeros(len(y), dtype=torch.bool)
+    held[::10] = True                                    # one crop in ten validates
+    return TensorDataset(x[~held], y[~held]), (x[held], y[held]), speakers
+
+
+class SpeakerClassifier(nn.Module):
+    def __init__(self, backbone, n_speakers: int):
+        super().__init__()
+        self.backbone, self.classifier = backbone, nn.Linear(backbone.config["embed_dim"], n_speakers)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.backbone(x)))
+
+
+def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Path:
+    """Write <model_dir>/ecapatdnn.pt (+ .json): loaded from ecapatdnn.weights, or pre-trained here."""
+    from common.train import TrainConfig, fit
+    cfg, p = params[NAME], params[NAME]["pretrain"]
+    out_dir = Path(cfg["model_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, before = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(int(p["seed"]))
+        backbone = build_ecapa(cfg)
+        summary = {"architecture": backbone.config}
+        if cfg["weights"]:
+            load_ecapa_weights(backbone, cfg["weights"])
+            summary.update(source="loaded from file", weights_file=str(cfg["weights"]))
+        else:
+            train, (vx, vy), speakers = _speaker_crops(params)
+            model = SpeakerClassifier(backbone, len(speakers))
+            ce = nn.CrossEntropyLoss()
+
+            def evaluate(net):
+                logits = torch.cat([net(vx[i:i + 256]) for i in range(0, len(vx), 256)])
+                return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
+            result = fit(model, train, lambda net, b: ce(net(b[0]), b[1]), evaluate,
+                         TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                                     weight_decay=float(p["weight_decay"]), seed=int(p["seed"]),
+                                     monitor="val_accuracy", mode="max"),
+                         out_dir / "train", progress=progress)
+            summary.update(source="pre-trained in pipeline on speaker identity (training subjects)",
+                           speakers=len(speakers), crops=len(train), validation=result["best"])
+        atomic_torch_save(backbone.state_dict(), model_path(params))
+    finally:
+        torch.set_num_threads(before)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    atomic_write_json(out_dir / "ecapatdnn.json", summary)
+    return model_path(params)
+
+
+# --------------------------------------------------------------------------- extract
+
+def cache_for(params: dict) -> FeatureCache:
+    """The `ecapatdnn` cache of the current weights (new weights, new folder)."""
+    cfg, path = params[NAME], model_path(params)
+    if not path.is_file():
+        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.ecapatdnn pretrain` first")
+    key = {"weights": file_sha256(path), "window_s": float(cfg["window_s"]), "hop_s": float(cfg["hop_s"])}
+    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["embed_dim"]))
+
+
+@torch.no_grad()
+def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict:
+    """Fill the cache for every face track of every split; return (and write) a summary."""
+    cfg = params[NAME]
+    cache = cache_for(params)
+    model = build_ecapa(cfg)
+    load_ecapa_weights(model, model_path(params))
+    model.eval()
+    started, before = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    length, hop = int(cfg["window_s"] * FBANK_RATE), float(cfg["hop_s"])
+    groups = audio_tracks(params["data"]["root"])
+    embedded = 0
+    try:
+        for wav, tracks in groups.items():
+            if all(cache.has(t.video) for t in tracks):
+                continue
+            fb = fbank_of(wav)
+            centres = np.arange(0, len(fb), hop * FBANK_RATE).round().astype(int)
+            emb = np.concatenate([model(torch.from_numpy(windows(fb, centres[i:i + 64], length))).numpy()
+                                  for i in range(0, len(centres), 64)])
+            embedded += len(emb)
+            for t in tracks:
+                cache.put(t.video, align_to_frames(emb, 1.0 / hop, t.n_frames, t.fps))
+    finally:
+        torch.set_num_threads(before)
+    summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["embed_dim"]), "hop_s": hop,
+               "audio_files": len(groups), "windows": embedded, "seconds": round(time.perf_counter() - started, 2),
+               "folder": str(cache.folder)}
+    atomic_write_json(Path(params["features"]["root"]) / f"{NAME}.json", summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="ECAPA-TDNN: pre-train (or load) the network, then embed every track")
+    ap.add_argument("stage", choices=("pretrain", "extract"))
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params, args.profile)
+        if args.stage == "pretrain":
+            pretrain_ecapa(params)
+            result = json.loads((Path(params[NAME]["model_dir"]) / "ecapatdnn.json").read_text())
+        else:
+            result = extract_ecapa(params)
+    except (ParamsError, ValueError, EcapaWeightsError, FeatureCacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
