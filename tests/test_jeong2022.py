@@ -318,3 +318,19 @@ def test_notebooks_smoke(tiny_features, tmp_path):
     ours = [p for p in published if p["table"] in ("1", "2", "3") or p["row"] == "ours"]
     missing = [(p["table"], p["row"], p["column"]) for p in ours if (p["table"], p["row"], p["column"]) not in have]
     assert not missing, missing
+
+
+def test_fer_weights_round_trip_and_a_wrong_file_is_named(tmp_path):
+    from common.features.fer import FerWeightsError, build_fer, load_fer_weights
+    fp = {"layers": [1, 1], "width": 8, "cardinality": 2, "group_width": 2, "embed_dim": 512,
+          "input_size": 32, "crop": 28}
+    net = build_fer(fp)
+    torch.save(net.state_dict(), tmp_path / "fer.pt")
+    other = build_fer(fp)
+    load_fer_weights(other, tmp_path / "fer.pt")
+    assert torch.equal(other.encoder.embed.weight, net.encoder.embed.weight)
+    state = net.state_dict()
+    state.pop("va_head.bias")
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(FerWeightsError, match=r"bad\.pt.*va_head\.bias"):
+        load_fer_weights(other, tmp_path / "bad.pt")
