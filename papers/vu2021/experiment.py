@@ -5,6 +5,14 @@ is reused, so a notebook re-executed after a kill, or a later table, picks up ea
     <out_dir>/teachers/<teacher12|teacher123>-seed<s>              Table 1 (Eq. 7)
     <out_dir>/students/<student_nosharing|student_sharing>-seed<s>  Table 2 (Eqs. 9, 10)
     <out_dir>/gru/<teacher|student>-seed<s>, <out_dir>/gru/features Table 3 (the CNN-GRU)
+
+CPU budget (default profile, one torch thread, measured on the 2-core machine while 3 other agents
+kept the load at 3.6-5): the four notebooks from scratch with 3 seeds took 8 m 45 s wall and
+4 m 16 s CPU (user + sys; single-threaded, so about the wall time on an idle machine): a CNN run
+10-20 s CPU (the student's teacher forward adds ~30 %), features of one student CNN 5-6 s, a GRU
+run 7-13 s, plus ~10 s per notebook to start the kernel and decode the stills. The fourth seed
+added 1 m 53 s CPU: about 5.5 min for the default 4 seeds. Smoke profile: the four notebooks in
+55 s wall / 28 s CPU on the tiny test corpus.
 """
 from __future__ import annotations
 
