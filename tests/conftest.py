@@ -28,10 +28,10 @@ def tiny_params(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_features(tiny_params):
-    """The tiny corpus with the shared features extracted (MFCC, frame encoder, VGGish) and a
+    """The tiny corpus with the shared features extracted (faces, MFCC, frame encoder, VGGish) and a
     params.yaml whose every path points at it: (params, params_path). Paper tests extract what
     else they need into the same feature root, and run their notebooks with this params_path."""
-    from common.features import vggish, visual
+    from common.features import faces, vggish, visual
     from common.features.extract import extract_audio
     base = Path(tiny_params["features"]["root"]).parent
     text = (ROOT / "params.yaml").read_text()
@@ -43,6 +43,7 @@ def tiny_features(tiny_params):
     path = base / "params.yaml"
     path.write_text(text)
     params = load_params(path, overrides={"corpus": tiny_params["corpus"]})
+    faces.extract_faces(params, workers=2, progress=False)
     extract_audio(params, "mfcc", workers=2, progress=False)
     visual.pretrain_frame_encoder(params, progress=False)
     visual.extract_visual(params, progress=False)
