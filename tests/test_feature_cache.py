@@ -49,3 +49,17 @@ def test_bad_arrays_are_refused_with_the_video_named(tmp_path):
     cache.path("vid").write_bytes(b"garbage")
     with pytest.raises(FeatureCacheError, match="unreadable"):
         cache.get("vid")
+
+
+def test_values_beyond_float16_are_refused_unless_the_cache_is_float32(tmp_path):
+    big = np.array([[1e3], [7e4]], np.float32)                   # 7e4 > float16's 65504
+    with pytest.raises(ValueError, match="beyond float16's range; give the extractor dtype float32"):
+        FeatureCache(tmp_path, "spectral", "1", {}, 1).put("v", big)
+    wide = FeatureCache(tmp_path, "spectral32", "1", {}, 1, dtype="float32")
+    wide.put("v", big)
+    assert wide.get("v").dtype == np.float32 and float(wide.get("v")[1, 0]) == 7e4
+
+
+def test_compare_is_cached_in_float32():
+    from common.features.audio import registry
+    assert registry()["compare"].dtype == "float32"

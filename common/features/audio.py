@@ -29,6 +29,7 @@ class AudioExtractor:
     dim: int
     rate: float           # feature frames per second
     compute: Callable     # (waveform float32 mono at SAMPLE_RATE) -> (T, dim)
+    dtype: str = "float16"   # cache dtype; float32 where values pass float16's 65504
 
 
 def load_mono(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -67,6 +68,7 @@ def registry() -> dict[str, AudioExtractor]:
     return {
         "mfcc": AudioExtractor("mfcc", "1", 39, 100.0, _opensmile(str(OPENSMILE_DIR / "mfcc_e_d_a.conf"))),
         "egemaps": AudioExtractor("egemaps", "1", 25, 100.0, _opensmile(opensmile.FeatureSet.eGeMAPSv02)),
-        "compare": AudioExtractor("compare", "1", 65, 100.0, _opensmile(opensmile.FeatureSet.ComParE_2016)),
+        # Version 2: float32 cache; spectral variance and some energies pass float16's range.
+        "compare": AudioExtractor("compare", "2", 65, 100.0, _opensmile(opensmile.FeatureSet.ComParE_2016), "float32"),
         "fbank": AudioExtractor("fbank", "1", 80, 100.0, _fbank),
     }

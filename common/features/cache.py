@@ -51,8 +51,12 @@ def align_to_frames(features: np.ndarray, feature_rate: float, n_frames: int, fp
 class FeatureCache:
     """Per-video float16 feature arrays for one extractor at one parameter set."""
 
-    def __init__(self, root: str | Path, extractor: str, version: str, params: dict, dim: int):
+    def __init__(self, root: str | Path, extractor: str, version: str, params: dict, dim: int,
+                 dtype: str = "float16"):
+        # float16 halves the cache; an extractor whose values can pass float16's 65504 (e.g.
+        # ComParE's spectral variance, in Hz^2) declares float32 instead.
         self.extractor, self.version, self.params, self.dim = extractor, version, dict(params), int(dim)
+        self.dtype = np.dtype(dtype)
         self.folder = Path(root) / extractor / params_key(self.params)
         self.manifest_path = self.folder / "manifest.json"
         if self.manifest_path.exists():
@@ -66,7 +70,7 @@ class FeatureCache:
     def _manifest(self) -> None:
         if not self.manifest_path.exists():
             atomic_write_json(self.manifest_path, {"extractor": self.extractor, "version": self.version,
-                                                   "params": self.params, "dim": self.dim})
+                                                   "params": self.params, "dim": self.dim, "dtype": self.dtype.name})
 
     def path(self, video: str) -> Path:
         return self.folder / f"{video}.npy"
@@ -81,8 +85,12 @@ class FeatureCache:
                              f"expected (n_frames, {self.dim})")
         if not np.isfinite(features).all():
             raise ValueError(f"{self.extractor}: features for {video} contain NaN or inf")
+        stored = features.astype(self.dtype)
+        if not np.isfinite(stored).all():
+            raise ValueError(f"{self.extractor}: features for {video} reach {np.abs(features).max():.4g}, beyond "
+                             f"{self.dtype.name}'s range; give the extractor dtype float32 (and bump its version)")
         self._manifest()
-        atomic_save_npy(self.path(video), features.astype(np.float16))
+        atomic_save_npy(self.path(video), stored)
 
     def _open(self, video: str, stage: str) -> tuple[Path, np.ndarray]:
         """The memory-mapped array of one video; a missing or unreadable file names `stage` to re-run."""

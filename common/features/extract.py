@@ -45,7 +45,8 @@ def open_audio_cache(params: dict, name: str) -> FeatureCache:
         raise ParamsError(f"unknown audio extractor '{name}'; known: {', '.join(extractors)}")
     extractor = extractors[name]
     return FeatureCache(params["features"]["root"], name, extractor.version,
-                        {"sample_rate": audio_features.SAMPLE_RATE, "rate": extractor.rate}, extractor.dim)
+                        {"sample_rate": audio_features.SAMPLE_RATE, "rate": extractor.rate}, extractor.dim,
+                        extractor.dtype)
 
 
 def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = True) -> dict:
