@@ -39,6 +39,22 @@ def declared_parameters(path: Path) -> dict:
     return params
 
 
+def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
+                    features_root: str = "") -> dict:
+    """params.yaml as a notebook's parameters cell asks for it; empty strings keep the file's values.
+
+    Every paper notebook starts with these four papermill parameters, so the tests can point a
+    notebook at a tiny corpus (data_root, features_root) and the smoke profile.
+    """
+    from common.params import load_params
+    overrides = {}
+    if data_root:
+        overrides["data"] = {"root": data_root}
+    if features_root:
+        overrides["features"] = {"root": features_root}
+    return load_params(params_path, profile or None, overrides)
+
+
 def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
                  reports_dir: str | Path | None = None, timeout: int = 3600) -> Path:
     """Execute a notebook; return the executed copy's path. Raises NotebookError on bad names."""

@@ -12,20 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.params import load_params
+from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
 from papers.jeong2022.train import train_run
-
-
-def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
-                    features_root: str = "") -> dict:
-    """params.yaml for a notebook; empty strings keep the file's own values."""
-    overrides = {}
-    if data_root:
-        overrides["data"] = {"root": data_root}
-    if features_root:
-        overrides["features"] = {"root": features_root}
-    return load_params(params_path, profile or None, overrides)
 
 
 def run_name(role: str, inputs: str, seed: int) -> str:
@@ -91,7 +80,7 @@ def differences(params: dict) -> list[dict]:
         {"what": "SoundNet", "paper": "published SoundNet-8 (Aytar et al. 2016, 2 M unlabelled Flickr videos, ImageNet/Places teachers)",
          "here": f"SoundNet-8 at width {sp['width']}, {sound_here}",
          "why": "the published weights are not available offline; the same visual-to-sound transfer, on this corpus"},
-        {"what": "audio window", "paper": f"the T_aud = 10 s before the frame, one SoundNet pass per sample",
+        {"what": "audio window", "paper": "the T_aud = 10 s before the frame, one SoundNet pass per sample",
          "here": "one fully convolutional pass per track, conv8 at every conv7 step; each frame takes the latest "
                  "11.9 s window ending before it (0-1.5 s before the frame); the first frames see left-padded silence",
          "why": "one pass per track instead of one per frame (10^4 x fewer SoundNet passes)"},

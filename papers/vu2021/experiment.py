@@ -22,21 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from common.data.affwild2 import read_split
-from common.params import load_params
+from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from papers.vu2021 import train as vt
 
 SPLITS = ("train", "validation", "test")
-
-
-def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
-                    features_root: str = "") -> dict:
-    """params.yaml for a notebook; empty strings keep the file's own values."""
-    overrides = {}
-    if data_root:
-        overrides["data"] = {"root": data_root}
-    if features_root:
-        overrides["features"] = {"root": features_root}
-    return load_params(params_path, profile or None, overrides)
 
 
 def cnn_dir(out_dir, kind: str, seed: int) -> Path:
@@ -157,7 +146,7 @@ def gru_differences(params: dict) -> list[dict]:
     g = params["vu2021"]["gru"]
     return [
         {"what": "GRU stage inputs", "paper": "CNN features of 32-frame sequences, image augmentation per sequence",
-         "here": f"cached 128-d features of the frozen student CNN (Eq. 10); sequence-level flip via a cached mirrored copy, "
+         "here": "cached 128-d features of the frozen student CNN (Eq. 10); sequence-level flip via a cached mirrored copy, "
                  "no translation", "why": "features extracted once (CPU budget); a translation would need a pass per offset"},
         {"what": "GRU training sets", "paper": "T in {1, 2, 3}",
          "here": "the Aff-Wild2 parts of Mixed EXPR and Mixed VA (as the official CNN-RNN code); stills make no sequences",

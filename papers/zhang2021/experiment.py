@@ -17,23 +17,12 @@ import torch
 from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
-from common.params import load_params
 from common.weights import load_weights_file
+from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from papers.zhang2021.data import (EMOTIONS, Normalizer, WindowDataset, cache_loader, load_trials, make_folds,
                                    split_ccc, window_starts)
 from papers.zhang2021.model import BRANCHES, build_model
 from papers.zhang2021.train import train_fold
-
-
-def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
-                    features_root: str = "") -> dict:
-    """params.yaml for a notebook; empty strings keep the file's own values."""
-    overrides = {}
-    if data_root:
-        overrides["data"] = {"root": data_root}
-    if features_root:
-        overrides["features"] = {"root": features_root}
-    return load_params(params_path, profile or None, overrides)
 
 
 def load_corpus(params: dict) -> list:
