@@ -65,11 +65,19 @@ def _ecapatdnn(params) -> FeatureCache:
     return ecapatdnn.cache_for(params)
 
 
+
+def _fau(params) -> FeatureCache:
+    from common.features import fau
+    return fau.cache_for(params)
+
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
     Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
     Feature("ires100", "visual", "IResNet-100, facial expression on FER+, RAF-DB and AffectNet", "", "video fps", None),
-    Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set", "", "video fps", None),
+    Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set",
+            "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for the "
+            "12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from fau.weights); penultimate "
+            "feature per face frame (common/features/fau.py)", "video fps", _fau, "fau_features"),
     Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet", "", "video fps", None),
     Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)", "", "video fps", None),
     Feature("affectnet", "visual", "expression model pre-trained on AffectNet (Table 1 row 3; not described further)",

@@ -19,8 +19,6 @@ extract: for every audio file, an embedding of the `window_s` window centred eve
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,6 @@ from common.features import audio as audio_features
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
 from common.features.extract import audio_tracks
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
-from common.params import ParamsError, load_params
 
 NAME = "ecapatdnn"
 VERSION = "1"
@@ -176,23 +173,9 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="ECAPA-TDNN: pre-train (or load) the network, then embed every track")
-    ap.add_argument("stage", choices=("pretrain", "extract"))
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params, args.profile)
-        if args.stage == "pretrain":
-            pretrain_ecapa(params)
-            result = json.loads((Path(params[NAME]["model_dir"]) / "ecapatdnn.json").read_text())
-        else:
-            result = extract_ecapa(params)
-    except (ParamsError, ValueError, EcapaWeightsError, FeatureCacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    from common.features import pretraining
+    return pretraining.cli(argv, NAME, "ECAPA-TDNN: pre-train (or load) the network, then embed every track",
+                           pretrain_ecapa, extract_ecapa, (EcapaWeightsError, FeatureCacheError))
 
 
 if __name__ == "__main__":

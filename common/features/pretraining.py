@@ -1,0 +1,75 @@
+"""The `pretrain` step every network feature shares: load `<section>.weights`, or pre-train in the pipeline.
+
+A network feature (Liu et al. 2023's `ecapatdnn`, `fau`, `mae`, `hubert`, ...) has a params.yaml
+section with `weights` ("" = pre-train here), `model_dir` and `pretrain.seed`. This writes
+<model_dir>/<name>.pt (the backbone's state dict, what `extract` loads with weights_only=True)
+and <model_dir>/<name>.json (the architecture, where the weights came from, the validation
+metrics of the in-pipeline pre-training and the seconds it took).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from common.files import atomic_torch_save, atomic_write_json
+
+
+def model_path(params: dict, name: str) -> Path:
+    return Path(params[name]["model_dir"]) / f"{name}.pt"
+
+
+def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module], load: Callable[[nn.Module, str], None],
+                     train: Callable[[nn.Module, Path], dict], threads: int = 1) -> Path:
+    """build() -> the backbone; load(backbone, file) fills it from `<name>.weights`; otherwise
+    train(backbone, out_dir) trains it in place and returns what to record (source, validation...)."""
+    cfg = params[name]
+    out_dir = Path(cfg["model_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, before = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(int(cfg["pretrain"]["seed"]))
+        backbone = build()
+        summary = {"architecture": getattr(backbone, "config", {})}
+        if cfg["weights"]:
+            load(backbone, cfg["weights"])
+            summary.update(source="loaded from file", weights_file=str(cfg["weights"]))
+        else:
+            summary.update(train(backbone, out_dir))
+        atomic_torch_save(backbone.state_dict(), model_path(params, name))
+    finally:
+        torch.set_num_threads(before)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    atomic_write_json(out_dir / f"{name}.json", summary)
+    return model_path(params, name)
+
+
+def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable, errors: tuple) -> int:
+    """`python -m common.features.<name> pretrain|extract [--profile P]`: runs a step, prints its summary
+    JSON, or prints the error (one of `errors`: a bad file or setting, named by the message) and exits 2."""
+    import argparse
+    import json
+    import sys
+
+    from common.params import ParamsError, load_params
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("stage", choices=("pretrain", "extract"))
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params, args.profile)
+        if args.stage == "pretrain":
+            pretrain(params)
+            result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
+        else:
+            result = extract(params)
+    except (ParamsError, ValueError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
