@@ -45,3 +45,18 @@ def state_dict_problems(model: torch.nn.Module, state: dict) -> str:
     parts = [few("missing key", missing), few("unexpected key", unexpected),
              few("shape mismatch (file vs model)", wrong)]
     return "; ".join(p for p in parts if p)
+
+
+def load_checked(model: torch.nn.Module, path, error: type, what: str, section: str, arch_keys: str) -> None:
+    """Load a local state dict into `model`, or raise `error` naming the file and the params keys to fix:
+    `<section>.weights` for an unreadable file, `<section>.<arch_keys>` for one that does not fit."""
+    try:
+        state = read_state_dict(path)
+    except (UnreadableWeights, FileNotFoundError) as e:
+        raise error(f"{path}: not a usable {what} state dict ({e}); fix {section}.weights "
+                    "or set it to \"\" to pre-train in the pipeline") from None
+    problems = state_dict_problems(model, state)
+    if problems:
+        raise error(f"{path}: does not fit the configured {what} {getattr(model, 'config', '')}: {problems}; "
+                    f"set {section}.{arch_keys} to the file's architecture")
+    model.load_state_dict(state)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
+from common.weights import load_checked
 
 
 class MobileNetWeightsError(ValueError):
@@ -70,13 +70,4 @@ def load_mobilenet_weights(model: MobileNet, path, section: str) -> None:
 
     `section` is the params.yaml section whose `weights` / architecture keys the message names.
     """
-    try:
-        state = read_state_dict(path)
-    except (UnreadableWeights, FileNotFoundError) as e:
-        raise MobileNetWeightsError(f"{path}: not a usable MobileNet state dict ({e}); fix {section}.weights "
-                                    "or set it to \"\" to pre-train in the pipeline") from None
-    problems = state_dict_problems(model, state)
-    if problems:
-        raise MobileNetWeightsError(f"{path}: does not fit the configured MobileNet {model.config}: {problems}; "
-                                    f"set {section}.stem / stages / embed_dim to the file's architecture")
-    model.load_state_dict(state)
+    load_checked(model, path, MobileNetWeightsError, "MobileNet", section, "stem / stages / embed_dim")

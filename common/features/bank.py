@@ -70,6 +70,11 @@ def _fau(params) -> FeatureCache:
     from common.features import fau
     return fau.cache_for(params)
 
+
+def _mae(params) -> FeatureCache:
+    from common.features import mae
+    return mae.cache_for(params)
+
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
     Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
@@ -79,7 +84,10 @@ FEATURES = {f.name: f for f in [
             "12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from fau.weights); penultimate "
             "feature per face frame (common/features/fau.py)", "video fps", _fau, "fau_features"),
     Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet", "", "video fps", None),
-    Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)", "", "video fps", None),
+    Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)",
+            "a tiny ViT masked autoencoder in pure torch (common/backbones/vit_mae.py) pre-trained in the pipeline, "
+            "self-supervised, on Train_Set faces (or weights from mae.weights); no expression / AU fine-tuning; "
+            "mean encoder token per face frame (common/features/mae.py)", "video fps", _mae, "mae_features"),
     Feature("affectnet", "visual", "expression model pre-trained on AffectNet (Table 1 row 3; not described further)",
             "the shared frame encoder (common/features/visual.py): a small ResNet pre-trained in the pipeline on the "
             "AffectNet-like stills for 7-class expression + VA, 512-d; a faithful small stand-in",

@@ -19,7 +19,6 @@ extract: every face frame of every track through the frozen network (centre crop
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +27,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.backbones.mobilenet import MobileNetWeightsError, build_mobilenet, load_mobilenet_weights
-from common.data.affwild2 import AU_NAMES, SPLITS, AffWild2Error, read_split
+from common.data.affwild2 import AU_NAMES, AffWild2Error
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features import pretraining
-from common.features.faces import face_cache
 from common.features.pretraining import pretrain_or_load
-from common.features.visual import centre_crop, encode_faces, frozen_for_inference, normalise, track_features
-from common.files import atomic_write_json, file_sha256
+from common.features.visual import centre_crop, frozen_for_inference, normalise
+from common.files import file_sha256
 from common.losses import masked_bce_with_logits
 
 NAME = "fau"
@@ -56,27 +54,9 @@ def random_crop_flip(images: torch.Tensor, crop: int, generator: torch.Generator
 
 def au_frames(params: dict, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Up to n face frames of `split` with at least one annotated AU: uint8 faces, labels, label mask."""
-    faces = face_cache(params)
-    rows = []
-    for v in read_split(params["data"]["root"], split):
-        frames = np.flatnonzero(v.au_mask.any(1) & v.has_image)
-        rows += [(v, f) for f in frames]
-    if not rows:
-        raise ValueError(f"{params['data']['root']}: no AU-annotated face frames in {split}; the fau "
-                         "pre-training needs some (or set fau.weights)")
-    pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
-    by_video: dict = {}
-    for i in pick:
-        v, f = rows[i]
-        by_video.setdefault(v.video, (v, []))[1].append(f)
-    x, y, m = [], [], []
-    for v, frames in by_video.values():
-        frames = np.asarray(frames)
-        x.append(np.asarray(faces.get(v.video, v.n_frames)[frames]))
-        y.append(v.au[frames])
-        m.append(v.au_mask[frames])
-    return (torch.from_numpy(np.concatenate(x)), torch.from_numpy(np.concatenate(y)).float(),
-            torch.from_numpy(np.concatenate(m)))
+    images, picked = pretraining.sample_face_frames(params, split, n, seed, lambda v: v.au_mask.any(1))
+    return (images, torch.from_numpy(np.concatenate([v.au[f] for v, f in picked])).float(),
+            torch.from_numpy(np.concatenate([v.au_mask[f] for v, f in picked])))
 
 
 def mean_auc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
@@ -143,28 +123,12 @@ def cache_for(params: dict) -> FeatureCache:
 def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:
     """Fill the cache for every face track of every split; return (and write) a summary."""
     cfg = params[NAME]
-    cache, faces = cache_for(params), face_cache(params)
-    started, before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
     backbone = build_mobilenet(cfg)
     load_mobilenet_weights(backbone, model_path(params), NAME)
-    encoder, dim = frozen_for_inference(backbone), int(cfg["embed_dim"])
-    tracks = [v for split in SPLITS for v in read_split(params["data"]["root"], split)]
-    encoded = 0
-    try:
-        for t in tracks:
-            if cache.has(t.video):
-                continue
-            face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
-            cache.put(t.video, track_features(encode_faces(encoder, face_rows, int(cfg["crop"]),
-                                                           int(cfg["extract_batch"]), dim), t.has_image, dim))
-            encoded += len(face_rows)
-    finally:
-        torch.set_num_threads(before)
-    summary = {"extractor": NAME, "version": VERSION, "dim": dim, "tracks": len(tracks), "face_frames": encoded,
-               "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
-    atomic_write_json(Path(params["features"]["root"]) / f"{NAME}.json", summary)
-    return summary
+    encoder = frozen_for_inference(backbone)
+    return {**pretraining.extract_face_feature(params, NAME, encoder, cache_for(params), int(cfg["crop"]),
+                                               int(cfg["extract_batch"]), int(cfg["embed_dim"]), threads),
+            "version": VERSION}
 
 
 def main(argv=None) -> int:

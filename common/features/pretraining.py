@@ -73,3 +73,53 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
         return 2
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def sample_face_frames(params: dict, split: str, n: int, seed: int, where: Callable) -> tuple:
+    """Up to n face frames of `split` (uniformly, fixed by `seed`) among those where `where(video)`
+    (a boolean per frame) holds and the frame has a face image: (uint8 faces (n, 3, S, S) from the
+    face-pixel cache, [(video annotation, frame indices), ...] in the same order)."""
+    import numpy as np
+
+    from common.data.affwild2 import read_split
+    from common.features.faces import face_cache
+    videos = read_split(params["data"]["root"], split)
+    rows = [(i, f) for i, v in enumerate(videos) for f in np.flatnonzero(where(v) & v.has_image)]
+    if not rows:
+        raise ValueError(f"{params['data']['root']}: no usable face frames in {split} for this pre-training "
+                         "(or set the feature's weights)")
+    pick = sorted(rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:n])
+    faces, picked = face_cache(params), []
+    for i in sorted({i for i, _ in pick}):
+        picked.append((videos[i], np.array([f for j, f in pick if j == i])))
+    images = np.concatenate([np.asarray(faces.get(v.video, v.n_frames)[frames]) for v, frames in picked])
+    return torch.from_numpy(images), picked
+
+
+def extract_face_feature(params: dict, name: str, encoder: nn.Module, cache, crop: int, batch_size: int,
+                         dim: int, threads: int = 1) -> dict:
+    """Every face frame of every track through the frozen `encoder` (centre crop) into `cache`;
+    frames without a face take the nearest face's row (Liu Sec. 3.1). Writes <features root>/<name>.json."""
+    import numpy as np
+
+    from common.data.affwild2 import SPLITS, read_split
+    from common.features.faces import face_cache
+    from common.features.visual import encode_faces, track_features
+    faces = face_cache(params)
+    started, before = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    tracks = [v for split in SPLITS for v in read_split(params["data"]["root"], split)]
+    encoded = 0
+    try:
+        for t in tracks:
+            if cache.has(t.video):
+                continue
+            face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
+            cache.put(t.video, track_features(encode_faces(encoder, face_rows, crop, batch_size, dim), t.has_image, dim))
+            encoded += len(face_rows)
+    finally:
+        torch.set_num_threads(before)
+    summary = {"extractor": name, "dim": dim, "tracks": len(tracks), "face_frames": encoded,
+               "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
+    atomic_write_json(Path(params["features"]["root"]) / f"{name}.json", summary)
+    return summary

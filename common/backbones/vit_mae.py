@@ -1,0 +1,98 @@
+"""A masked autoencoder ViT (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners") in pure torch.
+
+The encoder of Liu et al. 2023's `mae` feature. Input: (B, 3, S, S) faces normalised to [-1, 1],
+cut into (S / patch)^2 patches, linearly embedded, + learned position embeddings, a CLS token.
+Pre-training (MAE Sec. 3): a random `mask_ratio` of the patches per image is dropped, the encoder
+sees only the visible ones; a narrow decoder gets the encoded visible tokens plus a shared mask
+token at every dropped position and predicts the dropped patches' pixels, each patch normalised
+by its own mean and variance ("norm_pix_loss", MAE Sec. 3 / Table 1d); the loss is the mean
+squared error over dropped patches only. Feature: the encoder on all patches, the mean of its
+patch tokens after the final LayerNorm (MAE's linear-probing / fine-tuning uses the average
+token as well as the CLS token; Sec. A.1). The published ViT-B: patch 16 at 224 px, width 768,
+depth 12; decoder width 512, depth 8. State dict keys are this module's own names.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.weights import load_checked
+
+
+class MAEWeightsError(ValueError):
+    """A weights file does not fit the configured MAE; the message names the file and the fix."""
+
+
+def blocks(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)   # pre-norm ViT blocks
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+class MaskedAutoencoderViT(nn.Module):
+    def __init__(self, image_size: int, patch: int, dim: int, depth: int, heads: int,
+                 decoder_dim: int, decoder_depth: int, decoder_heads: int = 2):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"MAE image size {image_size} must be a multiple of the patch size {patch}")
+        self.config = {"image_size": image_size, "patch": patch, "dim": dim, "depth": depth, "heads": heads,
+                       "decoder_dim": decoder_dim, "decoder_depth": decoder_depth}
+        self.patch, self.embed_dim = patch, dim
+        n = (image_size // patch) ** 2
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+        self.encoder, self.norm = blocks(dim, depth, heads), nn.LayerNorm(dim)
+        self.decoder_embed = nn.Linear(dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.randn(1, n + 1, decoder_dim) * 0.02)
+        self.decoder, self.decoder_norm = blocks(decoder_dim, decoder_depth, decoder_heads), nn.LayerNorm(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, patch * patch * 3)
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, n_patches, patch * patch * 3), patches in row-major order."""
+        b, c, s, _ = images.shape
+        g, p = s // self.patch, self.patch
+        return images.reshape(b, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(b, g * g, p * p * c)
+
+    def encode(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1 + n_kept, dim): CLS + the patch tokens listed in `keep` (B, n_kept) (all when None)."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+        if keep is not None:
+            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(len(x), -1, -1)
+        return self.norm(self.encoder(torch.cat([cls, x], 1)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, dim): the mean patch token of the unmasked encoder (the feature)."""
+        return self.encode(images)[:, 1:].mean(1)
+
+    def reconstruction_loss(self, images: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """MAE pre-training loss: MSE on the normalised pixels of the masked patches only."""
+        target = self.patchify(images)
+        b, n, _ = target.shape
+        n_keep = max(1, int(round(n * (1 - mask_ratio))))
+        order = torch.rand(b, n, device=images.device).argsort(1)       # random masking, per image
+        keep, restore = order[:, :n_keep], order.argsort(1)
+        latent = self.decoder_embed(self.encode(images, keep))
+        tokens = torch.cat([latent[:, 1:], self.mask_token.expand(b, n - n_keep, -1)], 1)
+        tokens = torch.gather(tokens, 1, restore[..., None].expand(-1, -1, tokens.shape[-1]))   # unshuffle
+        x = torch.cat([latent[:, :1], tokens], 1) + self.decoder_pos_embed
+        pred = self.decoder_pred(self.decoder_norm(self.decoder(x)))[:, 1:]
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()                  # norm_pix_loss
+        masked = torch.ones(b, n, device=images.device)
+        masked[:, :n_keep] = 0
+        masked = torch.gather(masked, 1, restore)                       # 1 = dropped patch
+        return (((pred - target) ** 2).mean(-1) * masked).sum() / masked.sum()
+
+
+def build_mae(cfg: dict) -> MaskedAutoencoderViT:
+    """From the params.yaml `mae` section."""
+    return MaskedAutoencoderViT(int(cfg["crop"]), int(cfg["patch"]), int(cfg["dim"]), int(cfg["depth"]),
+                                int(cfg["heads"]), int(cfg["decoder_dim"]), int(cfg["decoder_depth"]))
+
+
+def load_mae_weights(model: MaskedAutoencoderViT, path) -> None:
+    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
+    load_checked(model, path, MAEWeightsError, "MAE", "mae", "crop / patch / dim / depth / decoder_dim / decoder_depth")

@@ -1,0 +1,98 @@
+"""The `mae` feature: a masked-autoencoder ViT's encoder tokens per face (Liu, Sun et al. 2023 Sec. 3.2.1).
+
+    python -m common.features.mae pretrain [--profile smoke]   # -> <model_dir>/mae.pt
+    python -m common.features.mae extract  [--profile smoke]   # -> the feature cache
+
+pretrain: Liu et al. pre-train a ViT masked autoencoder on DFEW, EmotioNet and FERV39k (then
+  fine-tune it for expression and AU). Those sets are not here, so
+  * if `mae.weights` names a local state-dict file of this MAE it is loaded (weights_only) and
+    checked against the configured architecture (common/backbones/vit_mae.py);
+  * otherwise the MAE is pre-trained in the pipeline, self-supervised, on `pretrain.frames` face
+    frames of the Train_Set (uniformly subsampled; random crop + flip), `mask_ratio` of the
+    patches dropped (MAE's 75 %); `pretrain.val_frames` Validation_Set faces pick the best epoch by
+    reconstruction loss (predicting each dropped patch's mean scores ~1.0 on normalised pixels).
+    The paper's expression / AU fine-tuning is left out (the `fau` feature covers AUs).
+extract: every face frame of every track through the encoder without masking (centre crop);
+  the mean patch token is the feature; frames without a face take the nearest face's row.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from common.backbones.vit_mae import MAEWeightsError, build_mae, load_mae_weights
+from common.data.affwild2 import AffWild2Error
+from common.features import pretraining
+from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.fau import random_crop_flip
+from common.features.visual import centre_crop, normalise
+from common.files import file_sha256
+
+NAME = "mae"
+VERSION = "1"
+
+
+def model_path(params: dict) -> Path:
+    return pretraining.model_path(params, NAME)
+
+
+def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
+    from common.train import TrainConfig, fit
+    cfg, p = params[NAME], params[NAME]["pretrain"]
+    crop, ratio = int(cfg["crop"]), float(cfg["mask_ratio"])
+    every_frame = lambda v: v.has_image  # noqa: E731 - any face frame; no labels needed
+    x, _ = pretraining.sample_face_frames(params, "train", int(p["frames"]), int(p["seed"]), every_frame)
+    vx, _ = pretraining.sample_face_frames(params, "validation", int(p["val_frames"]), int(p["seed"]), every_frame)
+
+    @torch.no_grad()
+    def evaluate(net):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)                         # the same masks every epoch
+            losses = [float(net.reconstruction_loss(normalise(centre_crop(vx[i:i + 256], crop)), ratio)) * len(vx[i:i + 256])
+                      for i in range(0, len(vx), 256)]
+        return {"val_loss": sum(losses) / len(vx)}
+    result = fit(model, TensorDataset(x), lambda net, b: net.reconstruction_loss(normalise(random_crop_flip(b[0], crop)), ratio),
+                 evaluate, TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                                       weight_decay=float(p["weight_decay"]), betas=(0.9, 0.95), seed=int(p["seed"]),
+                                       monitor="val_loss", mode="min"),
+                 out_dir / "train", progress=progress)
+    return {"source": "pre-trained in pipeline as a masked autoencoder (Train_Set face frames)",
+            "frames": len(x), "val_frames": len(vx), "validation": result["best"]}
+
+
+def pretrain_mae(params: dict, progress: bool = True, threads: int = 1) -> Path:
+    """Write <model_dir>/mae.pt (+ .json): loaded from mae.weights, or pre-trained here."""
+    return pretraining.pretrain_or_load(params, NAME, lambda: build_mae(params[NAME]), load_mae_weights,
+                                        lambda net, out_dir: _train_mae(params, net, out_dir, progress), threads)
+
+
+def cache_for(params: dict) -> FeatureCache:
+    """The `mae` cache of the current weights (new weights or face size, new folder)."""
+    cfg, path = params[NAME], model_path(params)
+    if not path.is_file():
+        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.mae pretrain` first")
+    key = {"weights": file_sha256(path), "crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])}
+    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["dim"]))
+
+
+def extract_mae(params: dict, progress: bool = True, threads: int = 1) -> dict:
+    """Fill the cache for every face track of every split; return (and write) a summary."""
+    cfg = params[NAME]
+    model = build_mae(cfg)
+    load_mae_weights(model, model_path(params))
+    model.eval()                                         # a ViT: no BatchNorm to fold, eager is fine
+    return {**pretraining.extract_face_feature(params, NAME, model, cache_for(params), int(cfg["crop"]),
+                                               int(cfg["extract_batch"]), int(cfg["dim"]), threads),
+            "version": VERSION}
+
+
+def main(argv=None) -> int:
+    return pretraining.cli(argv, NAME, "masked-autoencoder ViT: pre-train (or load) it, then embed every face",
+                           pretrain_mae, extract_mae, (AffWild2Error, MAEWeightsError, FeatureCacheError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
