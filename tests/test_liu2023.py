@@ -10,7 +10,7 @@ import torch
 
 from common import report
 from common.backbones.ecapa_tdnn import EcapaTDNN, EcapaWeightsError, load_ecapa_weights
-from common.features import bank, ecapatdnn
+from common.features import bank, ecapatdnn, fau, mae
 from common.metrics import ccc
 from papers.liu2023 import experiment as ex
 from papers.liu2023.data import ChunkDataset, Clip, Normalizer, pad_to_segments, split_ccc
@@ -207,7 +207,10 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
         extract_audio(params, name, workers=2, progress=False)
     ecapatdnn.pretrain_ecapa(params, progress=False)
     ecapatdnn.extract_ecapa(params, progress=False)
-    assert set(bank.available(params)) >= {"affectnet", "fbank", "egemaps", "compare", "vggish", "ecapatdnn"}
+    for feature in (fau, mae):                       # Table 4's fau config, the "mae helps arousal" ablation row
+        getattr(feature, f"pretrain_{feature.NAME}")(params, progress=False)
+        getattr(feature, f"extract_{feature.NAME}")(params, progress=False)
+    assert set(bank.available(params)) >= {"affectnet", "fbank", "egemaps", "compare", "vggish", "ecapatdnn", "fau", "mae"}
     for nb in ("validation", "submissions"):
         run_notebook("liu2023", nb, {"params_path": str(path)}, tmp_path)
     out = {nb: json.loads((tmp_path / "liu2023" / f"{nb}.json").read_text()) for nb in ("validation", "submissions")}
@@ -223,5 +226,6 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
               or (r["table"] in ("2", "3") and r["row"] == "Ensemble")}
     wanted = {w for w in wanted if not (w[0] == "4" and w[1] not in ("Fold 1", "Fold 2", "Average"))}  # smoke: 2 folds
     assert wanted <= got, wanted - got
+    assert "mae_helps_arousal" in {c["id"] for c in out["validation"]["claims"]}
     board = out["submissions"]["leaderboard"][0]
     assert board["split"] == "test" and -1 <= board["p_va"] <= 1
