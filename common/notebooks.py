@@ -56,8 +56,14 @@ def notebook_params(profile: str = "", params_path: str = "params.yaml", data_ro
 
 
 def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
-                 reports_dir: str | Path | None = None, timeout: int = 3600) -> Path:
-    """Execute a notebook; return the executed copy's path. Raises NotebookError on bad names."""
+                 reports_dir: str | Path | None = None, timeout: int = 3600, threads: int = 1) -> Path:
+    """Execute a notebook; return the executed copy's path. Raises NotebookError on bad names.
+
+    The kernel runs with `threads` CPU threads for torch (OMP_NUM_THREADS). The papers' models are
+    narrow, and on this project's 2-core machine a Zhang smoke run took 1.7 s with one thread and
+    10.6 s with two (44 s with two while another job ran): intra-op threads only add
+    synchronisation to such small operations. 0 keeps torch's default (all cores).
+    """
     import papermill
 
     src = notebook_path(paper, notebook)
@@ -72,12 +78,20 @@ def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
     final = out_dir / f"{notebook}.ipynb"
     tmp = out_dir / f".{notebook}.tmp-{os.getpid()}.ipynb"
     started = time.perf_counter()
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads:
+        os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))   # the kernel inherits them
     try:
         papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
                                    cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
                                    request_save_on_cell_execute=False)
         os.replace(tmp, final)
     finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if tmp.exists():
             tmp.unlink()
     print(f"{paper}/{notebook}: executed in {time.perf_counter() - started:.1f} s -> {final.relative_to(ROOT)}"
@@ -91,10 +105,11 @@ def main(argv=None) -> int:
     ap.add_argument("notebook")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     ap.add_argument("--reports", help="reports folder (default: reports/)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads in the kernel (0 = torch's default)")
     args = ap.parse_args(argv)
     params = {"profile": args.profile} if args.profile else {}
     try:
-        run_notebook(args.paper, args.notebook, params, args.reports)
+        run_notebook(args.paper, args.notebook, params, args.reports, threads=args.threads)
     except NotebookError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

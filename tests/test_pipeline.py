@@ -89,3 +89,23 @@ def test_dvc_plots_point_at_curves_the_notebooks_write(tiny_pipeline):
                 rows = list(csv.DictReader(f))
             assert rows and {spec["x"], column} <= set(rows[0]), (name, path)
             assert all(math.isfinite(float(r[column])) for r in rows), (name, path)
+
+
+def test_the_kernel_runs_with_the_asked_thread_count(tmp_path, monkeypatch):
+    """run_notebook hands OMP_NUM_THREADS to the kernel and restores the caller's environment."""
+    import nbformat
+    import os
+    from common import notebooks
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('out_dir = ""', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell('import torch, pathlib\n'
+                                          'pathlib.Path(out_dir, "threads.txt").write_text(str(torch.get_num_threads()))')]
+    paper = tmp_path / "papers" / "toy"
+    paper.mkdir(parents=True)
+    nbformat.write(nb, paper / "probe.ipynb")
+    monkeypatch.setattr(notebooks, "ROOT", tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    notebooks.run_notebook("toy", "probe", reports_dir=tmp_path / "reports", threads=1)
+    assert (tmp_path / "reports" / "toy" / "threads.txt").read_text() == "1"
+    assert "OMP_NUM_THREADS" not in os.environ
