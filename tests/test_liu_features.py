@@ -11,7 +11,8 @@ import torch
 
 from common.backbones.mobilenet import MobileNet, MobileNetWeightsError, load_mobilenet_weights
 from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load_mae_weights
-from common.features import bank, fau, mae
+from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
+from common.features import bank, fau, hubert, mae
 
 torch.set_num_threads(1)
 
@@ -144,3 +145,49 @@ def test_mae_pretraining_beats_the_patch_mean_and_fills_the_cache(tiny_features)
     rows = bank.open_cache(params, "mae").get(video.video, video.n_frames)
     assert rows.shape == (video.n_frames, params["mae"]["dim"]) and np.isfinite(rows).all()
     assert rows.astype(np.float32).std(0).mean() > 0                   # faces differ, features differ
+
+
+# --------------------------------------------------------------------------- HuBERT (hubert)
+
+HUBERT_TINY = {"conv": 8, "dim": 16, "layers": 1, "heads": 2, "pos_conv_kernel": 8, "pos_conv_groups": 2,
+               "mask_prob": 0.8, "mask_length": 2, "clusters": 5, "final_dim": 8}
+
+
+def test_hubert_frames_are_50_hz_and_weights_load_only_when_they_fit(tmp_path):
+    torch.manual_seed(0)
+    net = build_hubert(HUBERT_TINY).eval()
+    wave = torch.randn(2, 16000)                                        # 1 s at 16 kHz
+    with torch.no_grad():
+        out = last_layer(net, wave)
+    assert out.shape == (2, 16000 // STRIDE - 1, 16) and torch.isfinite(out).all()
+    x, y = hubert.crops([np.zeros(16000 * 3, np.float32)], [np.arange(150) % 5], 32000, 16000)
+    assert x.shape == (2, 32000) and y.shape == (2, 99)                  # 2 s crops, one per second
+    assert torch.equal(y[1], torch.from_numpy(np.arange(50, 149) % 5))  # labels of the crop's own frames
+    logit_m, _, penalty = net.train()(x, y)
+    assert logit_m.shape[1] == 5 + 1 and torch.isfinite(penalty)        # target column 0 + one per cluster
+    good = tmp_path / "good.pt"
+    torch.save(net.state_dict(), good)
+    load_hubert_weights(build_hubert(HUBERT_TINY), good)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(build_hubert({**HUBERT_TINY, "clusters": 7}).state_dict(), wrong)
+    with pytest.raises(HubertWeightsError, match=r"wrong\.pt.*label_embeddings.*hubert\.conv"):
+        load_hubert_weights(net, wrong)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(HubertWeightsError, match=r"junk\.pt.*hubert\.weights"):
+        load_hubert_weights(net, junk)
+
+
+def test_hubert_pretraining_beats_the_majority_cluster_and_fills_the_cache(tiny_features):
+    params, _ = tiny_features
+    params = copy.deepcopy(params)
+    params["hubert"]["pretrain"].update(epochs=10, hop_s=0.25, lr=0.003)
+    hubert.pretrain_hubert(params, progress=False)
+    summary = json.loads((Path(params["hubert"]["model_dir"]) / "hubert.json").read_text())
+    print("hubert validation", summary["validation"], summary["val_majority_cluster_share"], summary["seconds"])
+    assert summary["validation"]["val_masked_accuracy"] > summary["val_majority_cluster_share"], summary
+    hubert.extract_hubert(params, progress=False)
+    from common.data.affwild2 import read_split
+    video = read_split(params["data"]["root"], "validation")[0]
+    rows = bank.open_cache(params, "hubert").get(video.video, video.n_frames)
+    assert rows.shape == (video.n_frames, params["hubert"]["dim"]) and np.isfinite(rows).all()

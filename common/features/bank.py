@@ -75,6 +75,11 @@ def _mae(params) -> FeatureCache:
     from common.features import mae
     return mae.cache_for(params)
 
+
+def _hubert(params) -> FeatureCache:
+    from common.features import hubert
+    return hubert.cache_for(params)
+
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
     Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
@@ -104,7 +109,10 @@ FEATURES = {f.name: f for f in [
             "speech / other-voice events (or published weights from vggish.weights), 128-d",
             "10 Hz (default profile)", _vggish, "vggish_features"),
     Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech", "", "50 Hz", None),
-    Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech", "", "50 Hz", None),
+    Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech",
+            "a tiny HuBERT from torchaudio's blocks (common/backbones/hubert.py), HuBERT iteration 1 in the "
+            "pipeline: masked prediction of MFCC k-means ids on the training audio (or weights from "
+            "hubert.weights); last layer (common/features/hubert.py)", "50 Hz", _hubert, "hubert_features"),
     Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification (published VoxCeleb model)",
             "ECAPA-TDNN in pure torch (common/backbones/ecapa_tdnn.py), narrow, pre-trained in the pipeline on "
             "speaker identity of the training subjects (or weights from ecapatdnn.weights); 2 s windows every 0.5 s",

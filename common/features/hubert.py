@@ -1,0 +1,171 @@
+"""The `hubert` feature: last-layer HuBERT frames at 50 Hz (Liu, Sun et al. 2023 Sec. 3.2.2).
+
+    python -m common.features.hubert pretrain [--profile smoke]   # -> <model_dir>/hubert.pt
+    python -m common.features.hubert extract  [--profile smoke]   # -> the feature cache
+
+pretrain: Liu et al. use a published HuBERT pre-trained on thousands of hours of speech. Those
+  weights cannot be downloaded here, so
+  * if `hubert.weights` names a local state-dict file of this configuration it is loaded
+    (weights_only) and checked (common/backbones/hubert.py);
+  * otherwise a tiny HuBERT is pre-trained in the pipeline by HuBERT's first iteration (Hsu et al.
+    2021 Sec. II-B, III-C): k-means with `clusters` centres on the MFCC frames (39-d, the `mfcc`
+    extractor, every other 100 Hz frame = 50 Hz) of the training audio gives every frame a
+    cluster id; the network sees `crop_s`-second crops of the training audio with spans masked
+    and predicts the cluster ids of the masked frames (cross entropy over cosine logits, Eq. 3
+    with alpha = 1), + 10 x the feature penalty (the published recipe). Crops of the validation
+    audio pick the best epoch by masked-frame accuracy (the majority cluster's share is the floor).
+    The second iteration (k-means on the model's own layer-6 features) is left out.
+extract: for every audio file, the last Transformer layer's output without masking, in chunks of
+  `chunk_s` seconds, 50 Hz, aligned to the label frames by nearest time
+  (common/features/cache.align_to_frames); face tracks sharing an audio file get the same rows.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
+from common.data.affwild2 import AffWild2Error, audio_path, read_split
+from common.features import audio as audio_features
+from common.features import pretraining
+from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
+from common.features.extract import audio_tracks
+from common.files import atomic_write_json, file_sha256
+
+NAME = "hubert"
+VERSION = "1"
+RATE = audio_features.SAMPLE_RATE
+FRAME_RATE = RATE / STRIDE        # 50 Hz
+
+
+def model_path(params: dict) -> Path:
+    return pretraining.model_path(params, NAME)
+
+
+def _split_audio(params: dict, split: str) -> list[np.ndarray]:
+    root = params["data"]["root"]
+    wavs = sorted({str(v.audio_path or audio_path(root, v.video)) for v in read_split(root, split)})
+    return [audio_features.load_mono(w) for w in wavs]
+
+
+def mfcc_50hz(wave: np.ndarray) -> np.ndarray:
+    """(frames at 50 Hz, 39) MFCCs: the 100 Hz `mfcc` extractor's every other frame."""
+    return audio_features.registry()["mfcc"].compute(wave).astype(np.float32)[::2]
+
+
+def crops(waves, clusters, crop: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, crop samples) waveform crops and (n, crop / STRIDE - 1) cluster ids of their output frames."""
+    xs, ys = [], []
+    n_out = crop // STRIDE - 1                            # the conv stack's output length for `crop` samples
+    for wave, ids in zip(waves, clusters):
+        for start in range(0, len(wave) - crop + 1, hop):
+            first = start // STRIDE
+            label = ids[first:first + n_out]
+            if len(label) == n_out:
+                xs.append(wave[start:start + crop])
+                ys.append(label)
+    if not xs:
+        raise ValueError(f"no {crop / RATE:.1f} s crops in the audio; lower hubert.pretrain.crop_s")
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)).long()
+
+
+def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
+    from sklearn.cluster import MiniBatchKMeans
+
+    from common.train import TrainConfig, fit
+    cfg, p = params[NAME], params[NAME]["pretrain"]
+    train_waves, val_waves = _split_audio(params, "train"), _split_audio(params, "validation")
+    train_mfcc = [mfcc_50hz(w) for w in train_waves]
+    mean = np.concatenate(train_mfcc).mean(0)
+    std = np.concatenate(train_mfcc).std(0) + 1e-6
+    kmeans = MiniBatchKMeans(int(cfg["clusters"]), random_state=int(p["seed"]), n_init=3, batch_size=4096)
+    kmeans.fit(np.concatenate(train_mfcc)[:: int(p["kmeans_step"])] / std - mean / std)
+    ids = [kmeans.predict((m - mean) / std) for m in train_mfcc]
+    val_ids = [kmeans.predict((mfcc_50hz(w) - mean) / std) for w in val_waves]
+    crop, hop = int(p["crop_s"] * RATE), int(p["hop_s"] * RATE)
+    x, y = crops(train_waves, ids, crop, hop)
+    vx, vy = crops(val_waves, val_ids, crop, crop)
+    majority = float(np.bincount(vy.flatten().numpy()).max() / vy.numel())
+
+    def loss(net, batch):
+        logit_m, _, feature_penalty = net(batch[0], batch[1])
+        return F.cross_entropy(logit_m, torch.zeros(len(logit_m), dtype=torch.long)) + 10.0 * feature_penalty
+
+    @torch.no_grad()
+    def evaluate(net):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)                          # the same masks every epoch
+            hits = total = 0
+            for i in range(0, len(vx), 16):
+                logit_m, _, _ = net(vx[i:i + 16], vy[i:i + 16])
+                hits, total = hits + int((logit_m.argmax(1) == 0).sum()), total + len(logit_m)
+        return {"val_masked_accuracy": hits / max(total, 1)}
+    result = fit(model, TensorDataset(x, y), loss, evaluate,
+                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                             seed=int(p["seed"]), monitor="val_masked_accuracy", mode="max"),
+                 out_dir / "train", progress=progress)
+    return {"source": "pre-trained in pipeline: HuBERT iteration 1 (masked prediction of MFCC k-means ids, training audio)",
+            "crops": len(x), "val_crops": len(vx), "val_majority_cluster_share": majority, "validation": result["best"]}
+
+
+def pretrain_hubert(params: dict, progress: bool = True, threads: int = 1) -> Path:
+    """Write <model_dir>/hubert.pt (+ .json): loaded from hubert.weights, or pre-trained here."""
+    return pretraining.pretrain_or_load(params, NAME, lambda: build_hubert(params[NAME]), load_hubert_weights,
+                                        lambda net, out_dir: _train_hubert(params, net, out_dir, progress), threads)
+
+
+def cache_for(params: dict) -> FeatureCache:
+    """The `hubert` cache of the current weights (new weights, new folder)."""
+    cfg, path = params[NAME], model_path(params)
+    if not path.is_file():
+        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.hubert pretrain` first")
+    key = {"weights": file_sha256(path), "chunk_s": float(cfg["chunk_s"])}
+    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["dim"]))
+
+
+@torch.no_grad()
+def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dict:
+    """Fill the cache for every face track of every split; return (and write) a summary."""
+    import time
+    cfg = params[NAME]
+    cache = cache_for(params)
+    model = build_hubert(cfg)
+    load_hubert_weights(model, model_path(params))
+    model.eval()
+    started, before = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    chunk = int(float(cfg["chunk_s"]) * RATE)
+    groups = audio_tracks(params["data"]["root"])
+    frames = 0
+    try:
+        for wav, tracks in groups.items():
+            if all(cache.has(t.video) for t in tracks):
+                continue
+            wave = torch.from_numpy(audio_features.load_mono(wav))
+            parts = [last_layer(model, wave[None, i:i + chunk])[0] for i in range(0, len(wave), chunk)
+                     if len(wave[i:i + chunk]) >= 2 * STRIDE]
+            out = torch.cat(parts).numpy()
+            frames += len(out)
+            for t in tracks:
+                cache.put(t.video, align_to_frames(out, FRAME_RATE, t.n_frames, t.fps))
+    finally:
+        torch.set_num_threads(before)
+    summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["dim"]), "rate_hz": FRAME_RATE,
+               "audio_files": len(groups), "frames": frames, "seconds": round(time.perf_counter() - started, 2),
+               "folder": str(cache.folder)}
+    atomic_write_json(Path(params["features"]["root"]) / f"{NAME}.json", summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    return pretraining.cli(argv, NAME, "tiny HuBERT: pre-train (or load) it, then its last layer for every track",
+                           pretrain_hubert, extract_hubert, (AffWild2Error, HubertWeightsError, FeatureCacheError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
