@@ -46,7 +46,7 @@ from common.data.still_images import read_still_set
 from common.features.cache import FeatureCache, params_key
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.params import ParamsError, load_params
-from common.weights import UnreadableWeights, load_weights_file
+from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
 
 EXTRACTOR = "frame_encoder"
 VERSION = "1"             # bump when the extraction itself changes (not the weights: they are hashed)
@@ -93,30 +93,13 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         raise EncoderWeightsError(f"{path}: visual_encoder.weights names a file that does not exist; "
                                   f"fix the path, or set weights: \"\" to pre-train in the pipeline")
     try:
-        state = load_weights_file(path)
+        state = read_state_dict(path)          # weights_only=True; DDP "module." prefixes dropped
     except UnreadableWeights as e:
         raise EncoderWeightsError(f"{path}: cannot be read as a weights-only state dict ({e})") from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise EncoderWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors "
-                                  f"(save it with torch.save(model.state_dict(), path))")
-    # Weights saved from a DistributedDataParallel model carry a "module." prefix.
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                   for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        def few(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-        problems = [f"{len(missing)} missing key(s): {few(missing)}" if missing else "",
-                    f"{len(unexpected)} unexpected key(s): {few(unexpected)}" if unexpected else "",
-                    f"{len(wrong_shape)} shape mismatch(es) (file vs model): {few(wrong_shape)}"
-                    if wrong_shape else ""]
-        raise EncoderWeightsError(
-            f"{path}: does not fit the configured frame encoder {encoder_config_note(encoder)}; "
-            + "; ".join(p for p in problems if p)
-            + ". Set visual_encoder block/layers/width/embed_dim to the file's architecture.")
+    problems = state_dict_problems(encoder, state)
+    if problems:
+        raise EncoderWeightsError(f"{path}: does not fit the configured frame encoder {encoder_config_note(encoder)}; "
+                                  f"{problems}. Set visual_encoder block/layers/width/embed_dim to the file's architecture.")
     encoder.load_state_dict(state)
 
 
