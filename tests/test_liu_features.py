@@ -12,7 +12,8 @@ import torch
 from common.backbones.mobilenet import MobileNet, MobileNetWeightsError, load_mobilenet_weights
 from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load_mae_weights
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
-from common.features import bank, fau, hubert, mae
+from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
+from common.features import bank, fau, hubert, mae, wav2vec
 
 torch.set_num_threads(1)
 
@@ -191,3 +192,51 @@ def test_hubert_pretraining_beats_the_majority_cluster_and_fills_the_cache(tiny_
     video = read_split(params["data"]["root"], "validation")[0]
     rows = bank.open_cache(params, "hubert").get(video.video, video.n_frames)
     assert rows.shape == (video.n_frames, params["hubert"]["dim"]) and np.isfinite(rows).all()
+
+
+# --------------------------------------------------------------------------- wav2vec 2.0 (wav2vec)
+
+WAV2VEC_TINY = {**HUBERT_TINY, "mask_prob": 0.65, "groups": 2, "entries": 4, "final_dim": 8, "distractors": 3,
+                "diversity_weight": 0.1}
+
+
+def test_wav2vec_contrastive_logits_and_weights(tmp_path):
+    torch.manual_seed(0)
+    net = Wav2Vec2Pretrain(WAV2VEC_TINY)
+    wave = torch.randn(2, 16000)
+    logits, code_probs = net.masked_logits(wave)
+    assert code_probs.shape == (2, 4) and torch.allclose(code_probs.sum(-1), torch.ones(2))
+    assert logits and all(l.shape[1] == 1 + 3 and torch.isfinite(l[:, 0]).all() for l in logits)   # target never excluded
+    loss = net.contrastive_loss(wave)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert net.quantizer.codebook.grad is not None                      # straight-through Gumbel gradients
+    with torch.no_grad():
+        assert net.eval()(wave).shape == (2, 16000 // 320 - 1, 16)
+    good = tmp_path / "good.pt"
+    torch.save(net.state_dict(), good)
+    load_wav2vec_weights(Wav2Vec2Pretrain(WAV2VEC_TINY), good)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(Wav2Vec2Pretrain({**WAV2VEC_TINY, "entries": 6}).state_dict(), wrong)
+    with pytest.raises(Wav2VecWeightsError, match=r"wrong\.pt.*quantizer.*wav2vec\.conv"):
+        load_wav2vec_weights(net, wrong)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(Wav2VecWeightsError, match=r"junk\.pt.*wav2vec\.weights"):
+        load_wav2vec_weights(net, junk)
+
+
+def test_wav2vec_pretraining_runs_and_fills_the_cache(tiny_features):
+    params, _ = tiny_features
+    params = copy.deepcopy(params)
+    params["wav2vec"]["pretrain"].update(epochs=6, hop_s=0.25, lr=0.003)
+    wav2vec.pretrain_wav2vec(params, progress=False)
+    summary = json.loads((Path(params["wav2vec"]["model_dir"]) / "wav2vec.json").read_text())
+    print("wav2vec validation", summary["validation"], summary["seconds"])
+    best = summary["validation"]                                        # chance: 1 / candidates left per step
+    assert best["val_contrastive_accuracy"] > 1.2 * best["val_chance_accuracy"], summary
+    wav2vec.extract_wav2vec(params, progress=False)
+    from common.data.affwild2 import read_split
+    video = read_split(params["data"]["root"], "test")[0]
+    rows = bank.open_cache(params, "wav2vec").get(video.video, video.n_frames)
+    assert rows.shape == (video.n_frames, params["wav2vec"]["dim"]) and np.isfinite(rows).all()

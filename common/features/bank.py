@@ -80,6 +80,11 @@ def _hubert(params) -> FeatureCache:
     from common.features import hubert
     return hubert.cache_for(params)
 
+
+def _wav2vec(params) -> FeatureCache:
+    from common.features import wav2vec
+    return wav2vec.cache_for(params)
+
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
     Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
@@ -108,7 +113,10 @@ FEATURES = {f.name: f for f in [
             "VGGish in pure torch (common/features/vggish.py), narrow, pre-trained in the pipeline on the corpus's "
             "speech / other-voice events (or published weights from vggish.weights), 128-d",
             "10 Hz (default profile)", _vggish, "vggish_features"),
-    Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech", "", "50 Hz", None),
+    Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech",
+            "a tiny wav2vec 2.0 (torchaudio's encoder + a Gumbel quantiser and the contrastive + diversity "
+            "losses, common/backbones/wav2vec.py) pre-trained in the pipeline on the training audio (or weights "
+            "from wav2vec.weights); last layer (common/features/wav2vec.py)", "50 Hz", _wav2vec, "wav2vec_features"),
     Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech",
             "a tiny HuBERT from torchaudio's blocks (common/backbones/hubert.py), HuBERT iteration 1 in the "
             "pipeline: masked prediction of MFCC k-means ids on the training audio (or weights from "

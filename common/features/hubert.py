@@ -129,17 +129,14 @@ def cache_for(params: dict) -> FeatureCache:
 
 
 @torch.no_grad()
-def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dict:
-    """Fill the cache for every face track of every split; return (and write) a summary."""
+def extract_frames(params: dict, name: str, version: str, frames_of, cache: FeatureCache, dim: int,
+                   chunk_s: float, threads: int = 1) -> dict:
+    """frames_of((1, samples) 16 kHz) -> (1, frames, dim) at 50 Hz, in chunks of chunk_s seconds, for
+    every audio file; aligned to each face track's label frames. Writes <features root>/<name>.json."""
     import time
-    cfg = params[NAME]
-    cache = cache_for(params)
-    model = build_hubert(cfg)
-    load_hubert_weights(model, model_path(params))
-    model.eval()
     started, before = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads)
-    chunk = int(float(cfg["chunk_s"]) * RATE)
+    chunk = int(chunk_s * RATE)
     groups = audio_tracks(params["data"]["root"])
     frames = 0
     try:
@@ -147,7 +144,7 @@ def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dic
             if all(cache.has(t.video) for t in tracks):
                 continue
             wave = torch.from_numpy(audio_features.load_mono(wav))
-            parts = [last_layer(model, wave[None, i:i + chunk])[0] for i in range(0, len(wave), chunk)
+            parts = [frames_of(wave[None, i:i + chunk])[0] for i in range(0, len(wave), chunk)
                      if len(wave[i:i + chunk]) >= 2 * STRIDE]
             out = torch.cat(parts).numpy()
             frames += len(out)
@@ -155,11 +152,21 @@ def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dic
                 cache.put(t.video, align_to_frames(out, FRAME_RATE, t.n_frames, t.fps))
     finally:
         torch.set_num_threads(before)
-    summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["dim"]), "rate_hz": FRAME_RATE,
+    summary = {"extractor": name, "version": version, "dim": dim, "rate_hz": FRAME_RATE,
                "audio_files": len(groups), "frames": frames, "seconds": round(time.perf_counter() - started, 2),
                "folder": str(cache.folder)}
-    atomic_write_json(Path(params["features"]["root"]) / f"{NAME}.json", summary)
+    atomic_write_json(Path(params["features"]["root"]) / f"{name}.json", summary)
     return summary
+
+
+def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dict:
+    """Fill the cache for every face track of every split; return (and write) a summary."""
+    cfg = params[NAME]
+    model = build_hubert(cfg)
+    load_hubert_weights(model, model_path(params))
+    model.eval()
+    return extract_frames(params, NAME, VERSION, lambda wave: last_layer(model, wave), cache_for(params),
+                          int(cfg["dim"]), float(cfg["chunk_s"]), threads)
 
 
 def main(argv=None) -> int:
