@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
-    print(f"\n| stage | seconds |\n|---|---:|")
+    print("\n| stage | seconds |\n|---|---:|")
     for name, seconds in stages:
         print(f"| {name} | {seconds:.0f} |")
     for name, seconds in groups.items():

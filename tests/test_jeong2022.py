@@ -16,7 +16,6 @@ from common.backbones.soundnet import (LAYERS, SAMPLE_RATE, SoundNet8, SoundNetW
 from common.features import soundnet as sn_features
 from common.report import VERDICTS
 from common.train import TrainConfig, fit
-from papers.jeong2022 import data as jdata
 from papers.jeong2022.data import Corpus, frame_offsets, inputs
 from papers.jeong2022.model import JeongNet
 from papers.jeong2022.train import make_student_loss, supervision_loss, train_run

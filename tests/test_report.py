@@ -2,7 +2,6 @@
 import json
 
 import nbformat
-import numpy as np
 import pytest
 
 from common import report

@@ -13,7 +13,6 @@ import torch
 
 from common.data import synthetic
 from common.data.affwild2 import SPLITS, read_split
-from common.data.still_images import read_still_set
 from common.features import visual
 from common.params import load_params
 

@@ -22,7 +22,6 @@ extract: every frame of every face track from the face-pixel cache (common/featu
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -39,8 +38,9 @@ from common.data.still_images import read_still_set
 from common.features import visual
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.features.cache import FeatureCache, params_key
-from common.params import ParamsError, load_params
+from common.params import ParamsError
 from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
+from common.features.pretraining import cli
 
 EXTRACTOR = "fer"
 POSTERIORS = "fer_posteriors"
@@ -223,23 +223,7 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="pre-train (or load) the FER network, or extract its features")
-    ap.add_argument("step", choices=("pretrain", "extract"))
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (see visual._Threads)")
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params, args.profile)
-        with visual._Threads(args.threads):
-            if args.step == "pretrain":
-                print(pretrain_fer(params).with_suffix(".json").read_text(), end="")
-            else:
-                print(json.dumps(extract_fer(params), indent=2))
-    except (ParamsError, FerWeightsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(argv, "fer", "pre-train (or load) the FER network, or extract its features", pretrain_fer, extract_fer, (FerWeightsError,))
 
 
 if __name__ == "__main__":

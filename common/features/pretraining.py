@@ -60,17 +60,24 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     ap.add_argument("stage", choices=("pretrain", "extract"))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0 = torch's default); narrow networks gain nothing from a second one")
     args = ap.parse_args(argv)
+    before = torch.get_num_threads()
     try:
         params = load_params(args.params, args.profile)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         if args.stage == "pretrain":
             pretrain(params)
             result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
         else:
             result = extract(params)
-    except (ParamsError, ValueError, *errors) as e:
+    except (ParamsError, ValueError, FileNotFoundError, *errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(before)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -35,7 +35,6 @@ the same scene); a mono track (C_aud = 1, the embedded default) runs once.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -52,11 +51,11 @@ from torch.utils.data import Dataset
 from common.backbones.soundnet import (CONV8_KERNEL, SAMPLE_RATE, SoundNet8, hop_samples,
                                        load_soundnet_weights, SoundNetWeightsError)
 from common.data.affwild2 import SPLITS, audio_path, read_split
-from common.features import fer, visual
+from common.features import fer
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.features.cache import FeatureCache, params_key
 from common.losses import ccc_loss
-from common.params import ParamsError, load_params
+from common.features.pretraining import cli
 
 EXTRACTOR = "soundnet"
 VERSION = "1"
@@ -298,23 +297,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="pre-train (or load) SoundNet, or extract its features")
-    ap.add_argument("step", choices=("pretrain", "extract"))
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (see visual._Threads)")
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params, args.profile)
-        with visual._Threads(args.threads):
-            if args.step == "pretrain":
-                print(pretrain_soundnet(params).with_suffix(".json").read_text(), end="")
-            else:
-                print(json.dumps(extract_soundnet(params), indent=2))
-    except (ParamsError, SoundNetWeightsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(argv, "soundnet", "pre-train (or load) SoundNet, or extract its features", pretrain_soundnet, extract_soundnet, (SoundNetWeightsError,))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class ChunkDataset(Dataset):
 
     def __getitem__(self, i):
         x, y, mask = self.items[i]
-        n, pad = len(y), self.length - len(y)
+        pad = self.length - len(y)
         if pad:                                  # whole padding segments, masked
             x = {g: np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for g, a in x.items()}
             y = np.concatenate([y, np.full((pad, 2), -5.0, np.float32)])

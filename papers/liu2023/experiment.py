@@ -28,23 +28,12 @@ import torch
 
 from common.data.folds import make_folds
 from common.losses import ccc_loss
-from common.params import load_params
 from common.train import TrainConfig, fit
+from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from papers.liu2023.data import ChunkDataset, Normalizer, TASKS, load_clips, predict, split_ccc
 from papers.liu2023.model import build_model
 
 ENCODER_NAMES = {"transformer": "Transformer", "lstm": "LSTM", "gru": "GRU", "transformer_lstm": "Transformer-LSTM"}
-
-
-def notebook_params(profile: str = "", params_path: str = "params.yaml", data_root: str = "",
-                    features_root: str = "") -> dict:
-    """params.yaml for a notebook; empty strings keep the file's own values."""
-    overrides = {}
-    if data_root:
-        overrides["data"] = {"root": data_root}
-    if features_root:
-        overrides["features"] = {"root": features_root}
-    return load_params(params_path, profile or None, overrides)
 
 
 # --------------------------------------------------------------------------- configs
