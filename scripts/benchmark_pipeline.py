@@ -23,10 +23,38 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ("zhang2021", "jeong2022", "vu2021", "liu2023")
 
 
-def group_of(stage: str) -> str:
+def owners() -> dict[str, set]:
+    """stage -> the papers whose stages need its outputs (directly or through other stages)."""
+    import yaml
+    stages = {}
+    for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        items = spec["foreach"] if "foreach" in spec else [None]
+        spec = spec.get("do", spec)
+        for item in items:
+            key = f"{name}@{item}" if item is not None else name
+            paths = lambda xs: {str(next(iter(x)) if isinstance(x, dict) else x).replace("${item}", str(item)) for x in xs}  # noqa: E731
+            stages[key] = (paths(spec.get("deps", [])), paths(spec.get("outs", [])) | paths(spec.get("metrics", [])))
+    needs = {s: {t for t, (_, outs) in stages.items() if t != s and deps & outs} for s, (deps, _) in stages.items()}
+    result = {s: set() for s in stages}
+    for s in stages:
+        todo, seen = [s], set()
+        while todo:
+            for up in needs[todo.pop()] - seen:
+                seen.add(up)
+                todo.append(up)
+        for up in seen:
+            result[up] |= {p for p in PAPERS if s.startswith(p)}
+    return result
+
+
+def group_of(stage: str, owner: dict) -> str:
+    """A paper's own stages and the stages only that paper needs count for the paper."""
     for paper in PAPERS:
         if stage.startswith(paper):
             return paper
+    papers = owner.get(stage, set())
+    if len(papers) == 1:
+        return f"{next(iter(papers))} (its feature networks)"
     return "report" if stage == "report" else "data + shared features"
 
 
@@ -46,11 +74,30 @@ def run_timed(cmd: list[str], env: dict) -> tuple[list[tuple[str, float]], float
     return stages, round(end - started, 1), code
 
 
+def print_table(result: dict) -> None:
+    owner = owners()
+    groups: dict[str, float] = {}
+    for name, seconds in result["stages"].items():
+        groups[group_of(name, owner)] = round(groups.get(group_of(name, owner), 0.0) + seconds, 1)
+    print("\n| stage | seconds |\n|---|---:|")
+    for name, seconds in result["stages"].items():
+        print(f"| {name} | {seconds:.0f} |")
+    for name, seconds in groups.items():
+        print(f"| **{name}** | **{seconds:.0f}** ({seconds / 60:.1f} min) |")
+    print(f"| **total ({result['profile']}, exit {result['exit_code']})** | **{result['total_s']:.0f}** "
+          f"({result['total_s'] / 60:.1f} min) |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="", help="profile to run (default: the one params.yaml names)")
     ap.add_argument("--force", action="store_true", help="re-run every stage, not only changed ones")
+    ap.add_argument("--table", action="store_true", help="only print the table of the last run's JSON")
     args = ap.parse_args(argv)
+    if args.table:
+        result = json.loads((ROOT / "reports" / "benchmarks" / f"pipeline_{args.profile or 'default'}.json").read_text())
+        print_table(result)
+        return 0
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     params = ROOT / "params.yaml"
     original = params.read_text()
@@ -61,9 +108,10 @@ def main(argv=None) -> int:
         stages, total, code = run_timed(["dvc", "repro"] + (["--force"] if args.force else []), env)
     finally:
         params.write_text(original)
+    owner = owners()
     groups: dict[str, float] = {}
     for name, seconds in stages:
-        groups[group_of(name)] = round(groups.get(group_of(name), 0.0) + seconds, 1)
+        groups[group_of(name, owner)] = round(groups.get(group_of(name, owner), 0.0) + seconds, 1)
     load = os.getloadavg()
     result = {"profile": profile, "exit_code": code, "total_s": total, "stages": dict(stages), "groups": groups,
               "cpus": os.cpu_count(), "load_after": [round(x, 2) for x in load],
@@ -73,12 +121,7 @@ def main(argv=None) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
-    print("\n| stage | seconds |\n|---|---:|")
-    for name, seconds in stages:
-        print(f"| {name} | {seconds:.0f} |")
-    for name, seconds in groups.items():
-        print(f"| **{name}** | **{seconds:.0f}** |")
-    print(f"| **total ({profile}, exit {code})** | **{total:.0f}** |")
+    print_table(result)
     return code
 
 
