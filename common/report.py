@@ -142,6 +142,8 @@ def page(title: str, body: str) -> str:
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
+    if isinstance(x, (int, float)) and x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.2g}"                  # e.g. a learning rate of 1e-4, not 0.000
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else html.escape(str(x))
 
 

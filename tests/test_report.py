@@ -71,3 +71,8 @@ def test_build_writes_an_index_with_leaderboard_and_timings(tmp_path, monkeypatc
     assert "MM beats UM" in paper_page and "reproduced" in paper_page and "not comparable" in paper_page
     for page in (text, paper_page):
         assert report.external_references(page) == []
+
+
+def test_small_numbers_keep_their_value_in_the_tables():
+    assert report.fmt(1e-4) == "0.0001" and report.fmt(0.1234) == "0.123" and report.fmt(0.0) == "0.000"
+    assert report.fmt(float("nan")) == "–" and report.fmt(None) == "–"
