@@ -77,7 +77,9 @@ def gru_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False)
 
 def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
     """The student (with sharing) CNN alone, scored on every annotated frame like the GRU."""
-    out = cnn_dir(out_dir, "student_sharing", seed) / "all_frames.json"
+    # Written under gru/ (the Table 3 stage's output), never into students/: a later stage that
+    # changed an earlier stage's output folder would make DVC re-run the earlier one every time.
+    out = Path(out_dir) / "gru" / f"cnn_student_sharing-seed{seed}-all_frames.json"
     if not out.exists():
         tracks = gru_tracks(params, out_dir, seed)
         model = vt.load_model(vt.build_cnn(params["vu2021"]["cnn"]),
