@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
+from common.weights import load_checked
 
 
 class EcapaWeightsError(ValueError):
@@ -110,13 +110,4 @@ def build_ecapa(cfg: dict) -> EcapaTDNN:
 
 def load_ecapa_weights(model: EcapaTDNN, path) -> None:
     """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
-    try:
-        state = read_state_dict(path)
-    except (UnreadableWeights, FileNotFoundError) as e:
-        raise EcapaWeightsError(f"{path}: not a usable ECAPA-TDNN state dict ({e}); fix ecapatdnn.weights "
-                                "or set it to \"\" to pre-train in the pipeline") from None
-    problems = state_dict_problems(model, state)
-    if problems:
-        raise EcapaWeightsError(f"{path}: does not fit the configured ECAPA-TDNN {model.config}: {problems}; "
-                                "set ecapatdnn.channels / mfa / embed_dim / scale to the file's architecture")
-    model.load_state_dict(state)
+    load_checked(model, path, EcapaWeightsError, "ECAPA-TDNN", "ecapatdnn", "channels / mfa / embed_dim / scale")
