@@ -93,6 +93,25 @@ def judge_claim(a, b=None, direction: str = ">", margin: float = 0.0, tolerance:
 
 # ---- reading -----------------------------------------------------------------------------------
 
+def result_row(table: str, row: str, column: str, values, split: str) -> dict:
+    """One reproduced cell of a paper's table: the mean over seeds (or folds), the standard deviation
+    across them as its spread, and their count. Every notebook's <name>.json lists these."""
+    values = np.asarray(values, float)
+    return {"table": table, "row": row, "column": column, "value": float(values.mean()),
+            "spread": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values)), "split": split}
+
+
+def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
+    """<out_dir>/<notebook>.json, what this builder reads: a temp file renamed into place, numpy
+    scalars written as numbers."""
+    out = Path(out_dir) / f"{notebook}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    tmp.replace(out)
+    return out
+
+
 def read_published(paper_dir: Path) -> list[dict]:
     path = paper_dir / "published.csv"
     if not path.exists():

@@ -1,5 +1,6 @@
 """Liu, Sun et al. 2023: published numbers, feature bank, encoders, Eq. 10, ensembles, notebooks."""
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 
 from common import report
 from common.backbones.ecapa_tdnn import EcapaTDNN, EcapaWeightsError, load_ecapa_weights
-from common.features import bank, ecapatdnn, fau, mae
+from common.features import bank, ecapatdnn, face_networks, fau, mae
 from common.metrics import ccc
 from papers.liu2023 import experiment as ex
 from papers.liu2023.data import ChunkDataset, Clip, Normalizer, pad_to_segments, split_ccc
@@ -46,10 +47,13 @@ def test_published_csv_holds_every_number_of_tables_1_to_7():
 
 # --------------------------------------------------------------------------- feature bank
 
-def test_bank_names_every_feature_of_the_paper_and_refuses_unbuilt_ones():
+def test_bank_names_every_feature_of_the_paper_and_refuses_unbuilt_ones(monkeypatch):
     assert set(bank.VISUAL) == {"densenet", "ires100", "fau", "ms_va", "mae", "affectnet"}
     assert set(bank.AUDIO) == {"fbank", "egemaps", "compare", "vggish", "wav2vec", "hubert", "ecapatdnn"}
     assert len(bank.table()) == 13 and all(r["paper"] and r["here"] for r in bank.table())
+    assert all(f.cache is not None for f in bank.FEATURES.values())      # all 13 are built
+    unbuilt = dataclasses.replace(bank.FEATURES["densenet"], cache=None)
+    monkeypatch.setitem(bank.FEATURES, "densenet", unbuilt)              # an entry without an extractor is refused
     with pytest.raises(bank.FeatureBankError, match="densenet.*no extractor"):
         bank.open_cache({}, "densenet")
     with pytest.raises(bank.FeatureBankError, match="unknown feature 'resnet'"):
@@ -210,7 +214,11 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
     for feature in (fau, mae):                       # Table 4's fau config, the "mae helps arousal" ablation row
         getattr(feature, f"pretrain_{feature.NAME}")(params, progress=False)
         getattr(feature, f"extract_{feature.NAME}")(params, progress=False)
-    assert set(bank.available(params)) >= {"affectnet", "fbank", "egemaps", "compare", "vggish", "ecapatdnn", "fau", "mae"}
+    for name in ("ms_va", "ires100"):                # Table 4's ms_va, the "ires100 helps arousal" ablation row
+        face_networks.pretrain(params, name, progress=False)
+        face_networks.extract(params, name, progress=False)
+    assert set(bank.available(params)) >= {"affectnet", "fbank", "egemaps", "compare", "vggish", "ecapatdnn", "fau",
+                                           "mae", "ms_va", "ires100"}
     for nb in ("validation", "submissions"):
         run_notebook("liu2023", nb, {"params_path": str(path)}, tmp_path)
     out = {nb: json.loads((tmp_path / "liu2023" / f"{nb}.json").read_text()) for nb in ("validation", "submissions")}
@@ -226,6 +234,6 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
               or (r["table"] in ("2", "3") and r["row"] == "Ensemble")}
     wanted = {w for w in wanted if not (w[0] == "4" and w[1] not in ("Fold 1", "Fold 2", "Average"))}  # smoke: 2 folds
     assert wanted <= got, wanted - got
-    assert "mae_helps_arousal" in {c["id"] for c in out["validation"]["claims"]}
+    assert {"mae_helps_arousal", "ires100_helps_arousal"} <= {c["id"] for c in out["validation"]["claims"]}
     board = out["submissions"]["leaderboard"][0]
     assert board["split"] == "test" and -1 <= board["p_va"] <= 1

@@ -71,6 +71,13 @@ def _fau(params) -> FeatureCache:
     return fau.cache_for(params)
 
 
+def _face_network(name: str) -> Callable:
+    def open_(params):
+        from common.features import face_networks
+        return face_networks.cache_for(params, name)
+    return open_
+
+
 def _mae(params) -> FeatureCache:
     from common.features import mae
     return mae.cache_for(params)
@@ -87,13 +94,25 @@ def _wav2vec(params) -> FeatureCache:
 
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
-    Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet", "", "video fps", None),
-    Feature("ires100", "visual", "IResNet-100, facial expression on FER+, RAF-DB and AffectNet", "", "video fps", None),
+    Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet",
+            "a narrow DenseNet-BC in pure torch (common/backbones/densenet.py) trained in the pipeline for 7-class "
+            "expression on the AffectNet-like stills (or weights from densenet.weights); pooled final features per "
+            "face frame (common/features/face_networks.py)", "video fps", _face_network("densenet"),
+            "face_network_features@densenet"),
+    Feature("ires100", "visual", "IResNet-100, facial expression on FER+, RAF-DB and AffectNet",
+            "a narrow IResNet in pure torch (common/backbones/iresnet.py) trained in the pipeline for 7-class "
+            "expression on the AffectNet-like + ExpW-like stills (ExpW for RAF-DB; or weights from ires100.weights); "
+            "BN-FC-BN embedding per face frame (common/features/face_networks.py)", "video fps",
+            _face_network("ires100"), "face_network_features@ires100"),
     Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set",
             "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for the "
             "12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from fau.weights); penultimate "
             "feature per face frame (common/features/fau.py)", "video fps", _fau, "fau_features"),
-    Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet", "", "video fps", None),
+    Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet",
+            "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for valence "
+            "and arousal (1 - CCC) on the AffectNet-like stills (or weights from ms_va.weights); pooled penultimate "
+            "feature per face frame (common/features/face_networks.py)", "video fps", _face_network("ms_va"),
+            "face_network_features@ms_va"),
     Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)",
             "a tiny ViT masked autoencoder in pure torch (common/backbones/vit_mae.py) pre-trained in the pipeline, "
             "self-supervised, on Train_Set faces (or weights from mae.weights); no expression / AU fine-tuning; "

@@ -30,7 +30,7 @@ from common.backbones.mobilenet import MobileNetWeightsError, build_mobilenet, l
 from common.data.affwild2 import AU_NAMES, AffWild2Error
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features import pretraining
-from common.features.pretraining import pretrain_or_load
+from common.features.pretraining import pretrain_or_load, random_crop_flip
 from common.features.visual import centre_crop, frozen_for_inference, normalise
 from common.files import file_sha256
 from common.losses import masked_bce_with_logits
@@ -41,15 +41,6 @@ VERSION = "1"
 
 def model_path(params: dict) -> Path:
     return pretraining.model_path(params, NAME)
-
-
-def random_crop_flip(images: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random crop position and a horizontal flip for half of the batch (the training input)."""
-    size = images.shape[-1]
-    top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
-    out = images[..., top:top + crop, left:left + crop]
-    flip = torch.rand(len(out), generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
 def au_frames(params: dict, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from common.backbones.vit_mae import MAEWeightsError, build_mae, load_mae_weight
 from common.data.affwild2 import AffWild2Error
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
-from common.features.fau import random_crop_flip
+from common.features.pretraining import random_crop_flip
 from common.features.visual import centre_crop, normalise
 from common.files import file_sha256
 

@@ -82,6 +82,15 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     return 0
 
 
+def random_crop_flip(images: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random crop position and a horizontal flip for half of the batch (the training input)."""
+    size = images.shape[-1]
+    top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
+    out = images[..., top:top + crop, left:left + crop]
+    flip = torch.rand(len(out), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
 def sample_face_frames(params: dict, split: str, n: int, seed: int, where: Callable) -> tuple:
     """Up to n face frames of `split` (uniformly, fixed by `seed`) among those where `where(video)`
     (a boolean per frame) holds and the frame has a face image: (uint8 faces (n, 3, S, S) from the

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
+from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
 from papers.jeong2022.train import train_run
 
@@ -48,19 +49,7 @@ def values(rows: list[dict], key: str, split: str = "validation", inputs: str | 
 
 def cell(table: str, row: str, column: str, vals, split: str = "validation") -> dict:
     """A result row for the report: mean over seeds, spread = standard deviation across seeds."""
-    vals = np.asarray(vals, float)
-    return {"table": table, "row": row, "column": column, "value": float(vals.mean()),
-            "spread": float(vals.std(ddof=1)) if len(vals) > 1 else None, "n": int(len(vals)), "split": split}
-
-
-def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
-    """reports/jeong2022/<notebook>.json, written atomically (tmp + rename)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{notebook}.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    tmp.replace(out / f"{notebook}.json")
-    return out / f"{notebook}.json"
+    return result_row(table, row, column, vals, split)
 
 
 def differences(params: dict) -> list[dict]:

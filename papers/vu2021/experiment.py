@@ -23,6 +23,7 @@ import numpy as np
 
 from common.data.affwild2 import read_split
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
+from common.report import result_row, write_summary  # noqa: F401  (the notebooks call them through experiment)
 from papers.vu2021 import train as vt
 
 SPLITS = ("train", "validation", "test")
@@ -92,21 +93,6 @@ def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
 
 def per_seed(rows: list[dict], kind: str, split: str, metric: str) -> np.ndarray:
     return np.array([r[split][metric] for r in rows if r["kind"] == kind])
-
-
-def result_row(table: str, row: str, column: str, values, split: str) -> dict:
-    values = np.asarray(values, float)
-    return {"table": table, "row": row, "column": column, "value": float(values.mean()),
-            "spread": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values)),
-            "split": split}
-
-
-def write_summary(out_dir, notebook: str, summary: dict) -> Path:
-    out = Path(out_dir) / f"{notebook}.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    tmp.replace(out)
-    return out
 
 
 def differences(params: dict) -> list[dict]:
