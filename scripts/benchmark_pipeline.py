@@ -28,11 +28,23 @@ def owners() -> dict[str, set]:
     import yaml
     stages = {}
     for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        items = spec["foreach"] if "foreach" in spec else [None]
+        items = spec.get("foreach", [None])
+        items = items if isinstance(items, dict) else {item: item for item in items}   # foreach: a list or a dict
         spec = spec.get("do", spec)
-        for item in items:
+        for item, value in items.items():
             key = f"{name}@{item}" if item is not None else name
-            paths = lambda xs: {str(next(iter(x)) if isinstance(x, dict) else x).replace("${item}", str(item)) for x in xs}  # noqa: E731
+
+            def paths(xs, item=item, value=value):
+                text = lambda x: str(next(iter(x)) if isinstance(x, dict) else x)                  # noqa: E731
+                fill = {"${item}": item, "${key}": item} | ({f"${{item.{k}}}": v for k, v in value.items()}
+                                                            if isinstance(value, dict) else {})
+                out = set()
+                for x in xs:
+                    x = text(x)
+                    for var, v in fill.items():
+                        x = x.replace(var, str(v))
+                    out.add(x)
+                return out
             stages[key] = (paths(spec.get("deps", [])), paths(spec.get("outs", [])) | paths(spec.get("metrics", [])))
     needs = {s: {t for t, (_, outs) in stages.items() if t != s and deps & outs} for s, (deps, _) in stages.items()}
     result = {s: set() for s in stages}
