@@ -49,15 +49,17 @@ def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module], lo
 
 
 def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable, errors: tuple) -> int:
-    """`python -m common.features.<name> pretrain|extract [--profile P]`: runs a step, prints its summary
-    JSON, or prints the error (one of `errors`: a bad file or setting, named by the message) and exits 2."""
+    """`python -m common.features.<name> pretrain [extract] [--profile P]`: runs the steps in order
+    (the DVC stage runs both in one process: one interpreter start, the network built once), prints
+    each step's summary JSON, or prints the error (one of `errors`: a bad file or setting, named by
+    the message) and exits 2."""
     import argparse
     import json
     import sys
 
     from common.params import ParamsError, load_params
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("stage", choices=("pretrain", "extract"))
+    ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     ap.add_argument("--threads", type=int, default=1,
@@ -68,17 +70,18 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
         params = load_params(args.params, args.profile)
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.stage == "pretrain":
-            pretrain(params)
-            result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
-        else:
-            result = extract(params)
+        for step in args.steps:
+            if step == "pretrain":
+                pretrain(params)
+                result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
+            else:
+                result = extract(params)
+            print(json.dumps({step: result}, indent=2, default=str), flush=True)
     except (ParamsError, ValueError, FileNotFoundError, *errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         torch.set_num_threads(before)
-    print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -71,7 +71,7 @@ def load_model(params: dict) -> vg.VGGish:
     path = model_path(params)
     if not path.is_file():
         raise VGGishStageError(f"{path}: not found; run `python -m common.features.vggish pretrain` "
-                               f"(the vggish_pretrain stage) first")
+                               f"(the vggish stage) first")
     return vg.load_vggish_weights(vg.build_vggish(params["vggish"]), path).eval()
 
 
@@ -399,22 +399,23 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="VGGish: pre-train (or load) the network, then embed every track")
-    ap.add_argument("stage", choices=("pretrain", "extract"))
+    ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"), help="run in order (the DVC stage runs both)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params, args.profile)
-        if args.stage == "pretrain":
-            pretrain_vggish(params)
-            result = json.loads((model_path(params).with_suffix(".json")).read_text())
-        else:
-            result = extract_vggish(params, args.workers)
+        for step in args.steps:
+            if step == "pretrain":
+                pretrain_vggish(params)
+                result = json.loads((model_path(params).with_suffix(".json")).read_text())
+            else:
+                result = extract_vggish(params, args.workers)
+            print(json.dumps({step: result}, indent=2), flush=True)
     except (ParamsError, ValueError, VGGishStageError, FeatureCacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
     return 0
 
 

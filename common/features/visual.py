@@ -516,8 +516,8 @@ def feature_cache(params: dict, sha: str | None = None) -> FeatureCache:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="pre-train (or load) the frame encoder, or extract its features")
-    ap.add_argument("step", choices=("pretrain", "extract"))
+    ap = argparse.ArgumentParser(description="pre-train (or load) the frame encoder, then extract its features")
+    ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"), help="run in order (the DVC stage runs both)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     ap.add_argument("--workers", type=int, default=2, help="JPEG-decoding processes for extract")
@@ -526,11 +526,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params, args.profile)
-        if args.step == "pretrain":
-            path = pretrain_frame_encoder(params, threads=args.threads)
-            print(path.with_suffix(".json").read_text(), end="")
-        else:
-            print(json.dumps(extract_visual(params, args.workers, threads=args.threads), indent=2))
+        for step in args.steps:
+            if step == "pretrain":
+                path = pretrain_frame_encoder(params, threads=args.threads)
+                print(path.with_suffix(".json").read_text(), end="", flush=True)
+            else:
+                print(json.dumps(extract_visual(params, args.workers, threads=args.threads), indent=2), flush=True)
     except (ParamsError, EncoderWeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
