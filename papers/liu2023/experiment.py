@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from common.data.folds import make_folds
+from common.parallel import run_parallel
 from common.losses import ccc_loss
 from common.train import TrainConfig, fit
 from common import report
@@ -174,17 +175,14 @@ def run_dir(root, cfg: dict, plan: str, seed: int) -> Path:
 
 
 def run_grid(params: dict, clips, root, configs, plans=("fold0",), seeds=None, progress: bool = False) -> list[dict]:
-    """Train every (config, plan, seed) or reuse a finished run; return their result.json rows."""
+    """Train every (config, plan, seed) or reuse a finished run; return their result.json rows.
+    The runs left to do train `liu2023.workers` at a time, one per core (common/parallel.py)."""
     seeds = params["liu2023"]["seeds"] if seeds is None else seeds
-    rows = []
-    for cfg in configs:
-        for plan in plans:
-            for seed in seeds:
-                out = run_dir(root, cfg, plan, seed)
-                if not (out / "result.json").exists():
-                    train_run(params, clips, cfg, plan, seed, out, progress)
-                rows.append(json.loads((out / "result.json").read_text()))
-    return rows
+    jobs = [(cfg, plan, seed) for cfg in configs for plan in plans for seed in seeds]
+    todo = [j for j in jobs if not (run_dir(root, *j) / "result.json").exists()]
+    run_parallel(lambda job: train_run(params, clips, job[0], job[1], job[2], run_dir(root, *job), progress),
+                 todo, int(params["liu2023"]["workers"]))
+    return [json.loads((run_dir(root, *j) / "result.json").read_text()) for j in jobs]
 
 
 def load_predictions(root, cfg: dict, plan: str, seed: int, split: str) -> dict:

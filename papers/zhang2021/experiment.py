@@ -17,6 +17,7 @@ import torch
 from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
+from common.parallel import run_parallel
 from common.weights import load_weights_file
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from papers.zhang2021.data import (EMOTIONS, Normalizer, WindowDataset, cache_loader, load_trials, make_folds,
@@ -39,17 +40,16 @@ def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | No
 def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple(EMOTIONS),
              modalities=("unimodal", "multimodal"), seeds=None, window: int | None = None,
              hop: int | None = None, batch_size: int | None = None, progress: bool = False) -> list[dict]:
-    """Train every combination (or reuse a finished run); return their result.json rows."""
-    rows = []
+    """Train every combination (or reuse a finished run); return their result.json rows.
+    The runs left to do train `zhang2021.workers` at a time, one per core (common/parallel.py)."""
     seeds = params["zhang2021"]["seeds"] if seeds is None else seeds
-    for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds):
-        out = Path(root) / run_name(fold, emotion, modality, seed, window)
-        done = out / "result.json"
-        if not done.exists():
-            train_fold(params, trials, fold, emotion, modality, out, window=window, hop=hop, seed=seed,
-                       batch_size=batch_size, progress=progress)
-        rows.append(json.loads(done.read_text()))
-    return rows
+    jobs = [(Path(root) / run_name(fold, emotion, modality, seed, window), fold, emotion, modality, seed)
+            for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds)]
+    todo = [j for j in jobs if not (j[0] / "result.json").exists()]
+    run_parallel(lambda j: train_fold(params, trials, j[1], j[2], j[3], j[0], window=window, hop=hop, seed=j[4],
+                                      batch_size=batch_size, progress=progress),
+                 todo, int(params["zhang2021"]["workers"]))
+    return [json.loads((j[0] / "result.json").read_text()) for j in jobs]
 
 
 def load_predictions(run_dir: str | Path, split: str) -> dict:
