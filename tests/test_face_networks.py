@@ -95,7 +95,7 @@ def test_pretraining_learns_its_task_and_a_loaded_copy_gives_the_same_features(t
     history = list(csv.DictReader(next((model_dir / "train").rglob("metrics.csv")).open()))
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])      # it learns
     out = face_networks.extract(params, "ires100", progress=False)
-    assert out["dim"] == params["ires100"]["embed_dim"] and out["face_frames"] > 0
+    assert out["workers"] == 2 and out["dim"] == params["ires100"]["embed_dim"] and out["face_frames"] > 0
     assert "ires100" in bank.available(params)
     from common.data.affwild2 import read_split
     video = read_split(params["data"]["root"], "validation")[0]
@@ -103,6 +103,7 @@ def test_pretraining_learns_its_task_and_a_loaded_copy_gives_the_same_features(t
     assert rows.shape == (video.n_frames, params["ires100"]["embed_dim"]) and np.isfinite(rows).all()
 
     # the same weights given as a local file: loaded (not trained), the same features once re-extracted
+    # (in this process: the first extraction shared the tracks out to two forked workers)
     weights = tmp_path / "ires100_weights.pt"
     weights.write_bytes((model_dir / "ires100.pt").read_bytes())
     loaded = copy.deepcopy(params)
@@ -110,7 +111,7 @@ def test_pretraining_learns_its_task_and_a_loaded_copy_gives_the_same_features(t
     face_networks.pretrain(loaded, "ires100", progress=False)
     assert json.loads((tmp_path / "loaded" / "ires100.json").read_text())["source"] == "loaded from file"
     shutil.rmtree(bank.open_cache(loaded, "ires100").folder)        # same weights, same cache folder: empty it
-    face_networks.extract(loaded, "ires100", progress=False)
+    assert face_networks.extract(loaded, "ires100", progress=False, workers=1)["workers"] == 1
     again = np.asarray(bank.open_cache(loaded, "ires100").get(video.video, video.n_frames))
     assert np.array_equal(again, rows)
 

@@ -202,13 +202,15 @@ def cache_for(params: dict, name: str) -> FeatureCache:
     return FeatureCache(params["features"]["root"], name, VERSION, key, network(name).build(cfg).embed_dim)
 
 
-def extract(params: dict, name: str, progress: bool = True, threads: int = 1) -> dict:
-    """Fill the cache of network `name` for every face track of every split; return the summary."""
+def extract(params: dict, name: str, progress: bool = True, threads: int = 1, workers: int = 2) -> dict:
+    """Fill the cache of network `name` for every face track of every split (tracks shared out to
+    `workers` processes); return the summary."""
     cfg, spec = params[name], network(name)
     backbone = spec.build(cfg)
     spec.load(backbone, pretraining.model_path(params, name), name)
     return {**pretraining.extract_face_feature(params, name, frozen_for_inference(backbone), cache_for(params, name),
-                                               int(cfg["crop"]), int(cfg["extract_batch"]), backbone.embed_dim, threads),
+                                               int(cfg["crop"]), int(cfg["extract_batch"]), backbone.embed_dim, threads,
+                                               workers),
             "version": VERSION}
 
 

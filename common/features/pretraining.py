@@ -116,29 +116,33 @@ def sample_face_frames(params: dict, split: str, n: int, seed: int, where: Calla
 
 
 def extract_face_feature(params: dict, name: str, encoder: nn.Module, cache, crop: int, batch_size: int,
-                         dim: int, threads: int = 1) -> dict:
+                         dim: int, threads: int = 1, workers: int = 2) -> dict:
     """Every face frame of every track through the frozen `encoder` (centre crop) into `cache`;
-    frames without a face take the nearest face's row (Liu Sec. 3.1). Writes <features root>/<name>.json."""
+    frames without a face take the nearest face's row (Liu Sec. 3.1). Writes <features root>/<name>.json.
+    Tracks are shared out to `workers` forked processes (a narrow network keeps one core busy;
+    a second torch thread does not help it, a second process does)."""
     import numpy as np
 
     from common.data.affwild2 import SPLITS, read_split
     from common.features.faces import face_cache
     from common.features.visual import encode_faces, track_features
+    from common.parallel import run_parallel
     faces = face_cache(params)
     started, before = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads)
     tracks = [v for split in SPLITS for v in read_split(params["data"]["root"], split)]
-    encoded = 0
+
+    def encode(t) -> int:
+        face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
+        cache.put(t.video, track_features(encode_faces(encoder, face_rows, crop, batch_size, dim), t.has_image, dim))
+        return len(face_rows)
     try:
-        for t in tracks:
-            if cache.has(t.video):
-                continue
-            face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
-            cache.put(t.video, track_features(encode_faces(encoder, face_rows, crop, batch_size, dim), t.has_image, dim))
-            encoded += len(face_rows)
+        # longest tracks first, so neither worker is left with one long track at the end
+        todo = sorted((t for t in tracks if not cache.has(t.video)), key=lambda t: -t.n_frames)
+        encoded = sum(run_parallel(encode, todo, workers))
     finally:
         torch.set_num_threads(before)
-    summary = {"extractor": name, "dim": dim, "tracks": len(tracks), "face_frames": encoded,
+    summary = {"extractor": name, "dim": dim, "tracks": len(tracks), "face_frames": encoded, "workers": workers,
                "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
     atomic_write_json(Path(params["features"]["root"]) / f"{name}.json", summary)
     return summary
