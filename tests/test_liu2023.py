@@ -227,6 +227,8 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
         assert data["results"] and all(math.isfinite(r["value"]) and -1 <= r["value"] <= 1 for r in data["results"])
         assert data["claims"] and all(c["verdict"] in report.VERDICTS for c in data["claims"])
         assert any(d["what"] == "feature densenet" for d in data["differences"])
+        ms_va = next(d["here"] for d in data["differences"] if d["what"] == "feature ms_va")
+        assert "this run: pre-trained in the pipeline: va on affectnet; held out: val_ccc_valence" in ms_va
     got = {(r["table"], r["row"], r["column"]) for d in out.values() for r in d["results"]}
     # every published row of this paper's own method that the run reproduces has its twin
     wanted = {(r["table"], r["row"], r["column"]) for r in published()

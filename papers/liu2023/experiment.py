@@ -250,15 +250,44 @@ def seconds_per_run(rows) -> float:
 
 # --------------------------------------------------------------------------- what the report shows
 
-def feature_differences() -> list[dict]:
-    """One row per bank feature: the paper's extractor, this pipeline's, and why they differ."""
+MODEL_SECTION = {"affectnet": "visual_encoder"}      # bank feature -> its params section, where it differs
+
+
+def network_provenance(params: dict, name: str) -> str:
+    """What this run's network behind a bank feature is: loaded from a file or pre-trained here, and
+    its held-out scores (<model_dir>/<name>.json, written by the network's stage); "" for a
+    low-level descriptor (no network)."""
+    section = params.get(MODEL_SECTION.get(name, name), {})
+    if not isinstance(section, dict) or "model_dir" not in section:
+        return ""
+    found = sorted(Path(section["model_dir"]).glob("*.json"))
+    if not found:
+        return "network not trained yet"
+    info = json.loads(found[0].read_text())
+    scores = info.get("validation", info.get("metrics", {}))
+    skip = ("epoch", "lr", "train_loss", "seconds", "val_score")
+    held_out = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float) and k not in skip)
+    transfer = info.get("transfer", {})
+    on_video = ", ".join(f"{k} {v:.3f}" for k, v in transfer.items() if isinstance(v, float) and k != "score")
+    text = f"this run: {info.get('source', 'unknown source')}"
+    if info.get("weights_file"):
+        text += f" ({info['weights_file']})"
+    return text + (f"; held out: {held_out}" if held_out else "") + (f"; on Validation_Set frames: {on_video}" if on_video else "")
+
+
+def feature_differences(params: dict | None = None) -> list[dict]:
+    """One row per bank feature: the paper's extractor, this pipeline's (with, given params, what this
+    run's network is and how it scores on held-out data), and why they differ."""
     from common.features import bank
     low_level = ("fbank", "egemaps", "compare")
-    return [{"what": f"feature {r['feature']}", "paper": r["paper"], "here": r["here"],
-             "why": "extractor not built; configurations naming it are skipped" if bank.get(r["feature"]).cache is None else
-                    "real low-level descriptor, computed as the paper does" if r["feature"] in low_level else
-                    "published weights and data cannot ship; a narrow network pre-trained in the pipeline on the corpus"}
-            for r in bank.table()]
+    rows = []
+    for r in bank.table():
+        run = network_provenance(params, r["feature"]) if params else ""
+        rows.append({"what": f"feature {r['feature']}", "paper": r["paper"], "here": r["here"] + (f". {run}" if run else ""),
+                     "why": "extractor not built; configurations naming it are skipped" if bank.get(r["feature"]).cache is None else
+                            "real low-level descriptor, computed as the paper does" if r["feature"] in low_level else
+                            "published weights and data cannot ship; a narrow network pre-trained in the pipeline on the corpus"})
+    return rows
 
 
 def setting_differences(params: dict, pool, n_clips: int) -> list[dict]:
