@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.backbones.densenet import DenseLayer, DenseNet, DenseNetWeightsError, load_densenet_weights
+from common.backbones.densenet import DenseLayer, DenseNet, DenseNetWeightsError, densenet_width, load_densenet_weights
 from common.backbones.iresnet import IResNet, IResNetWeightsError, load_iresnet_weights
 from common.features import bank, face_networks
 from common.params import ParamsError
@@ -30,7 +30,8 @@ def test_densenet_width_follows_stem_growth_and_compression(tmp_path):
     torch.manual_seed(0)
     net = DenseNet(16, 12, [2, 2, 2]).eval()
     # 16 + 2*12 = 40 -> /2 = 20 -> +24 = 44 -> /2 = 22 -> +24 = 46 (no transition after the last block)
-    assert net.embed_dim == 46
+    assert net.embed_dim == 46 == densenet_width(16, 12, [2, 2, 2])
+    assert DenseNet(64, 32, [6, 12, 24, 16]).embed_dim == densenet_width(64, 32, [6, 12, 24, 16]) == 1024   # DenseNet-121
     x = torch.randn(3, 3, 40, 40)
     out = net(x)
     assert out.shape == (3, 46) and (out >= 0).all()            # pooled after the final BN-ReLU

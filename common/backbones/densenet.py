@@ -37,6 +37,16 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.h(x)], 1)
 
 
+def densenet_width(stem: int, growth: int, blocks: list) -> int:
+    """Channels after the last block: each layer adds `growth`, each transition halves (compression 0.5)."""
+    c = int(stem)
+    for i, n in enumerate(blocks):
+        c += int(n) * int(growth)
+        if i < len(blocks) - 1:
+            c //= 2
+    return c
+
+
 class DenseNet(nn.Module):
     """(B, 3, H, W) -> (B, embed_dim); embed_dim follows from stem, growth and blocks."""
 
@@ -64,6 +74,11 @@ class DenseNet(nn.Module):
 def build_densenet(cfg: dict) -> DenseNet:
     """From a params.yaml section with `stem`, `growth` and `blocks` (e.g. `densenet`)."""
     return DenseNet(int(cfg["stem"]), int(cfg["growth"]), cfg["blocks"])
+
+
+def densenet_config_width(cfg: dict) -> int:
+    """The embedding size a params.yaml section (`stem`, `growth`, `blocks`) builds, without building it."""
+    return densenet_width(int(cfg["stem"]), int(cfg["growth"]), cfg["blocks"])
 
 
 def load_densenet_weights(model: DenseNet, path, section: str) -> None:

@@ -19,6 +19,7 @@ ones take the nearest frame with a face where there is none (Liu Sec. 3.1).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,68 +56,39 @@ def _frame_encoder(params) -> FeatureCache:
     return visual.feature_cache(params)
 
 
-def _vggish(params) -> FeatureCache:
-    from common.features import vggish
-    return vggish.cache_for(params)
-
-
-def _ecapatdnn(params) -> FeatureCache:
-    from common.features import ecapatdnn
-    return ecapatdnn.cache_for(params)
-
-
-
-def _fau(params) -> FeatureCache:
-    from common.features import fau
-    return fau.cache_for(params)
-
-
-def _face_network(name: str) -> Callable:
+def _network(module: str, *args) -> Callable:
+    """params -> the cache of common/features/<module>.py's network (`cache_for(params, *args)`),
+    imported on first use so that reading the registry does not import torch."""
     def open_(params):
-        from common.features import face_networks
-        return face_networks.cache_for(params, name)
+        return importlib.import_module(f"common.features.{module}").cache_for(params, *args)
     return open_
 
-
-def _mae(params) -> FeatureCache:
-    from common.features import mae
-    return mae.cache_for(params)
-
-
-def _hubert(params) -> FeatureCache:
-    from common.features import hubert
-    return hubert.cache_for(params)
-
-
-def _wav2vec(params) -> FeatureCache:
-    from common.features import wav2vec
-    return wav2vec.cache_for(params)
 
 FEATURES = {f.name: f for f in [
     # ---------------------------------------------------------------- visual (Liu Sec. 3.2.1)
     Feature("densenet", "visual", "DenseNet, facial expression on FER+ and AffectNet",
             "a narrow DenseNet-BC in pure torch (common/backbones/densenet.py) trained in the pipeline for 7-class "
             "expression on the AffectNet-like stills (or weights from densenet.weights); pooled final features per "
-            "face frame (common/features/face_networks.py)", "video fps", _face_network("densenet"),
+            "face frame (common/features/face_networks.py)", "video fps", _network("face_networks", "densenet"),
             "face_network@densenet"),
     Feature("ires100", "visual", "IResNet-100, facial expression on FER+, RAF-DB and AffectNet",
             "a narrow IResNet in pure torch (common/backbones/iresnet.py) trained in the pipeline for 7-class "
             "expression on the AffectNet-like + ExpW-like stills (ExpW for RAF-DB; or weights from ires100.weights); "
             "BN-FC-BN embedding per face frame (common/features/face_networks.py)", "video fps",
-            _face_network("ires100"), "face_network@ires100"),
+            _network("face_networks", "ires100"), "face_network@ires100"),
     Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set",
             "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for the "
             "12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from fau.weights); penultimate "
-            "feature per face frame (common/features/fau.py)", "video fps", _fau, "fau"),
+            "feature per face frame (common/features/fau.py)", "video fps", _network("fau"), "fau"),
     Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet",
             "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for valence "
             "and arousal (1 - CCC) on the AffectNet-like stills (or weights from ms_va.weights); pooled penultimate "
-            "feature per face frame (common/features/face_networks.py)", "video fps", _face_network("ms_va"),
+            "feature per face frame (common/features/face_networks.py)", "video fps", _network("face_networks", "ms_va"),
             "face_network@ms_va"),
     Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)",
             "a tiny ViT masked autoencoder in pure torch (common/backbones/vit_mae.py) pre-trained in the pipeline, "
             "self-supervised, on Train_Set faces (or weights from mae.weights); no expression / AU fine-tuning; "
-            "mean encoder token per face frame (common/features/mae.py)", "video fps", _mae, "mae"),
+            "mean encoder token per face frame (common/features/mae.py)", "video fps", _network("mae"), "mae"),
     Feature("affectnet", "visual", "expression model pre-trained on AffectNet (Table 1 row 3; not described further)",
             "the shared frame encoder (common/features/visual.py): a small ResNet pre-trained in the pipeline on the "
             "AffectNet-like stills for 7-class expression + VA, 512-d; a faithful small stand-in",
@@ -131,19 +103,19 @@ FEATURES = {f.name: f for f in [
     Feature("vggish", "audio", "VGGish, audio event tagging on AudioSet",
             "VGGish in pure torch (common/features/vggish.py), narrow, pre-trained in the pipeline on the corpus's "
             "speech / other-voice events (or published weights from vggish.weights), 128-d",
-            "10 Hz (default profile)", _vggish, "vggish"),
+            "10 Hz (default profile)", _network("vggish"), "vggish"),
     Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech",
             "a tiny wav2vec 2.0 (torchaudio's encoder + a Gumbel quantiser and the contrastive + diversity "
             "losses, common/backbones/wav2vec.py) pre-trained in the pipeline on the training audio (or weights "
-            "from wav2vec.weights); last layer (common/features/wav2vec.py)", "50 Hz", _wav2vec, "wav2vec"),
+            "from wav2vec.weights); last layer (common/features/wav2vec.py)", "50 Hz", _network("wav2vec"), "wav2vec"),
     Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech",
             "a tiny HuBERT from torchaudio's blocks (common/backbones/hubert.py), HuBERT iteration 1 in the "
             "pipeline: masked prediction of MFCC k-means ids on the training audio (or weights from "
-            "hubert.weights); last layer (common/features/hubert.py)", "50 Hz", _hubert, "hubert"),
+            "hubert.weights); last layer (common/features/hubert.py)", "50 Hz", _network("hubert"), "hubert"),
     Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification (published VoxCeleb model)",
             "ECAPA-TDNN in pure torch (common/backbones/ecapa_tdnn.py), narrow, pre-trained in the pipeline on "
             "speaker identity of the training subjects (or weights from ecapatdnn.weights); 2 s windows every 0.5 s",
-            "2 Hz (default profile)", _ecapatdnn, "ecapatdnn"),
+            "2 Hz (default profile)", _network("ecapatdnn"), "ecapatdnn"),
 ]}
 VISUAL = tuple(n for n, f in FEATURES.items() if f.modality == "visual")
 AUDIO = tuple(n for n, f in FEATURES.items() if f.modality == "audio")

@@ -31,9 +31,10 @@ from torch.utils.data import TensorDataset
 from common.backbones.ecapa_tdnn import EcapaWeightsError, build_ecapa, load_ecapa_weights
 from common.data.affwild2 import audio_base, audio_path, read_split
 from common.features import audio as audio_features
+from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
 from common.features.extract import audio_tracks
-from common.files import atomic_torch_save, atomic_write_json, file_sha256
+from common.files import atomic_torch_save, atomic_write_json
 
 NAME = "ecapatdnn"
 VERSION = "1"
@@ -41,7 +42,7 @@ FBANK_RATE = 100.0                # torchaudio Kaldi fbank frames per second
 
 
 def model_path(params: dict) -> Path:
-    return Path(params[NAME]["model_dir"]) / "ecapatdnn.pt"
+    return pretraining.model_path(params, NAME)
 
 
 def fbank_of(wav) -> np.ndarray:
@@ -132,11 +133,9 @@ def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Pat
 
 def cache_for(params: dict) -> FeatureCache:
     """The `ecapatdnn` cache of the current weights (new weights, new folder)."""
-    cfg, path = params[NAME], model_path(params)
-    if not path.is_file():
-        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.ecapatdnn pretrain` first")
-    key = {"weights": file_sha256(path), "window_s": float(cfg["window_s"]), "hop_s": float(cfg["hop_s"])}
-    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["embed_dim"]))
+    cfg = params[NAME]
+    return pretraining.network_cache(params, NAME, VERSION, {"window_s": float(cfg["window_s"]), "hop_s": float(cfg["hop_s"])},
+                                      int(cfg["embed_dim"]))
 
 
 @torch.no_grad()
@@ -173,7 +172,6 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
 
 
 def main(argv=None) -> int:
-    from common.features import pretraining
     return pretraining.cli(argv, NAME, "ECAPA-TDNN: pre-train (or load) the network, then embed every track",
                            pretrain_ecapa, extract_ecapa, (EcapaWeightsError, FeatureCacheError))
 

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.backbones.densenet import DenseNetWeightsError, build_densenet, load_densenet_weights
+from common.backbones.densenet import DenseNetWeightsError, build_densenet, densenet_config_width, load_densenet_weights
 from common.backbones.iresnet import IResNetWeightsError, build_iresnet, load_iresnet_weights
 from common.backbones.mobilenet import MobileNetWeightsError, build_mobilenet, load_mobilenet_weights
 from common.data.affwild2 import AffWild2Error
@@ -50,7 +50,6 @@ from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, params_key
 from common.features.pretraining import random_crop_flip
 from common.features.visual import N_EXPR, centre_crop, decode_faces, frozen_for_inference, normalise, split_side_set
-from common.files import file_sha256
 from common.losses import ccc_loss
 from common.params import ParamsError
 
@@ -63,10 +62,11 @@ class FaceNetwork:
     build: Callable[[dict], nn.Module]
     load: Callable[[nn.Module, str, str], None]
     arch_error: type
+    width: Callable[[dict], int] = lambda cfg: int(cfg["embed_dim"])   # the feature size a section builds
 
 
 NETWORKS = {
-    "densenet": FaceNetwork("expression", build_densenet, load_densenet_weights, DenseNetWeightsError),
+    "densenet": FaceNetwork("expression", build_densenet, load_densenet_weights, DenseNetWeightsError, densenet_config_width),
     "ires100": FaceNetwork("expression", build_iresnet, load_iresnet_weights, IResNetWeightsError),
     "ms_va": FaceNetwork("va", build_mobilenet, load_mobilenet_weights, MobileNetWeightsError),
 }
@@ -195,11 +195,9 @@ def pretrain(params: dict, name: str, progress: bool = True, threads: int = 1) -
 
 def cache_for(params: dict, name: str) -> FeatureCache:
     """The cache of the current weights of network `name` (new weights or face size, new folder)."""
-    cfg, path = params[name], pretraining.model_path(params, name)
-    if not path.is_file():
-        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.face_networks {name} pretrain` first")
-    key = {"weights": file_sha256(path), "crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])}
-    return FeatureCache(params["features"]["root"], name, VERSION, key, network(name).build(cfg).embed_dim)
+    cfg = params[name]
+    return pretraining.network_cache(params, name, VERSION, {"crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])},
+                                     network(name).width(cfg), f"python -m common.features.face_networks {name}")
 
 
 def extract(params: dict, name: str, progress: bool = True, threads: int = 1, workers: int = 2) -> dict:

@@ -32,7 +32,6 @@ from common.features.cache import FeatureCache, FeatureCacheError
 from common.features import pretraining
 from common.features.pretraining import pretrain_or_load, random_crop_flip
 from common.features.visual import centre_crop, frozen_for_inference, normalise
-from common.files import file_sha256
 from common.losses import masked_bce_with_logits
 
 NAME = "fau"
@@ -104,11 +103,9 @@ def pretrain_fau(params: dict, progress: bool = True, threads: int = 1) -> Path:
 
 def cache_for(params: dict) -> FeatureCache:
     """The `fau` cache of the current weights (new weights or face size, new folder)."""
-    cfg, path = params[NAME], model_path(params)
-    if not path.is_file():
-        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.fau pretrain` first")
-    key = {"weights": file_sha256(path), "crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])}
-    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["embed_dim"]))
+    cfg = params[NAME]
+    return pretraining.network_cache(params, NAME, VERSION, {"crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])},
+                                      int(cfg["embed_dim"]))
 
 
 def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:

@@ -35,7 +35,7 @@ from common.features import audio as audio_features
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
 from common.features.extract import audio_tracks
-from common.files import atomic_write_json, file_sha256
+from common.files import atomic_write_json
 
 NAME = "hubert"
 VERSION = "1"
@@ -121,11 +121,8 @@ def pretrain_hubert(params: dict, progress: bool = True, threads: int = 1) -> Pa
 
 def cache_for(params: dict) -> FeatureCache:
     """The `hubert` cache of the current weights (new weights, new folder)."""
-    cfg, path = params[NAME], model_path(params)
-    if not path.is_file():
-        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.hubert pretrain` first")
-    key = {"weights": file_sha256(path), "chunk_s": float(cfg["chunk_s"])}
-    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["dim"]))
+    cfg = params[NAME]
+    return pretraining.network_cache(params, NAME, VERSION, {"chunk_s": float(cfg["chunk_s"])}, int(cfg["dim"]))
 
 
 @torch.no_grad()

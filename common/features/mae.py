@@ -29,7 +29,6 @@ from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.pretraining import random_crop_flip
 from common.features.visual import centre_crop, normalise
-from common.files import file_sha256
 
 NAME = "mae"
 VERSION = "1"
@@ -71,11 +70,9 @@ def pretrain_mae(params: dict, progress: bool = True, threads: int = 1) -> Path:
 
 def cache_for(params: dict) -> FeatureCache:
     """The `mae` cache of the current weights (new weights or face size, new folder)."""
-    cfg, path = params[NAME], model_path(params)
-    if not path.is_file():
-        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.mae pretrain` first")
-    key = {"weights": file_sha256(path), "crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])}
-    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["dim"]))
+    cfg = params[NAME]
+    return pretraining.network_cache(params, NAME, VERSION, {"crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])},
+                                      int(cfg["dim"]))
 
 
 def extract_mae(params: dict, progress: bool = True, threads: int = 1) -> dict:

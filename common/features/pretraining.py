@@ -15,11 +15,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-from common.files import atomic_torch_save, atomic_write_json
+from common.features.cache import FeatureCache, FeatureCacheError
+from common.files import atomic_torch_save, atomic_write_json, file_sha256
 
 
 def model_path(params: dict, name: str) -> Path:
     return Path(params[name]["model_dir"]) / f"{name}.pt"
+
+
+def network_cache(params: dict, name: str, version: str, settings: dict, dim: int,
+                  command: str | None = None) -> FeatureCache:
+    """The feature cache of network `name`'s current weights: keyed by the sha256 of
+    <model_dir>/<name>.pt and the extraction `settings`, so new weights or settings open a new
+    folder. `command` is what to run when the weights are missing (default: the module's CLI)."""
+    path = model_path(params, name)
+    if not path.is_file():
+        command = command or f"python -m common.features.{name}"
+        raise FeatureCacheError(f"{path}: not found; run `{command} pretrain` first")
+    return FeatureCache(params["features"]["root"], name, version, {"weights": file_sha256(path), **settings}, dim)
 
 
 def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module], load: Callable[[nn.Module, str], None],

@@ -28,7 +28,6 @@ from common.data.affwild2 import AffWild2Error
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.hubert import RATE, STRIDE, _split_audio, extract_frames
-from common.files import file_sha256
 
 NAME = "wav2vec"
 VERSION = "1"
@@ -82,11 +81,8 @@ def pretrain_wav2vec(params: dict, progress: bool = True, threads: int = 1) -> P
 
 def cache_for(params: dict) -> FeatureCache:
     """The `wav2vec` cache of the current weights (new weights, new folder)."""
-    cfg, path = params[NAME], model_path(params)
-    if not path.is_file():
-        raise FeatureCacheError(f"{path}: not found; run `python -m common.features.wav2vec pretrain` first")
-    key = {"weights": file_sha256(path), "chunk_s": float(cfg["chunk_s"])}
-    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["dim"]))
+    cfg = params[NAME]
+    return pretraining.network_cache(params, NAME, VERSION, {"chunk_s": float(cfg["chunk_s"])}, int(cfg["dim"]))
 
 
 def extract_wav2vec(params: dict, progress: bool = True, threads: int = 1) -> dict:
