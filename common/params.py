@@ -4,14 +4,24 @@ The base sections of params.yaml are the `default` profile. `profiles.<name>` ho
 keys a profile changes; `load_params` lays them over the base. Every key a profile or a
 command-line override names must already exist in the base with a value of the same kind, so
 a typo stops the run with the key's full path instead of being silently ignored.
+
+`python -m common.params` (the first DVC stage) writes each section as the active profile sees
+it to data/params/<section>.yaml. Every stage depends on the files of the sections it reads, so
+editing an override (`profiles.paper.liu2023.epochs`) re-runs exactly the stages that read
+`liu2023` under that profile, and editing another profile's override re-runs nothing. DVC's own
+`params:` lists can only name fixed keys of params.yaml, which would miss the overrides.
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from common.files import atomic_write_text
 
 PROFILES = ("smoke", "default", "paper")
 
@@ -82,3 +92,41 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None,
         params = merge_checked(params, overrides, f"{path} (overrides)")
     params["profile"] = chosen
     return params
+
+
+def write_resolved(params: dict, out_dir: str | Path = "data/params") -> list[Path]:
+    """Write every section of the merged `params` to `<out_dir>/<section>.yaml`; return the paths.
+
+    The text depends only on the section's values (keys sorted), so a section the edit did not
+    touch keeps its bytes and DVC leaves the stages that read it alone.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for section, values in sorted(params.items()):
+        if section == "profile":
+            continue
+        path = out_dir / f"{section}.yaml"
+        atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Write each params.yaml section as the active profile "
+                                             "sees it to data/params/<section>.yaml.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", default="data/params")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths = write_resolved(params, args.out)
+    print(f"profile {params['profile']}: {len(paths)} sections -> {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

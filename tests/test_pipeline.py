@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common import params as params_module
 from common import report
 from common.notebooks import NotebookError, run_notebook
 
@@ -17,14 +18,52 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_SECTIONS = {"zhang2021", "jeong2022", "liu2023", "vu2021"}
 
 
-def test_data_and_feature_stages_ignore_paper_parameters():
+def _stages():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        stage = stage.get("do", stage)
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+def test_data_and_feature_stages_ignore_paper_parameters():
+    for name, stage in _stages().items():
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
         if any(str(o).startswith("data/") for o in outs):
             assert not PAPER_SECTIONS & set(stage.get("params", [])), name
+            assert not {f"data/params/{s}.yaml" for s in PAPER_SECTIONS} & set(stage.get("deps", [])), name
             assert not any(str(d).startswith("papers/") for d in stage.get("deps", [])), name
+
+
+def test_every_section_a_stage_reads_is_tracked_with_its_profile_overrides():
+    """`params:` names base keys only; the resolved file of each section carries the overrides."""
+    for name, stage in _stages().items():
+        sections = {s for s in stage.get("params", []) if s != "profile"}
+        resolved = {d[len("data/params/"):-len(".yaml")] for d in stage.get("deps", [])
+                    if str(d).startswith("data/params/")}
+        assert sections == resolved, name
+
+
+def test_resolved_sections_carry_the_profile_and_keep_untouched_bytes(tmp_path):
+    default = params_module.write_resolved(params_module.load_params(ROOT / "params.yaml", "default"),
+                                           tmp_path / "default")
+    smoke = params_module.write_resolved(params_module.load_params(ROOT / "params.yaml", "smoke"),
+                                         tmp_path / "smoke")
+    assert [p.name for p in default] == [p.name for p in smoke]
+    text = {p.parent.name + "/" + p.stem: p.read_text() for p in default + smoke}
+    smoke_raw = yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]["smoke"]
+    assert yaml.safe_load(text["smoke/liu2023"])["seeds"] == smoke_raw["liu2023"]["seeds"]
+    assert text["smoke/liu2023"] != text["default/liu2023"]
+    for section in ("data", "features"):      # sections the smoke profile leaves alone
+        assert section not in smoke_raw
+        assert text[f"smoke/{section}"] == text[f"default/{section}"]
+
+
+def test_params_stage_names_a_bad_override_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text((ROOT / "params.yaml").read_text().replace("  default: {}", "  default: {liu2023: {epoch: 3}}"))
+    out = tmp_path / "resolved"
+    assert params_module.main(["--params", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "profiles.default" in err and "'liu2023.epoch'" in err
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
