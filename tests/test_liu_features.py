@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.backbones.mobilenet import MobileNet, MobileNetWeightsError, load_mobilenet_weights
-from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load_mae_weights
+from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load_mae_weights, sincos_positions
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
 from common.features import bank, fau, hubert, mae, pretraining, wav2vec
@@ -18,7 +18,7 @@ from common.features import bank, fau, hubert, mae, pretraining, wav2vec
 torch.set_num_threads(1)
 
 
-# --------------------------------------------------------------------------- MobileNet (fau)
+# --------------------------------------------------------------------------- MobileNetV2 (ms_va)
 
 def test_mobilenet_embeds_faces_and_loads_only_fitting_weights(tmp_path):
     torch.manual_seed(0)
@@ -32,16 +32,16 @@ def test_mobilenet_embeds_faces_and_loads_only_fitting_weights(tmp_path):
     good = tmp_path / "good.pt"
     torch.save(net.state_dict(), good)
     other = MobileNet(8, stages, 24).eval()
-    load_mobilenet_weights(other, good, "fau")
+    load_mobilenet_weights(other, good, "ms_va")
     assert torch.allclose(other(x), out)
     wrong = tmp_path / "wrong.pt"
     torch.save(MobileNet(8, stages, 32).state_dict(), wrong)
-    with pytest.raises(MobileNetWeightsError, match=r"wrong\.pt.*features\.\d+\.0\.weight.*fau\.stem"):
-        load_mobilenet_weights(other, wrong, "fau")
+    with pytest.raises(MobileNetWeightsError, match=r"wrong\.pt.*features\.\d+\.0\.weight.*ms_va\.stem"):
+        load_mobilenet_weights(other, wrong, "ms_va")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(MobileNetWeightsError, match=r"junk\.pt.*fau\.weights"):
-        load_mobilenet_weights(other, junk, "fau")
+    with pytest.raises(MobileNetWeightsError, match=r"junk\.pt.*ms_va\.weights"):
+        load_mobilenet_weights(other, junk, "ms_va")
 
 
 def test_random_crop_flip_takes_one_window_and_flips_about_half_of_the_faces():
@@ -89,7 +89,7 @@ def test_fau_pretraining_beats_chance_and_fills_the_cache(tiny_features):
 
 def test_mae_patchify_masks_the_asked_share_and_loads_only_fitting_weights(tmp_path):
     torch.manual_seed(0)
-    net = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1).eval()
+    net = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1, 2).eval()
     images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
     patches = net.patchify(images)
     assert patches.shape == (2, 4, 8 * 8 * 3)
@@ -103,11 +103,11 @@ def test_mae_patchify_masks_the_asked_share_and_loads_only_fitting_weights(tmp_p
     assert net.encode(x, keep).shape == (3, 2, 16)                      # CLS + the one kept patch
     good = tmp_path / "good.pt"
     torch.save(net.state_dict(), good)
-    other = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1).eval()
+    other = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1, 2).eval()
     load_mae_weights(other, good)
     assert torch.allclose(other(x), out)
     wrong = tmp_path / "wrong.pt"
-    torch.save(MaskedAutoencoderViT(16, 8, 24, 1, 2, 8, 1).state_dict(), wrong)
+    torch.save(MaskedAutoencoderViT(16, 8, 24, 1, 2, 8, 1, 2).state_dict(), wrong)
     with pytest.raises(MAEWeightsError, match=r"wrong\.pt.*shape mismatch.*mae\.crop"):
         load_mae_weights(other, wrong)
     junk = tmp_path / "junk.pt"
@@ -116,9 +116,25 @@ def test_mae_patchify_masks_the_asked_share_and_loads_only_fitting_weights(tmp_p
         load_mae_weights(other, junk)
 
 
+def test_mae_positions_are_fixed_sine_cosine_tables():
+    table = sincos_positions(3, 8)[0]                                   # 3x3 patches, width 8
+    assert table.shape == (10, 8) and torch.equal(table[0], torch.zeros(8))        # CLS: no position
+    for half in (table[1:, :4], table[1:, 4:]):                         # row index, then column index
+        sin, cos = half[:, :2], half[:, 2:]
+        assert torch.allclose(sin ** 2 + cos ** 2, torch.ones_like(sin))
+    assert torch.equal(table[1, :4], table[3, :4]) and not torch.equal(table[1, 4:], table[3, 4:])   # same row
+    assert len({tuple(r.tolist()) for r in table[1:]}) == 9             # every patch its own position
+    net = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1, 2)
+    names = {n for n, _ in net.named_parameters()}
+    assert "pos_embed" not in names and "decoder_pos_embed" not in names          # not trained
+    assert {"pos_embed", "decoder_pos_embed"} <= set(net.state_dict())          # but saved and checked
+    with pytest.raises(ValueError, match="multiple of 4"):
+        sincos_positions(2, 6)
+
+
 def test_mae_loss_counts_only_the_masked_patches():
     torch.manual_seed(0)
-    net = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1)
+    net = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1, 2)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         net.decoder_pred.weight.zero_()

@@ -1,7 +1,8 @@
 """A masked autoencoder ViT (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners") in pure torch.
 
 The encoder of Liu et al. 2023's `mae` feature. Input: (B, 3, S, S) faces normalised to [-1, 1],
-cut into (S / patch)^2 patches, linearly embedded, + learned position embeddings, a CLS token.
+cut into (S / patch)^2 patches, linearly embedded, + fixed 2-D sine-cosine position embeddings
+(MAE Sec. A.1, encoder and decoder alike; the CLS position is zero), a CLS token.
 Pre-training (MAE Sec. 3): a random `mask_ratio` of the patches per image is dropped, the encoder
 sees only the visible ones; a narrow decoder gets the encoded visible tokens plus a shared mask
 token at every dropped position and predicts the dropped patches' pixels, each patch normalised
@@ -9,7 +10,8 @@ by its own mean and variance ("norm_pix_loss", MAE Sec. 3 / Table 1d); the loss 
 squared error over dropped patches only. Feature: the encoder on all patches, the mean of its
 patch tokens after the final LayerNorm (MAE's linear-probing / fine-tuning uses the average
 token as well as the CLS token; Sec. A.1). The published ViT-B: patch 16 at 224 px, width 768,
-depth 12; decoder width 512, depth 8. State dict keys are this module's own names.
+depth 12; decoder width 512, depth 8, 16 heads. State dict keys are this module's own names (the
+position tables are persistent buffers, so a checkpoint that stores them still loads).
 """
 from __future__ import annotations
 
@@ -23,6 +25,22 @@ class MAEWeightsError(ValueError):
     """A weights file does not fit the configured MAE; the message names the file and the fix."""
 
 
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """(1, 1 + grid^2, dim): a zero row for CLS, then per patch (row-major) sin/cos of its row
+    index in the first dim/2 channels and of its column index in the last dim/2, at frequencies
+    1 / 10000^(2k / (dim/2)) as in the Transformer's 1-D table."""
+    if dim % 4:
+        raise ValueError(f"MAE width {dim} must be a multiple of 4 for 2-D sine-cosine positions")
+    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def table(pos):
+        angle = pos.reshape(-1, 1).double() * freq
+        return torch.cat([angle.sin(), angle.cos()], 1)
+    patches = torch.cat([table(rows), table(cols)], 1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), patches]).float()[None]
+
+
 def blocks(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)   # pre-norm ViT blocks
@@ -31,21 +49,21 @@ def blocks(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
 
 class MaskedAutoencoderViT(nn.Module):
     def __init__(self, image_size: int, patch: int, dim: int, depth: int, heads: int,
-                 decoder_dim: int, decoder_depth: int, decoder_heads: int = 2):
+                 decoder_dim: int, decoder_depth: int, decoder_heads: int):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"MAE image size {image_size} must be a multiple of the patch size {patch}")
         self.config = {"image_size": image_size, "patch": patch, "dim": dim, "depth": depth, "heads": heads,
-                       "decoder_dim": decoder_dim, "decoder_depth": decoder_depth}
+                       "decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}
         self.patch, self.embed_dim = patch, dim
-        n = (image_size // patch) ** 2
+        g = image_size // patch
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+        self.register_buffer("pos_embed", sincos_positions(g, dim))
         self.encoder, self.norm = blocks(dim, depth, heads), nn.LayerNorm(dim)
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos_embed = nn.Parameter(torch.randn(1, n + 1, decoder_dim) * 0.02)
+        self.register_buffer("decoder_pos_embed", sincos_positions(g, decoder_dim))
         self.decoder, self.decoder_norm = blocks(decoder_dim, decoder_depth, decoder_heads), nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, patch * patch * 3)
 
@@ -90,9 +108,10 @@ class MaskedAutoencoderViT(nn.Module):
 def build_mae(cfg: dict) -> MaskedAutoencoderViT:
     """From the params.yaml `mae` section."""
     return MaskedAutoencoderViT(int(cfg["crop"]), int(cfg["patch"]), int(cfg["dim"]), int(cfg["depth"]),
-                                int(cfg["heads"]), int(cfg["decoder_dim"]), int(cfg["decoder_depth"]))
+                                int(cfg["heads"]), int(cfg["decoder_dim"]), int(cfg["decoder_depth"]),
+                                int(cfg["decoder_heads"]))
 
 
 def load_mae_weights(model: MaskedAutoencoderViT, path) -> None:
     """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
-    load_checked(model, path, MAEWeightsError, "MAE", "mae", "crop / patch / dim / depth / decoder_dim / decoder_depth")
+    load_checked(model, path, MAEWeightsError, "MAE", "mae", "crop / patch / dim / depth / decoder_dim / decoder_depth / decoder_heads")

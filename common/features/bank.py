@@ -77,9 +77,9 @@ FEATURES = {f.name: f for f in [
             "BN-FC-BN embedding per face frame (common/features/face_networks.py)", "video fps",
             _network("face_networks", "ires100"), "face_network@ires100"),
     Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set",
-            "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for the "
-            "12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from fau.weights); penultimate "
-            "feature per face frame (common/features/fau.py)", "video fps", _network("fau"), "fau"),
+            "a narrow IResNet in pure torch (common/backbones/iresnet.py; IResNet-100 in the paper profile) trained "
+            "in the pipeline for the 12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from "
+            "fau.weights); BN-FC-BN embedding per face frame (common/features/fau.py)", "video fps", _network("fau"), "fau"),
     Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet",
             "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for valence "
             "and arousal (1 - CCC) on the AffectNet-like stills (or weights from ms_va.weights); pooled penultimate "

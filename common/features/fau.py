@@ -3,17 +3,19 @@
     python -m common.features.fau pretrain [--profile smoke]   # -> <model_dir>/fau.pt
     python -m common.features.fau extract  [--profile smoke]   # -> the feature cache
 
-pretrain: Liu et al. use an IResNet-100 trained for AU detection on a commercial AU data set.
-  Neither is available here, so
-  * if `fau.weights` names a local state-dict file of this MobileNet it is loaded (weights_only)
-    and checked against the configured architecture (common/backbones/mobilenet.py);
-  * otherwise a narrow MobileNetV2 is trained in the pipeline for the 12 ABAW AUs (binary cross
+pretrain: Liu et al. use an IResNet-100 trained for AU detection on a commercial AU data set
+  ("IResNet100-based FAU Features", Sec. 3.2.1). The network is the same IResNet as `ires100`
+  (common/backbones/iresnet.py; IResNet-100 in the paper profile, a narrow one by default). The
+  AU set is not available here, so
+  * if `fau.weights` names a local state-dict file of this IResNet it is loaded (weights_only)
+    and checked against the configured architecture;
+  * otherwise the IResNet is trained in the pipeline for the 12 ABAW AUs (binary cross
     entropy, common.losses.masked_bce_with_logits, unannotated AUs masked) on `pretrain.frames`
     AU-annotated face frames of the Train_Set (frames without a face image left out), random crop
     + flip; `pretrain.val_frames` AU frames of the Validation_Set pick the best epoch by mean ROC
     AUC over the AUs (chance = 0.5).
 extract: every face frame of every track through the frozen network (centre crop), the
-  `embed_dim` pooled feature before the AU head; frames without a face take the nearest face's
+  `embed_dim` BN-FC-BN embedding before the AU head; frames without a face take the nearest face's
   row (Liu Sec. 3.1). Faces come from the face-pixel cache (common/features/faces.py).
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.backbones.mobilenet import MobileNetWeightsError, build_mobilenet, load_mobilenet_weights
+from common.backbones.iresnet import IResNetWeightsError, build_iresnet, load_iresnet_weights
 from common.data.affwild2 import AU_NAMES, AffWild2Error
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features import pretraining
@@ -35,7 +37,7 @@ from common.features.visual import centre_crop, frozen_for_inference, normalise
 from common.losses import masked_bce_with_logits
 
 NAME = "fau"
-VERSION = "1"
+VERSION = "2"               # 2: IResNet as the paper (1 was a MobileNetV2)
 
 
 def model_path(params: dict) -> Path:
@@ -58,7 +60,7 @@ def mean_auc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
 
 
 class AUDetector(nn.Module):
-    """MobileNet embedding -> linear head over the 12 AUs (logits)."""
+    """IResNet embedding -> linear head over the 12 AUs (logits)."""
 
     def __init__(self, backbone, n_aus: int = len(AU_NAMES)):
         super().__init__()
@@ -94,8 +96,8 @@ def _train_au_detector(params: dict, backbone, out_dir: Path, progress: bool) ->
 
 def pretrain_fau(params: dict, progress: bool = True, threads: int = 1) -> Path:
     """Write <model_dir>/fau.pt (+ .json): loaded from fau.weights, or pre-trained here."""
-    return pretrain_or_load(params, NAME, lambda: build_mobilenet(params[NAME]),
-                            lambda net, path: load_mobilenet_weights(net, path, NAME),
+    return pretrain_or_load(params, NAME, lambda: build_iresnet(params[NAME]),
+                            lambda net, path: load_iresnet_weights(net, path, NAME),
                             lambda net, out_dir: _train_au_detector(params, net, out_dir, progress), threads)
 
 
@@ -111,8 +113,8 @@ def cache_for(params: dict) -> FeatureCache:
 def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:
     """Fill the cache for every face track of every split; return (and write) a summary."""
     cfg = params[NAME]
-    backbone = build_mobilenet(cfg)
-    load_mobilenet_weights(backbone, model_path(params), NAME)
+    backbone = build_iresnet(cfg)
+    load_iresnet_weights(backbone, model_path(params), NAME)
     encoder = frozen_for_inference(backbone)
     return {**pretraining.extract_face_feature(params, NAME, encoder, cache_for(params), int(cfg["crop"]),
                                                int(cfg["extract_batch"]), int(cfg["embed_dim"]), threads),
@@ -120,8 +122,8 @@ def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:
 
 
 def main(argv=None) -> int:
-    return pretraining.cli(argv, NAME, "AU-detection MobileNet: pre-train (or load) it, then embed every face",
-                           pretrain_fau, extract_fau, (AffWild2Error, MobileNetWeightsError, FeatureCacheError))
+    return pretraining.cli(argv, NAME, "AU-detection IResNet: pre-train (or load) it, then embed every face",
+                           pretrain_fau, extract_fau, (AffWild2Error, IResNetWeightsError, FeatureCacheError))
 
 
 if __name__ == "__main__":
