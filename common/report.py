@@ -21,12 +21,13 @@ import csv
 import html
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from common.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = {"jeong2022": "Jeong, Oh, Lim (CVPRW 2022)", "zhang2021": "Zhang, Ding, Wei, Guan (ICCVW 2021)",
@@ -105,10 +106,7 @@ def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
     """<out_dir>/<notebook>.json, what this builder reads: a temp file renamed into place, numpy
     scalars written as numbers."""
     out = Path(out_dir) / f"{notebook}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(summary, indent=2, default=float) + "\n")
     return out
 
 
@@ -252,9 +250,7 @@ def notebook_to_html(ipynb: Path, out: Path) -> None:
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nb)
     body = strip_external(body)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(body)
-    os.replace(tmp, out)
+    atomic_write_text(out, body)
 
 
 _EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
@@ -348,11 +344,8 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     body.append(f"<tr><th>sum of the stages above</th><th class=num>{fmt(total, 1)} ({total / 60:.1f} min)</th></tr></table>")
     body.append("<p class=muted>Seconds measured inside each stage (without DVC and interpreter start-up); "
                 "<code>make benchmark-pipeline</code> measures wall time per stage.</p>")
-    reports.mkdir(parents=True, exist_ok=True)
     index = reports / "index.html"
-    tmp = index.with_name(".index.html.tmp")
-    tmp.write_text(page("affect-repro reports", "\n".join(body)))
-    os.replace(tmp, index)
+    atomic_write_text(index, page("affect-repro reports", "\n".join(body)))
     return index
 
 
