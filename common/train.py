@@ -10,20 +10,32 @@ Properties the tests check:
 * seeded and deterministic on the CPU: the same config gives the same weights;
 * a run killed after any epoch and started again resumes from its checkpoint and ends with the
   same result as an uninterrupted run (the batch order of epoch e depends only on seed and e);
-* DistributedDataParallel when launched with `torchrun` (gloo on CPU, nccl on GPU), with the
-  per-process batch = batch_size / world size so the optimisation matches one process;
-* AMP (bfloat16 autocast) on a GPU.
+* DistributedDataParallel when launched with `torchrun` (nccl with one GPU per process, else
+  gloo), with the per-process batch = batch_size / world size so the optimisation matches one
+  process;
+* on a GPU: bfloat16 autocast, conv nets in channels_last with cudnn.benchmark, fused Adam, the
+  loss summed on the device and read once per epoch (no host sync per step), pinned memory for
+  DataLoader workers, and an optional torch.compile that falls back to eager;
+* with `deterministic`, deterministic kernels and a fixed cuBLAS workspace, and the CUDA RNG in
+  the checkpoint, so a resumed GPU run also equals an uninterrupted one.
 Checkpoints are written to a temporary name and renamed, and loaded with weights_only=True.
+
+`compile`, `deterministic` and `channels_last` are how a run executes, not what it learns: left
+None they come from params.yaml's `train` section (the profile's), which no stage lists as a
+dependency, since on the CPU none of them changes a result.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from common.files import atomic_torch_save, atomic_write_json, atomic_write_text
 from common.weights import UnreadableWeights, load_weights_file
 
 
@@ -53,7 +66,11 @@ class TrainConfig:
     step_lr_gamma: float = 0.1
     grad_clip: float = 0.0
     amp: bool = True                 # only takes effect on CUDA
-    num_workers: int = 0
+    num_workers: int = 0             # DataLoader workers (pinned memory on CUDA)
+    # How the run executes (None = params.yaml `train.<key>` of the active profile):
+    compile: bool | None = None      # torch.compile the model; a graph that fails runs eagerly
+    deterministic: bool | None = None  # deterministic kernels: GPU resume == uninterrupted
+    channels_last: bool | None = None  # NHWC conv nets on CUDA (tensor cores); no effect on CPU
     # Round-robin sub-steps (Jeong Algorithms 1-2): when set, each batch is a dict with one
     # sub-batch per name, and every sub-batch gets its own optimiser step, in this order, with
     # loss_fn(model, sub_batch, name). Empty = one step per batch with loss_fn(model, batch).
@@ -81,12 +98,102 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+RUNTIME_DEFAULTS = {"compile": False, "deterministic": False, "channels_last": True}
+
+
+def with_runtime_settings(cfg: TrainConfig, params_path: str | Path = "params.yaml") -> TrainConfig:
+    """`cfg` with its None run-time switches taken from params.yaml's `train` section."""
+    missing = [k for k in RUNTIME_DEFAULTS if getattr(cfg, k) is None]
+    if not missing:
+        return cfg
+    section = dict(RUNTIME_DEFAULTS)
+    if Path(params_path).is_file():
+        from common.params import load_params
+        section.update(load_params(params_path).get("train", {}))
+    return replace(cfg, **{k: bool(section[k]) for k in missing})
+
+
+def ddp_backend() -> str:
+    """nccl when every local process has a GPU of its own, else gloo (AFFECT_DDP_BACKEND overrides):
+    nccl cannot run two ranks on one GPU."""
+    chosen = os.environ.get("AFFECT_DDP_BACKEND")
+    if chosen:
+        return chosen
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(ddp_backend())
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def training_device(world: int) -> torch.device:
+    """This process's device: its own GPU (LOCAL_RANK) when there is one, else the CPU."""
+    if not torch.cuda.is_available() or (world > 1 and ddp_backend() != "nccl"):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+@contextlib.contextmanager
+def determinism(on: bool, device: torch.device):
+    """Deterministic kernels for the run (restored after): cuDNN picks fixed algorithms and cuBLAS
+    a fixed workspace (set before its first use; PyTorch's "Reproducibility" notes). Off, cuDNN
+    benchmarks its kernels once per shape, which is what makes conv nets fast on a GPU. Ops with
+    no deterministic kernel warn (warn_only) rather than stop a paper-scale run."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not on
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+
+
+def has_conv2d(model: torch.nn.Module) -> bool:
+    return any(p.dim() == 4 for p in model.parameters())
+
+
+def compiled(net: torch.nn.Module, on: bool) -> torch.nn.Module:
+    """torch.compile(net), where a graph that Dynamo or Inductor cannot compile runs eagerly."""
+    if not on:
+        return net
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True
+        return torch.compile(net)
+    except Exception as e:                            # no compiler tool chain, unsupported platform
+        warnings.warn(f"train.compile: torch.compile is unavailable ({e}); training eagerly")
+        return net
+
+
+def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam; on CUDA the fused kernel (one launch for all parameters instead of several per tensor)."""
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+
+
+def train_step(net, optimizer, loss_fn: Callable, batch, names: tuple = (), amp: bool = False,
+               grad_clip: float = 0.0, clip_params=None) -> torch.Tensor:
+    """One optimiser step on one (sub-)batch; returns the loss detached and still on the device,
+    so the caller can sum it there instead of waiting for the GPU every step."""
+    device_type = "cuda" if amp else "cpu"
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        loss = loss_fn(net, batch, *names)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)
+    optimizer.step()
+    return loss.detach()
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -95,16 +202,33 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+def rng_states() -> dict:
+    """Every RNG a training step may draw from, in types that weights_only=True loads."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "numpy" in states:
+        name, keys, *rest = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "python" in states:
+        random.setstate(states["python"])
+
+
 def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, best_weights) -> None:
-    payload = {
+    atomic_torch_save({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "best_weights": best_weights, "torch_rng": torch.get_rng_state(),
+        "best_weights": best_weights, "rng": rng_states(),
         "state": json.dumps(asdict(state)),
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    }, path)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -127,104 +251,105 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = with_runtime_settings(cfg)
     rank, world = distributed()
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    device = training_device(world)
     seed_everything(cfg.seed)
-    model.to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.Adam(params if params is not None else
-                                 [p for p in model.parameters() if p.requires_grad],
-                                 lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.plateau_patience:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=cfg.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-            min_lr=cfg.min_lr)
-    elif cfg.step_lr_epochs:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_lr_epochs, cfg.step_lr_gamma)
-    else:
-        scheduler = None
-    use_amp = cfg.amp and device.type == "cuda"
-
-    state, best_weights = TrainState(), copy.deepcopy(model.state_dict())
-    ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists():                           # resume after a kill
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt["scheduler"]:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        best_weights = ckpt["best_weights"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        state = TrainState(**json.loads(ckpt["state"]))
-
-    per_process_batch = max(1, cfg.batch_size // world)
-    while state.epoch < cfg.epochs and not state.stop:
-        epoch = state.epoch
-        # The batch order depends only on (seed, epoch): resuming replays the same epochs.
-        order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed * 1000 + epoch) \
-            if world > 1 else None
-        loader = DataLoader(train_set, per_process_batch, shuffle=sampler is None, sampler=sampler,
-                            generator=order if sampler is None else None, collate_fn=collate_fn,
-                            num_workers=cfg.num_workers, drop_last=False)
-        net.train()
-        total, count = 0.0, 0
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                          disable=not progress or rank != 0):
-            batch = _to(batch, device)
-            steps = [(batch[name], (name,)) for name in cfg.substeps] if cfg.substeps else [(batch, ())]
-            for sub_batch, name in steps:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = loss_fn(net, sub_batch, *name)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                total, count = total + float(loss.detach()), count + 1
-
-        net.eval()
-        with torch.no_grad():
-            metrics = dict(evaluate(model))
-        metrics = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
-                   "lr": optimizer.param_groups[0]["lr"], **metrics}
-        if cfg.monitor not in metrics:
-            raise KeyError(f"monitor '{cfg.monitor}' is not among the metrics {sorted(metrics)}")
-        value = float(metrics[cfg.monitor])
-        if not math.isfinite(value):
-            raise FloatingPointError(f"epoch {epoch + 1}: {cfg.monitor} = {value}; lower the learning rate")
-        if _improved(value, state.best, cfg.mode):
-            state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
-            best_weights = copy.deepcopy(model.state_dict())
+    with determinism(cfg.deterministic, device):
+        model.to(device)
+        if device.type == "cuda" and cfg.channels_last and has_conv2d(model):
+            model.to(memory_format=torch.channels_last)
+        net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        net = compiled(net, cfg.compile)
+        trained = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(trained, cfg, device)
+        if cfg.plateau_patience:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=cfg.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                min_lr=cfg.min_lr)
+        elif cfg.step_lr_epochs:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_lr_epochs, cfg.step_lr_gamma)
         else:
-            state.bad_epochs += 1
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(value)
-        elif scheduler is not None:
-            scheduler.step()
-        state.history.append(metrics)
-        state.epoch = epoch + 1
-        for hook in on_epoch_end:
-            hook(model=model, optimizer=optimizer, state=state, best_weights=best_weights, cfg=cfg)
-        if cfg.early_stop and state.bad_epochs >= cfg.early_stop:
-            state.stop = True
-        if rank == 0:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, state, best_weights)
-            _write_history(out_dir / "metrics.csv", state.history)
+            scheduler = None
+        amp = cfg.amp and device.type == "cuda"
+
+        state, best_weights = TrainState(), copy.deepcopy(model.state_dict())
+        ckpt_path = out_dir / "checkpoint.pt"
+        if ckpt_path.exists():                           # resume after a kill
+            ckpt = load_checkpoint(ckpt_path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt["scheduler"]:
+                scheduler.load_state_dict(ckpt["scheduler"])
+            best_weights = ckpt["best_weights"]
+            set_rng_states(ckpt["rng"] if "rng" in ckpt else {"torch": ckpt["torch_rng"]})
+            state = TrainState(**json.loads(ckpt["state"]))
+
+        per_process_batch = max(1, cfg.batch_size // world)
+        while state.epoch < cfg.epochs and not state.stop:
+            epoch = state.epoch
+            # The batch order depends only on (seed, epoch): resuming replays the same epochs.
+            order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed * 1000 + epoch) \
+                if world > 1 else None
+            loader = DataLoader(train_set, per_process_batch, shuffle=sampler is None, sampler=sampler,
+                                generator=order if sampler is None else None, collate_fn=collate_fn,
+                                num_workers=cfg.num_workers, pin_memory=device.type == "cuda" and cfg.num_workers > 0,
+                                drop_last=False)
+            net.train()
+            # Summed on the device and read once per epoch: float(loss) each step would make the
+            # host wait for the GPU to finish every step before it can queue the next one.
+            total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+            for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                              disable=not progress or rank != 0):
+                batch = _to(batch, device)
+                steps = [(batch[name], (name,)) for name in cfg.substeps] if cfg.substeps else [(batch, ())]
+                for sub_batch, names in steps:
+                    total += train_step(net, optimizer, loss_fn, sub_batch, names, amp, cfg.grad_clip, trained)
+                    count += 1
+
+            net.eval()
+            with torch.no_grad():
+                metrics = dict(evaluate(model))
+            metrics = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1),
+                       "lr": optimizer.param_groups[0]["lr"], **metrics}
+            if cfg.monitor not in metrics:
+                raise KeyError(f"monitor '{cfg.monitor}' is not among the metrics {sorted(metrics)}")
+            value = float(metrics[cfg.monitor])
+            if not math.isfinite(value):
+                raise FloatingPointError(f"epoch {epoch + 1}: {cfg.monitor} = {value}; lower the learning rate")
+            if _improved(value, state.best, cfg.mode):
+                state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
+                best_weights = copy.deepcopy(model.state_dict())
+            else:
+                state.bad_epochs += 1
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(value)
+            elif scheduler is not None:
+                scheduler.step()
+            state.history.append(metrics)
+            state.epoch = epoch + 1
+            for hook in on_epoch_end:
+                hook(model=model, optimizer=optimizer, state=state, best_weights=best_weights, cfg=cfg)
+            if cfg.early_stop and state.bad_epochs >= cfg.early_stop:
+                state.stop = True
+            if rank == 0:
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, state, best_weights)
+                _write_history(out_dir / "metrics.csv", state.history)
 
     model.load_state_dict(best_weights)
     best = next(row for row in state.history if row["epoch"] == state.best_epoch)
     if rank == 0:
-        tmp = out_dir / ".best.pt.tmp"
-        torch.save(best_weights, tmp)
-        os.replace(tmp, out_dir / "best.pt")
-        (out_dir / "summary.json").write_text(json.dumps(
-            {"best_epoch": state.best_epoch, "best": best, "epochs_run": state.epoch,
-             "config": asdict(cfg)}, indent=2, default=str) + "\n")
+        atomic_torch_save(best_weights, out_dir / "best.pt")
+        atomic_write_json(out_dir / "summary.json",
+                          {"best_epoch": state.best_epoch, "best": best, "epochs_run": state.epoch,
+                           "config": asdict(cfg)})
     return {"best": best, "history": state.history}
 
 
 def _to(batch, device):
+    """The batch on `device`. Image batches stay NCHW: with channels_last weights cuDNN returns
+    channels_last activations anyway, and a channels_last input would break a loss's .view()."""
     if torch.is_tensor(batch):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
@@ -236,9 +361,8 @@ def _to(batch, device):
 
 def _write_history(path: Path, rows: list) -> None:
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, keys, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    w = csv.DictWriter(text, keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, text.getvalue())

@@ -80,7 +80,7 @@ def test_corrupt_checkpoint_is_named(tmp_path):
 
 
 def test_two_gloo_processes_match_one(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AFFECT_DDP_BACKEND": "gloo"}   # 2 ranks, even on 1 GPU
     single = tmp_path / "single"
     single.mkdir()
     subprocess.run([sys.executable, str(HERE / "helpers" / "ddp_fit.py"), str(single)], check=True, env=env)
@@ -93,3 +93,81 @@ def test_two_gloo_processes_match_one(tmp_path):
     two = json.loads((double / "result.json").read_text())["mse"]
     assert one < 0.05                                   # it learned (noise variance is 0.01)
     assert abs(one - two) < 0.1 * one + 1e-3, (one, two)
+
+
+def test_resume_restores_every_rng_a_step_draws_from(tmp_path):
+    """A loss that draws from numpy's and Python's global RNGs (as dataset augmentations do)
+    still resumes exactly: the checkpoint carries those states, and CUDA's where there is one."""
+    import random
+
+    import numpy as np
+
+    def noisy(net, b):
+        jitter = float(np.random.normal(0, 0.1)) + random.uniform(-0.1, 0.1)
+        return torch.nn.functional.mse_loss(net(b[0]) + jitter, b[1])
+
+    def train(out, hooks=()):
+        data, xv, yv = problem()
+        m = model()
+        cfg = TrainConfig(epochs=5, batch_size=16, lr=1e-2, seed=3, monitor="mse")
+        evaluate = lambda mm: {"mse": float(torch.nn.functional.mse_loss(mm(xv), yv))}  # noqa: E731
+        fit(m, data, noisy, evaluate, cfg, out, on_epoch_end=list(hooks), progress=False)
+        return m
+
+    full = train(tmp_path / "full")
+
+    def kill(state, **_):
+        if state.epoch == 3:
+            np.random.seed(99), random.seed(99)       # a fresh process would start elsewhere
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "killed", hooks=[kill])
+    assert torch.equal(weights(full), weights(train(tmp_path / "killed")))
+    ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+
+
+def test_runtime_switches_come_from_the_train_section(tmp_path):
+    from common.train import with_runtime_settings
+    (tmp_path / "params.yaml").write_text("train: {compile: true, deterministic: true, channels_last: false}\n")
+    cfg = with_runtime_settings(TrainConfig(deterministic=False), tmp_path / "params.yaml")
+    assert (cfg.compile, cfg.deterministic, cfg.channels_last) == (True, False, False)   # explicit wins
+    cfg = with_runtime_settings(TrainConfig(), tmp_path / "absent.yaml")
+    assert (cfg.compile, cfg.deterministic, cfg.channels_last) == (False, False, True)   # built-in defaults
+
+
+def test_determinism_switch_is_scoped_to_the_run():
+    from common.train import determinism
+    before = torch.are_deterministic_algorithms_enabled()
+    with determinism(True, torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+        assert not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_nccl_only_with_a_gpu_per_local_rank(monkeypatch):
+    """Two ranks on one GPU cannot share nccl (the issue-11 failure): they fall back to gloo on the CPU."""
+    from common.train import ddp_backend, training_device
+    monkeypatch.delenv("AFFECT_DDP_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert ddp_backend() == "gloo" and training_device(2).type == "cpu"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert ddp_backend() == "nccl" and training_device(1) == torch.device("cuda", 0)
+    monkeypatch.setenv("AFFECT_DDP_BACKEND", "gloo")
+    assert ddp_backend() == "gloo"
+
+
+def test_compile_falls_back_to_eager(monkeypatch):
+    from common.train import compiled
+    net = torch.nn.Linear(2, 1)
+    assert compiled(net, False) is net
+
+    def broken(*_, **__):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="training eagerly"):
+        assert compiled(net, True) is net
