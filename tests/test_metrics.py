@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from common.metrics import (NoValidFramesError, abaw2_au_criterion, abaw2_expr_criterion,
-                            au_metrics, batch_averaged, bootstrap_ci, ccc, expr_metrics,
-                            mtl_metrics, va_metrics)
+from common.metrics import (ABAW3_VALIDATION_FRAMES, NoValidFramesError, abaw2_au_criterion,
+                            abaw2_expr_criterion, au_metrics, batch_averaged, bootstrap_ci, ccc,
+                            expr_metrics, jeong_batch_scores, jeong_batch_sizes, jeong_code_metric,
+                            jeong_valid_rows, mtl_metrics, va_metrics)
 
 
 # --------------------------------------------------------------------------- reference helpers
@@ -419,6 +420,183 @@ def test_jeong_batch_averaging_with_zero_division_1_inflates_scores():
     official_au = au_metrics(au_t, au_p)["p_au"]
     jeong_au = batch_averaged(au_metrics, au_t, au_p, batch_size=256, zero_division=1)["p_au"]
     assert jeong_au > official_au + 0.1
+
+
+# --------------------------------------------------------------------------- Jeong et al.'s code metric
+# One test per rule of the authors' evaluation (REFERENCE_FACTS.md, Jeong section), each against
+# numbers worked out by hand.
+
+def test_jeong_batch_sizes_are_proportional_with_the_largest_set_near_256():
+    # max_iter = ceil(1000 / 256) = 4; batch = floor(n / 4)
+    sizes, max_iter = jeong_batch_sizes({"va": 1000, "expr": 700, "au": 520, "mtl": 90})
+    assert max_iter == 4
+    assert sizes == {"va": 250, "expr": 175, "au": 130, "mtl": 22}
+    # The ABAW3 validation sizes: max_iter = ceil(505,382 / 256) = 1975, MTL batches of 13 frames.
+    sizes, max_iter = jeong_batch_sizes(ABAW3_VALIDATION_FRAMES)
+    assert max_iter == 1975
+    assert sizes == {"va": 179, "expr": 169, "au": 255, "mtl": 13}
+    with pytest.raises(ValueError, match="fewer frames than max_iter"):
+        jeong_batch_sizes({"va": 10_000, "mtl": 3})
+
+
+def test_jeong_code_metric_runs_max_iter_batches_and_drops_the_remainder():
+    # va 1000 frames, mtl 100: max_iter = 4, mtl batch = 25 -> 4 batches of 25, all 100 frames.
+    # va 1000, mtl 90: mtl batch = 22 -> 4 batches (88 frames); 2 frames unscored.
+    # va 7800, mtl 100: max_iter = 31, mtl batch 3 -> 100 // 3 = 33 batches possible, the loop runs 31.
+    rng = np.random.default_rng(30)
+    for n_va, n_mtl, want in ((1000, 100, (25, 4)), (1000, 90, (22, 4)), (7800, 100, (3, 31))):
+        truth, pred = _jeong_sets(rng, n_va, n_mtl)
+        out = jeong_code_metric(truth, pred, seed=0)
+        assert (out["batch_sizes"]["mtl"], out["n_batches"]["mtl"]) == want
+        assert out["n_batches"]["va"] == out["max_iter"]
+    # The ABAW3 sizes applied to a small set: batches of 13, as many as the set holds.
+    out = jeong_code_metric(truth, pred, set_sizes=ABAW3_VALIDATION_FRAMES)
+    assert out["batch_sizes"] == {"va": 179, "mtl": 13} and out["n_batches"]["mtl"] == 100 // 13
+
+
+def _jeong_sets(rng, n_va, n_mtl):
+    """A VA set and an MTL set, fully labelled, with noisy predictions."""
+    va_t, va_p = make_va(rng, n_va)
+    m_va_t, m_va_p = make_va(rng, n_mtl)
+    ex_t, ex_p = make_expr(rng, n_mtl)
+    au_t, au_p = make_au(rng, n_mtl)
+    return ({"va": {"va": va_t}, "mtl": {"va": m_va_t, "expr": ex_t, "au": au_t}},
+            {"va": {"va": va_p}, "mtl": {"va": m_va_p, "expr": ex_p, "au": au_p}})
+
+
+def test_jeong_code_metric_shuffles_each_set_with_the_seed():
+    # 8 frames, two runs of 4 frames with one valence each: cut in order, every batch of 4 has a
+    # constant truth, so its CCC is 0 by definition; shuffled, the batches mix the two runs.
+    t = np.array([[0.5, 0.1]] * 4 + [[-0.5, 0.3]] * 4)
+    p = t + np.array([0.1, -0.2, 0.05, 0.0, 0.2, -0.1, 0.0, 0.15])[:, None]
+    truth, pred = {"va": {"va": t}}, {"va": {"va": p}}
+    consecutive = jeong_code_metric(truth, pred, batch_sizes={"va": 4}, shuffle=False)
+    assert consecutive["stl_va"] == 0.0
+    seen = set()
+    for seed in range(5):
+        out = jeong_code_metric(truth, pred, seed=seed, batch_sizes={"va": 4})
+        assert out == jeong_code_metric(truth, pred, seed=seed, batch_sizes={"va": 4})   # reproducible
+        # the documented permutation: numpy's default_rng seeded with (seed, set position)
+        order = np.random.default_rng([seed, 0]).permutation(8).reshape(2, 4)
+        want = np.mean([np.mean([ccc(t[b, d], p[b, d]) for d in (0, 1)]) for b in order])
+        assert out["stl_va"] == pytest.approx(want, abs=1e-12)
+        seen.add(round(out["stl_va"], 9))
+    assert len(seen) > 1                        # the seed changes the batches
+    assert max(seen) > 0.5                      # mixed batches see the valence contrast
+
+
+def test_jeong_code_metric_drops_rows_with_any_invalid_label():
+    va = np.array([[.1, .2], [.3, -5], [.5, .6], [.7, .8], [.2, .1], [-.3, .4]])
+    expr = np.array([1, 2, -1, 3, 0, 4])
+    au = np.zeros((6, 12))
+    au[3, 7] = -1                               # one missing AU drops the row
+    labels = {"va": va, "expr": expr, "au": au}
+    assert jeong_valid_rows(labels, ("va", "expr", "au")).tolist() == [True, False, False, False, True, True]
+    assert jeong_valid_rows(labels, ("va",)).tolist() == [True, False, True, True, True, True]
+    assert jeong_valid_rows(labels, ("au",)).tolist() == [True, True, True, False, True, True]
+    # MTL set: rows 0, 4, 5 remain, one batch of 3 (batch_sizes); predictions at dropped rows are ignored.
+    pred = {"va": va * 0.5, "expr": np.array([1, 0, 0, 0, 0, 4]), "au": np.zeros((6, 12))}
+    wild = {k: v.copy() for k, v in pred.items()}
+    wild["va"][[1, 2, 3]] = 99.0
+    wild["expr"][[1, 2, 3]] = 7
+    wild["au"][[1, 2, 3]] = 1.0
+    out = jeong_code_metric({"mtl": labels}, {"mtl": pred}, batch_sizes={"mtl": 3})
+    assert out["frames"] == {"mtl": 3} and out["n_batches"] == {"mtl": 1}
+    assert out == jeong_code_metric({"mtl": labels}, {"mtl": wild}, batch_sizes={"mtl": 3})
+    # kept rows: expr truth [1, 0, 4], pred [1, 0, 4] -> F1 1 for each present class
+    assert out["mtl_expr"] == 1.0
+    assert out["mtl_au"] == 1.0                 # no AU active in truth or prediction: 12 x zero_division 1
+    # VA: pred = truth / 2 on rows 0, 4, 5 -> CCC by hand, population variances
+    kept = va[[0, 4, 5]]
+    assert out["mtl_va"] == pytest.approx(np.mean([ref_ccc_cov(kept[:, d], kept[:, d] / 2) for d in (0, 1)]))
+    with pytest.raises(NoValidFramesError, match="set expr"):
+        jeong_code_metric({"expr": {"expr": np.full(4, -1)}}, {"expr": {"expr": np.zeros(4)}})
+
+
+def test_jeong_expr_f1_averages_only_the_classes_present_in_the_batch():
+    # truth [0, 0, 1, 2], pred [0, 1, 1, 1]; present classes {0, 1, 2}:
+    # class 0: TP 1, 2 true, 1 predicted -> 2/3; class 1: TP 1, 1 true, 3 predicted -> 1/2;
+    # class 2: TP 0 -> 0. labels=None: (2/3 + 1/2 + 0) / 3 = 7/18; the absent classes 3-7 are not scored.
+    t, p = np.array([[0, 0, 1, 2]]), np.array([[0, 1, 1, 1]])
+    got = jeong_batch_scores("expr", t, p)
+    assert got.tolist() == pytest.approx([7 / 18])
+    assert got[0] == pytest.approx(f1_score(t[0], p[0], average="macro", zero_division=1))
+    # scored over the 8 classes with zero_division=1 the five absent ones would each add 1:
+    assert expr_metrics(t[0], p[0], zero_division=1)["p_expr"] == pytest.approx((7 / 6 + 5) / 8)
+    # a class only predicted counts (as 0) too: truth [3, 3], pred [3, 5] -> (2/3 + 0) / 2
+    assert jeong_batch_scores("expr", np.array([[3, 3]]), np.array([[3, 5]]))[0] == pytest.approx(1 / 3)
+    # logits are argmaxed; many batches against scikit-learn
+    rng = np.random.default_rng(31)
+    t, p = make_expr(rng, 40 * 13)
+    t, p = t.reshape(40, 13), p.reshape(40, 13)
+    np.testing.assert_allclose(jeong_batch_scores("expr", t, np.eye(8)[p]),
+                               [f1_score(a, b, average="macro", zero_division=1) for a, b in zip(t, p)])
+
+
+def test_jeong_au_f1_scores_an_absent_au_as_1():
+    # 4 frames, 3 AUs. AU a: truth [1, 0, 1, 0], pred [1, 1, 0, 0] -> TP 1, 2 true, 2 predicted -> 1/2;
+    # AU b: never active in truth or prediction -> zero_division = 1; AU c: one true, never
+    # predicted -> 0. Mean (1/2 + 1 + 0) / 3 = 1/2.
+    t = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    p = np.array([[.9, .1, .2], [.7, .4, .3], [.2, .0, .1], [.1, .3, .4]])
+    assert jeong_batch_scores("au", t[None], p[None]).tolist() == pytest.approx([0.5])
+    assert 0.5 == pytest.approx(np.mean([f1_score(t[:, k], p[:, k] >= 0.5, zero_division=1) for k in range(3)]))
+    rng = np.random.default_rng(32)
+    au_t, au_p = make_au(rng, 30 * 8)
+    au_t, au_p = au_t.reshape(30, 8, 12), au_p.reshape(30, 8, 12)
+    np.testing.assert_allclose(jeong_batch_scores("au", au_t, au_p),
+                               [np.mean([f1_score(a[:, k], b[:, k] >= 0.5, zero_division=1) for k in range(12)])
+                                for a, b in zip(au_t, au_p)])
+
+
+def test_jeong_ccc_uses_population_variances():
+    # t = [1, 2, 3, 4], p = [2, 2, 3, 5]: means 2.5 and 3; population var 1.25 and 1.5, cov 1.25:
+    # CCC = 2.5 / (1.25 + 1.5 + 0.25) = 5/6 (sample variances would give 0.851).
+    t = np.array([[[1, 1], [2, 2], [3, 3], [4, 4]]], float)
+    p = np.array([[[2, 2], [2, 2], [3, 3], [5, 5]]], float)
+    assert jeong_batch_scores("va", t, p).tolist() == pytest.approx([5 / 6])
+    # degenerate batches as ccc(): constant truth -> 0; both constant and equal -> 1
+    assert jeong_batch_scores("va", np.ones((1, 3, 2)), p[:, :3]).tolist() == [0.0]
+    assert jeong_batch_scores("va", np.ones((1, 3, 2)), np.ones((1, 3, 2))).tolist() == [1.0]
+    rng = np.random.default_rng(33)
+    va_t, va_p = make_va(rng, 20 * 16)
+    np.testing.assert_allclose(jeong_batch_scores("va", va_t.reshape(20, 16, 2), va_p.reshape(20, 16, 2)),
+                               [va_metrics(a, b)["p_va"] for a, b in zip(va_t.reshape(20, 16, 2), va_p.reshape(20, 16, 2))])
+
+
+def test_jeong_metric_is_the_plain_mean_over_batches():
+    # 10 frames cut in order into batches of 4: batches [0:4] and [4:8] are scored, frames 8-9 not.
+    # batch 1: truth = pred = [0, 0, 0, 0] -> 1; batch 2: truth [2, 2, 2, 3], pred [2, 3, 2, 2]
+    # -> class 2: 2 TP, 3 true, 3 predicted = 2/3, class 3: 0 -> 1/3. Mean (1 + 1/3) / 2 = 2/3,
+    # not the F1 of the 8 frames pooled ((1 + 2/3 + 0) / 3 = 5/9).
+    t = np.array([0, 0, 0, 0, 2, 2, 2, 3, 5, 6])
+    p = np.array([0, 0, 0, 0, 2, 3, 2, 2, 0, 0])
+    out = jeong_code_metric({"expr": {"expr": t}}, {"expr": {"expr": p}}, batch_sizes={"expr": 4}, shuffle=False)
+    assert out["n_batches"] == {"expr": 2}
+    assert out["stl_expr"] == pytest.approx(2 / 3)
+    assert f1_score(t[:8], p[:8], average="macro", zero_division=1) == pytest.approx(5 / 9)
+    # P_MTL of the MTL set = mean CCC + EXPR F1 + AU F1, each the mean over the same batches
+    rng = np.random.default_rng(34)
+    truth, pred = _jeong_sets(rng, 600, 120)
+    out = jeong_code_metric(truth, pred, seed=3)
+    assert out["mtl"] == pytest.approx(out["mtl_va"] + out["mtl_expr"] + out["mtl_au"])
+    order = np.random.default_rng([3, 3]).permutation(120)[:out["n_batches"]["mtl"] * 40].reshape(-1, 40)
+    m = truth["mtl"], pred["mtl"]
+    per_batch = [va_metrics(m[0]["va"][b], m[1]["va"][b])["p_va"]
+                 + f1_score(m[0]["expr"][b], m[1]["expr"][b], average="macro", zero_division=1)
+                 + au_metrics(m[0]["au"][b], m[1]["au"][b], zero_division=1)["p_au"] for b in order]
+    assert out["batch_sizes"]["mtl"] == 40 and out["mtl"] == pytest.approx(np.mean(per_batch))
+
+
+def test_jeong_code_metric_input_errors():
+    rng = np.random.default_rng(35)
+    truth, pred = _jeong_sets(rng, 300, 60)
+    with pytest.raises(ValueError, match="same sets"):
+        jeong_code_metric(truth, {"va": pred["va"]})
+    with pytest.raises(ValueError, match="differ in length"):
+        jeong_code_metric({"va": {"va": truth["va"]["va"][:10]}}, {"va": pred["va"]})
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        jeong_code_metric(truth, pred, batch_sizes={"va": 10, "mtl": 61})
 
 
 # --------------------------------------------------------------------------- bootstrap
