@@ -9,7 +9,8 @@ timing table per stage, and a cross-paper leaderboard on the same held-out split
 Notebook JSON (every key optional but `paper`):
     {"paper", "notebook", "title", "profile", "data": "synthetic"|"real", "seconds",
      "results":  [{"table", "row", "column", "value", "low", "high", "spread", "n", "split"}],
-     "claims":   [output of judge_claim(...) plus "id", "text", "table"],
+     "claims":   [output of judge_claim(...) plus "id", "text", "table", optionally "explanation"
+                  (a sentence or two on the mechanism, shown under the claim)],
      "leaderboard": [{"paper", "model", "split", "p_va", "p_expr", "p_au", "p_mtl"}],
      "differences": [{"what", "paper", "here", "why"}]}
 Nothing here pulls a script or style sheet from the network: the HTML is self-contained, and
@@ -203,7 +204,8 @@ def claims_table(results: list[dict]) -> str:
     for res in results:
         for c in res.get("claims", []):
             cls = c["verdict"].replace(" ", "-")
-            rows.append(f"<tr><td>{html.escape(c.get('text', c.get('id', '')))}</td><td class={cls}>{c['verdict']}</td>"
+            why = f"<br><span class=muted>{html.escape(c['explanation'])}</span>" if c.get("explanation") else ""
+            rows.append(f"<tr><td>{html.escape(c.get('text', c.get('id', '')))}{why}</td><td class={cls}>{c['verdict']}</td>"
                         f"<td class=num>{fmt(c.get('effect'))}</td><td class=num>[{fmt(c.get('low'))}, {fmt(c.get('high'))}]</td>"
                         f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td><td class=num>{c.get('n', '')}</td></tr>")
     return f"<table>{''.join(rows)}</table>" if len(rows) > 1 else "<p class=muted>No claims judged yet.</p>"

@@ -28,6 +28,14 @@ def test_about_the_same_claims_use_the_tolerance():
         report.judge_claim([1, 2], [1, 2, 3], ">")
 
 
+def test_a_claims_explanation_is_shown_under_it():
+    claim = {**report.judge_claim([0.52, 0.55, 0.53], [0.40, 0.41, 0.42], ">"), "text": "A beats B",
+             "explanation": "Because <small> batches."}
+    html_text = report.claims_table([{"claims": [claim, {**claim, "text": "C", "explanation": None}]}])
+    assert "A beats B<br><span class=muted>Because &lt;small&gt; batches.</span>" in html_text
+    assert "<td>C</td>" in html_text
+
+
 def test_results_table_puts_published_beside_reproduced():
     published = [{"table": "1", "row": "MM", "column": "arousal", "value": 0.6, "split": "validation", "note": ""},
                  {"table": "1", "row": "UM", "column": "arousal", "value": 0.5, "split": "validation", "note": ""}]
