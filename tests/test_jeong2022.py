@@ -311,6 +311,18 @@ def test_notebooks_smoke(tiny_features, tmp_path):
     table4 = json.loads((reports / "jeong2022" / "table4.json").read_text())
     lb = table4["leaderboard"][0]
     assert lb["split"] == "test" and abs(lb["p_va"] + lb["p_expr"] + lb["p_au"] - lb["p_mtl"]) < 1e-9
+    # Table 4: the same validation predictions four ways, the claim judged with the authors' procedure
+    rows4 = {r["row"] for r in table4["results"] if r["column"] == "MTL Validation"}
+    assert rows4 == {"ours", "ours (authors' code, corpus batch sizes)", "ours (authors' code, ABAW3 batch sizes)",
+                     "ours (256 consecutive frames, not the authors' code)"}
+    am = table4["authors_metric"]
+    assert am["mtl_batch"]["abaw3"] == 13 and am["abaw3_set_sizes"]["mtl"] == 26876
+    assert len(am["variants"]) == 4 and (reports / "jeong2022" / "table4_metric.png").stat().st_size > 0
+    inflates = {c["id"]: c for c in table4["claims"]}["code_metric_inflates_validation"]
+    assert inflates["n"] == len(params["jeong2022"]["seeds"])   # paired across the training seeds
+    assert np.mean(inflates["a"]) == pytest.approx(am["variants"]["authors', ABAW3 batch sizes"]["mtl"])
+    assert np.mean(inflates["b"]) == pytest.approx(am["variants"]["ABAW metric"]["mtl"])
+    assert inflates["explanation"].count(". ") + 1 == 2         # the mechanism in two sentences
     table1 = json.loads((reports / "jeong2022" / "table1.json").read_text())
     assert table1["claims"][0]["verdict"] == "reproduced"       # the paper profile equals Table 1
     have = {(r["table"], r["row"], r["column"]) for r in results}
