@@ -1,7 +1,9 @@
 """Reading .pt files safely: the one place that calls torch.load for weights and checkpoints."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -15,51 +17,126 @@ def load_weights_file(path: str | Path):
 
     weights_only=True unpickles only tensors and plain containers, so a file from elsewhere cannot
     run code here. Callers wrap UnreadableWeights in their own error naming the params key to fix.
+    argparse.Namespace, an inert bag of attributes, is allowed too: fairseq checkpoints of the
+    wav2vec 2.0 era store their training arguments as one beside the weights.
     """
+    import argparse
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable weights file"
         text = str(e).strip()
         raise UnreadableWeights(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}") from None
 
 
 def read_state_dict(path: str | Path) -> dict:
-    """A file's state dict of tensors ("module." prefixes of DDP models dropped), else UnreadableWeights."""
+    """A file's state dict of tensors ("module." prefixes of DDP models dropped), else UnreadableWeights.
+
+    A training checkpoint that wraps the weights under "state_dict" or "model" (MAE's
+    mae_pretrain_vit_base.pth: {"model": {...}}) is unwrapped; an .npz holds named arrays
+    (e.g. a TF-Slim checkpoint dumped with its variable names) and is read with allow_pickle=False.
+    """
+    if str(path).endswith(".npz"):
+        import numpy as np
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a broken or object-holding archive
+            raise UnreadableWeights(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     state = load_weights_file(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UnreadableWeights(f"holds a {type(state).__name__}, not a state dict of tensors "
                                 "(save it with torch.save(model.state_dict(), path))")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def state_dict_problems(model: torch.nn.Module, state: dict) -> str:
-    """'' when `state` fits `model` key for key and shape for shape; else what does not, briefly."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def state_dict_problems(model: torch.nn.Module | dict, state: dict) -> str:
+    """'' when `state` fits `model` (or a state dict) key for key and shape for shape; else what does not, briefly."""
+    own = model if isinstance(model, dict) else model.state_dict()
+    missing = [f"{k} {tuple(own[k].shape)}" for k in own if k not in state]
+    unexpected = [f"{k} {tuple(state[k].shape)}" for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and state[k].shape != own[k].shape]
 
-    def few(what, keys):
-        return f"{what} {keys[0]}" + (f" (+{len(keys) - 1} more)" if len(keys) > 1 else "") if keys else ""
+    def few(what, keys):                       # the first three of each kind, and how many more
+        return (f"{what} {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")) if keys else ""
     parts = [few("missing key", missing), few("unexpected key", unexpected),
              few("shape mismatch (file vs model)", wrong)]
     return "; ".join(p for p in parts if p)
 
 
-def load_checked(model: torch.nn.Module, path, error: type, what: str, section: str, arch_keys: str) -> None:
+@dataclass(frozen=True)
+class Layout:
+    """A published key layout that one of this suite's networks holds exactly.
+
+    `marker`: a key only files of this layout carry (after read_state_dict's unwrapping).
+    `convert`: the published state dict -> this module's names and shapes (no tensor values change
+    beyond transposes); keys the published file has and this network has no use for (ImageNet
+    classifiers, PCA) are dropped by it. `fits`: the published file and the params settings that
+    hold it, quoted in every error. `absent`: prefixes of this network's own keys the published file
+    does not carry (e.g. MAE's decoder: only its encoder is published); they keep their seeded
+    initialisation and the feature never runs them.
+    """
+    name: str
+    marker: str
+    convert: Callable[[dict], dict]
+    fits: str
+    absent: tuple = ()
+
+
+def detect_layout(state: dict, layouts=()) -> Layout | None:
+    """The first of `layouts` whose marker key the state dict has; None = this module's own names."""
+    return next((layout for layout in layouts if layout.marker in state), None)
+
+
+def load_checked(model: torch.nn.Module, path, error: type, what: str, section: str, arch_keys: str,
+                 layouts: tuple = ()) -> None:
     """Load a local state dict into `model`, or raise `error` naming the file and the params keys to fix:
-    `<section>.weights` for an unreadable file, `<section>.<arch_keys>` for one that does not fit."""
+    `<section>.weights` for an unreadable file, `<section>.<arch_keys>` for one that does not fit.
+
+    The file is in this module's own names (a pipeline checkpoint) or in one of the published
+    `layouts`, recognised by its marker key and converted, never renamed by hand. Every key and
+    shape is checked before anything is copied, so a file that does not fit leaves `model`
+    untouched (no half-loaded network ever runs); the message gives the first three mismatches
+    and the published files this section reads.
+    """
+    fits = "; ".join(f"{layout.name}: {layout.fits}" for layout in layouts)
+    fits_note = f" (published files this loader reads: {fits})" if fits else ""
     try:
         state = read_state_dict(path)
     except (UnreadableWeights, FileNotFoundError) as e:
         raise error(f"{path}: not a usable {what} state dict ({e}); fix {section}.weights "
-                    "or set it to \"\" to pre-train in the pipeline") from None
-    problems = state_dict_problems(model, state)
+                    f"or set it to \"\" to pre-train in the pipeline{fits_note}") from None
+    layout = detect_layout(state, layouts)
+    if layout is not None:
+        try:
+            state = layout.convert(state)
+        except (KeyError, ValueError, RuntimeError, IndexError) as e:
+            raise error(f"{path}: looks like {layout.name} (has {layout.marker}) but cannot be converted "
+                        f"({type(e).__name__}: {e}); fix {section}.weights{fits_note}") from None
+    own = model.state_dict()
+    absent = tuple(layout.absent) if layout is not None else ()
+    expected = {k: v for k, v in own.items() if k in state or not (absent and k.startswith(absent))}
+    problems = state_dict_problems(expected, state)
     if problems:
-        raise error(f"{path}: does not fit the configured {what} {getattr(model, 'config', '')}: {problems}; "
-                    f"set {section}.{arch_keys} to the file's architecture")
-    model.load_state_dict(state)
+        source = f"{layout.name} file" if layout is not None else "file (this module's own key names)"
+        raise error(f"{path}: this {source} does not fit the configured {what} {getattr(model, 'config', '')}: "
+                    f"{problems}; set {section}.{arch_keys} to the file's architecture{fits_note}")
+    model.load_state_dict({**own, **state})
+    model.weights_source = layout.name if layout is not None else None     # read by weights_provenance
+
+
+def weights_provenance(model: torch.nn.Module, path) -> str:
+    """What a report says about weights load_checked read from `path`: "published weights (<layout>: <file>)"
+    when the file was in a published layout, else "loaded from file" (this suite's own names)."""
+    name = getattr(model, "weights_source", None)
+    return f"published weights ({name}: {Path(path).name})" if name else "loaded from file"
+
 
 
 def read_numpy_weights(path: str | Path):

@@ -207,7 +207,7 @@ def test_named_weights_are_loaded_not_pretrained(tiny_params, side_root, pretrai
     out = visual.pretrain_frame_encoder(params, progress=False, threads=1 if threads_before != 1 else 2)
     assert torch.get_num_threads() == threads_before          # restored for the caller
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["source"] == "loaded" and report["weights_file"] == str(external)
+    assert report["source"] == "loaded from file" and report["weights_file"] == str(external)
     assert (str(external), True) in loads
     assert all(weights_only is True for _, weights_only in loads)
     # The linear probe on the frozen embedding still finds affect in it.

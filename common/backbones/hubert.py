@@ -7,13 +7,25 @@ convolutional position embedding, span masking (mask_prob of the frames start a 
 mask_length), and HuBERT's logit generator (cosine similarity to one embedding per cluster id,
 temperature 0.1; the target is column 0). The published HuBERT-Base: conv width 512, 12 layers
 of width 768, 500 clusters (504 in the second iteration). State dict keys are torchaudio's.
+
+Published weights, read as published (`torchaudio_layouts`): torchaudio's bundle state dicts
+(torchaudio.pipelines.HUBERT_BASE: `hubert_fairseq_base_ls960.pth`, the Wav2Vec2Model names
+feature_extractor.*, encoder.*), and fairseq's own checkpoints (`hubert_base_ls960.pt`:
+{"model": {...}} in fairseq names), whose names torchaudio's importer maps
+(torchaudio.models.wav2vec2.utils.import_fairseq, the key map of import_fairseq_model; a
+checkpoint that pickles fairseq classes beside the weights cannot pass weights_only=True: save its
+"model" entry alone). The positional convolution's weight norm is stored as weight_g / weight_v
+there and as parametrizations.weight.original0 / original1 here (torch's current weight_norm). The
+files carry the network, not the pre-training heads (mask embedding, label embeddings), which keep
+their seeded initialisation: extraction never runs them. Why torchaudio: it is the maintained
+definition of these networks and of their published bundles, so the network is built from it.
 """
 from __future__ import annotations
 
 import torch
 from torchaudio.models import hubert_pretrain_model
 
-from common.weights import load_checked
+from common.weights import Layout, load_checked
 
 STRIDE = 320                       # samples per output frame (5 * 2**6): 50 Hz at 16 kHz
 
@@ -46,6 +58,49 @@ def last_layer(model, waveforms: torch.Tensor) -> torch.Tensor:
     return model.wav2vec2.extract_features(waveforms)[0][-1]
 
 
+_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+
+
+def _torchaudio_names(state: dict, prefix: str) -> dict:
+    """A Wav2Vec2Model state dict (torchaudio names) under `prefix`, the positional convolution's
+    weight_g / weight_v renamed to torch's parametrized weight norm; an ASR head (aux.*) is dropped."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("aux."):
+            continue
+        head, _, leaf = key.rpartition(".")
+        if head == "encoder.transformer.pos_conv_embed.conv" and leaf in _WEIGHT_NORM:
+            key = f"{head}.{_WEIGHT_NORM[leaf]}"
+        out[prefix + key] = value
+    return out
+
+
+def _from_fairseq(state: dict, prefix: str) -> dict:
+    from torchaudio.models.wav2vec2.utils import import_fairseq    # the importer's key map
+    converted = {}
+    for key, value in state.items():
+        name = import_fairseq._map_key(key)                         # None: pre-training heads (quantiser, mask_emb...)
+        if name is not None and name != "label_embs_concat":
+            converted[name] = value
+    return _torchaudio_names(converted, prefix)
+
+
+def torchaudio_layouts(prefix: str, fits: str, absent: tuple) -> tuple:
+    """The two published layouts of a wav2vec 2.0-family network whose Wav2Vec2Model sits at `prefix`."""
+    return (Layout("torchaudio bundle state dict (Wav2Vec2Model names)", "feature_extractor.conv_layers.0.conv.weight",
+                   lambda state: _torchaudio_names(state, prefix), fits, absent),
+            Layout("fairseq checkpoint (through torchaudio's import_fairseq key map)", "post_extract_proj.weight",
+                   lambda state: _from_fairseq(state, prefix), fits, absent))
+
+
+PUBLISHED = torchaudio_layouts(
+    "wav2vec2.", "HuBERT-Base hubert_fairseq_base_ls960.pth (torchaudio HUBERT_BASE) or fairseq hubert_base_ls960.pt "
+    "with conv 512, dim 768, layers 12, heads 12, pos_conv_kernel 128, pos_conv_groups 16 (the paper profile)",
+    ("mask_generator.", "logit_generator."))
+
+
 def load_hubert_weights(model, path) -> None:
-    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
-    load_checked(model, path, HubertWeightsError, "HuBERT", "hubert", "conv / dim / layers / heads / clusters / final_dim")
+    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
+    this module's own names, a torchaudio bundle state dict or a fairseq checkpoint (PUBLISHED)."""
+    load_checked(model, path, HubertWeightsError, "HuBERT", "hubert", "conv / dim / layers / heads / clusters / final_dim",
+                 PUBLISHED)

@@ -9,13 +9,24 @@ Liu et al.'s IResNet-100 follows:
   pooling), which is what makes this family good at faces.
 IResNet-100 is layers [3, 13, 30, 3], widths [64, 128, 256, 512], 112 px, embedding 512; the
 default profile keeps the block, not the depth or width (params.yaml `ires100`).
+
+Published weights: insightface's arcface_torch IResNet-100 (e.g. `ms1mv3_arcface_r100_fp16/backbone.pth`,
+`glint360k_cosface_r100_fp16_0.1/backbone.pth`) is this network key for key: its names (conv1, bn1,
+prelu, layerS.B.{bn1, conv1, bn2, prelu, conv2, bn3, downsample.0/1}, bn2, fc, features) are mapped
+onto this module's (`INSIGHTFACE`), with the same order of operations and BatchNorm eps 1e-5, so
+the loader reads that file as published: set layers [3, 13, 30, 3], width 64, embed_dim 512 and a
+crop whose last map is 7x7 (97-112 px). Why not a library model: no maintained library defines
+IResNet (insightface ships it as a training recipe); tests/test_published_weights.py runs the
+published definition's forward written from its key layout against this module.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 
-from common.weights import load_checked
+from common.weights import Layout, load_checked
 
 
 class IResNetWeightsError(ValueError):
@@ -64,6 +75,47 @@ def build_iresnet(cfg: dict) -> IResNet:
     return IResNet(cfg["layers"], int(cfg["width"]), int(cfg["embed_dim"]), int(cfg["crop"]), float(cfg["dropout"]))
 
 
+_BLOCK_PARTS = {"bn1": "body.0", "conv1": "body.1", "bn2": "body.2", "prelu": "body.3", "conv2": "body.4",
+                "bn3": "body.5", "downsample.0": "shortcut.0", "downsample.1": "shortcut.1"}
+
+
+def from_insightface(state: dict) -> dict:
+    """insightface arcface_torch iresnet names -> this module's: the stem (conv1, bn1, prelu) is
+    features.0-2, block B of stage S is features.(3 + blocks before it), bn2 the BN that ends
+    `features`, fc and features (BatchNorm1d) are fc and bn."""
+    per_stage = {}
+    for key in state:
+        m = re.match(r"layer(\d+)\.(\d+)\.", key)
+        if m:
+            per_stage[int(m[1])] = max(per_stage.get(int(m[1]), 0), int(m[2]) + 1)
+    first, n_blocks = {}, 0
+    for stage in sorted(per_stage):
+        first[stage], n_blocks = 3 + n_blocks, n_blocks + per_stage[stage]
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"layer(\d+)\.(\d+)\.(downsample\.\d|\w+)\.(\w+)$", key)
+        head, _, leaf = key.partition(".")
+        if m:
+            out[f"features.{first[int(m[1])] + int(m[2])}.{_BLOCK_PARTS[m[3]]}.{m[4]}"] = value
+        elif head in ("conv1", "bn1", "prelu"):
+            out[f"features.{('conv1', 'bn1', 'prelu').index(head)}.{leaf}"] = value
+        elif head == "bn2":
+            out[f"features.{3 + n_blocks}.{leaf}"] = value
+        elif head == "features":
+            out[f"bn.{leaf}"] = value
+        else:                                              # fc
+            out[key] = value
+    return out
+
+
+INSIGHTFACE = Layout(
+    "insightface arcface_torch IResNet", "layer1.0.bn1.weight", from_insightface,
+    "IResNet-100 backbone.pth (ms1mv3_arcface_r100_fp16, glint360k_cosface_r100) with layers [3, 13, 30, 3], "
+    "width 64, embed_dim 512, crop 112 (IResNet-50: layers [3, 4, 14, 3])")
+
+
 def load_iresnet_weights(model: IResNet, path, section: str) -> None:
-    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
-    load_checked(model, path, IResNetWeightsError, "IResNet", section, "layers / width / embed_dim / crop")
+    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
+    this module's own names, or insightface's published IResNet (INSIGHTFACE)."""
+    load_checked(model, path, IResNetWeightsError, "IResNet", section, "layers / width / embed_dim / crop",
+                 (INSIGHTFACE,))

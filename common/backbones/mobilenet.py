@@ -8,13 +8,24 @@ Input: (B, 3, H, W) faces normalised to [-1, 1]. Architecture as in MobileNetV2 
   last conv 1280, 224 px; this pipeline keeps the block but not the depth or width (params.yaml).
 The state dict keys follow this module's own names; `load_mobilenet_weights` checks them and
 names the file and the params key to fix.
+
+Published weights: torchvision's MobileNetV2 (`mobilenet_v2-b0353104.pth` = MobileNet_V2_Weights.IMAGENET1K_V1,
+and IMAGENET1K_V2) is read as published: its `features.N.conv.K` names map onto this module's
+`features.N.block.K` (`TORCHVISION`), the ImageNet classifier is dropped (the feature is the pooled
+1280-d map, as the paper's penultimate layer). Why this module and not torchvision's class: the
+default profile's narrow network (its own stem and stages) stays byte-identical, and torchvision
+fixes the stem at 32 x width_mult; the same operations in the same order mean the published
+network is this module at the paper profile's settings, which tests/test_published_weights.py
+proves by running torchvision's own mobilenet_v2 and this module on the same input (1e-5).
 """
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 
-from common.weights import load_checked
+from common.weights import Layout, load_checked
 
 
 class MobileNetWeightsError(ValueError):
@@ -65,9 +76,43 @@ def build_mobilenet(cfg: dict) -> MobileNet:
     return MobileNet(int(cfg["stem"]), cfg["stages"], int(cfg["embed_dim"]))
 
 
+def from_torchvision(state: dict) -> dict:
+    """torchvision MobileNetV2 names -> this module's. In block N, torchvision's conv.K (K below the
+    projection) is a Conv-BN-ReLU6 group (conv.K.0 conv, conv.K.1 BN), then the projection conv and its
+    BN are two separate entries conv.P and conv.P+1; here the projection is one conv-BN group, block.P."""
+    last = {}
+    for key in state:
+        m = re.match(r"features\.(\d+)\.conv\.(\d+)\.[a-z_]+$", key)
+        if m:
+            last[m[1]] = max(last.get(m[1], 0), int(m[2]))          # the projection's BN
+    out = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            continue                                               # the ImageNet head
+        m = re.match(r"features\.(\d+)\.conv\.(\d+)\.(.+)$", key)
+        if not m:
+            out[key] = value                                       # features.0 / the last conv: same names
+            continue
+        n, k, rest = m[1], int(m[2]), m[3]
+        if k < last[n] - 1:
+            out[f"features.{n}.block.{k}.{rest}"] = value
+        else:
+            out[f"features.{n}.block.{last[n] - 1}.{k - (last[n] - 1)}.{rest}"] = value
+    return out
+
+
+TORCHVISION = Layout(
+    "torchvision MobileNetV2", "features.1.conv.0.0.weight", from_torchvision,
+    "mobilenet_v2-b0353104.pth (MobileNet_V2_Weights.IMAGENET1K_V1 / V2) with stem 32, stages "
+    "[[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]], "
+    "embed_dim 1280 (the paper profile)")
+
+
 def load_mobilenet_weights(model: MobileNet, path, section: str) -> None:
-    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit.
+    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
+    this module's own names, or torchvision's published MobileNetV2 (TORCHVISION).
 
     `section` is the params.yaml section whose `weights` / architecture keys the message names.
     """
-    load_checked(model, path, MobileNetWeightsError, "MobileNet", section, "stem / stages / embed_dim")
+    load_checked(model, path, MobileNetWeightsError, "MobileNet", section, "stem / stages / embed_dim",
+                 (TORCHVISION,))

@@ -22,9 +22,14 @@ two key layouts (see TORCHVGGISH_KEYS):
 * this module's own names (conv1, conv2, conv3_1, conv3_2, conv4_1, conv4_2, fc1_1, fc1_2, fc2),
   which are the TF-Slim scope names of the released checkpoint (vggish/conv3/conv3_1/weights ...);
 * the widely used PyTorch port's names (harritaylor/torchvggish `vggish-10086976.pth`: `features.N`
-  and `embeddings.N`). Its PCA post-processor (`pproc.*`) is skipped: Zhang uses no PCA.
-Both flatten the last feature map in TF's (height, width, channel) order, as `forward` does here,
-so the first FC layer's weights need no permutation.
+  and `embeddings.N`). Its PCA post-processor (`pproc.*`) is skipped: Zhang uses no PCA;
+* the released TF-Slim checkpoint's variable names (`vggish_model.ckpt`: vggish/conv1/weights,
+  vggish/conv3/conv3_1/biases, vggish/fc1/fc1_1/weights, vggish/fc2/weights ...) in TF's shapes
+  (conv kernels height x width x in x out, FC weights in x out), e.g. the checkpoint's variables
+  dumped to an .npz under their own names; they are transposed to torch's layout (TF_SLIM_KEYS).
+All flatten the last feature map in TF's (height, width, channel) order, as `forward` does here,
+so the first FC layer's weights need no permutation. Why no library model: VGGish is published as
+TF-Slim code and a checkpoint, and the torch port is a repository, not a maintained package.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.weights import UnreadableWeights, load_weights_file
+from common.weights import Layout, load_checked
 
 SAMPLE_RATE = 16000
 WINDOW_S = 0.025              # STFT window (400 samples)
@@ -57,6 +62,12 @@ TORCHVGGISH_KEYS = {
     "embeddings.0": "fc1_1", "embeddings.2": "fc1_2", "embeddings.4": "fc2",
 }
 IGNORED_PREFIXES = ("pproc.",)   # torchvggish's PCA/quantisation post-processor; Zhang uses no PCA
+# The released TF-Slim checkpoint's variable scopes -> this module's layers.
+TF_SLIM_KEYS = {
+    "vggish/conv1": "conv1", "vggish/conv2": "conv2", "vggish/conv3/conv3_1": "conv3_1",
+    "vggish/conv3/conv3_2": "conv3_2", "vggish/conv4/conv4_1": "conv4_1", "vggish/conv4/conv4_2": "conv4_2",
+    "vggish/fc1/fc1_1": "fc1_1", "vggish/fc1/fc1_2": "fc1_2", "vggish/fc2": "fc2",
+}
 
 
 class VGGishWeightsError(ValueError):
@@ -218,37 +229,30 @@ def map_state_dict(state: dict) -> dict:
     return mapped
 
 
-def load_vggish_weights(model: VGGish, path: str | Path) -> VGGish:
-    """Load a local state dict into `model` (weights_only=True); any mismatch names file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise VGGishWeightsError(f"{path}: VGGish weights file not found; fix vggish.weights in "
-                                 f"params.yaml, or set it to \"\" to pre-train VGGish in the pipeline")
-    try:
-        state = load_weights_file(path)
-    except UnreadableWeights as e:
-        raise VGGishWeightsError(f"{path}: cannot be read as a torch state dict with weights_only=True "
-                                 f"({str(e)[:300]})") from None
-    # Training checkpoints often wrap the weights.
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise VGGishWeightsError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
-    state = map_state_dict(state)
-    expected = model.state_dict()
+def from_tf_slim(state: dict) -> dict:
+    """TF-Slim variable names and shapes -> this module's: conv kernels (kh, kw, in, out) -> (out, in, kh, kw),
+    FC weights (in, out) -> (out, in); `weights` / `biases` -> weight / bias."""
+    out = {}
     for key, value in state.items():
-        if key not in expected:
-            raise VGGishWeightsError(
-                f"{path}: unexpected key '{key}' (this VGGish has {', '.join(sorted(expected))}); "
-                f"the file is not a VGGish state dict in a known layout")
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise VGGishWeightsError(
-                f"{path}: key '{key}' has shape {tuple(value.shape)}, the network expects "
-                f"{tuple(expected[key].shape)}; set vggish.width / fc / embed_dim to the file's "
-                f"architecture (published VGGish: width 1.0, fc [4096, 4096], embed_dim 128)")
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise VGGishWeightsError(f"{path}: key '{missing[0]}' is missing ({len(missing)} missing in all)")
-    model.load_state_dict(state)
+        scope, _, leaf = key.rpartition("/")
+        if scope not in TF_SLIM_KEYS or leaf not in ("weights", "biases"):
+            raise ValueError(f"unexpected TF-Slim variable {key}")
+        value = torch.as_tensor(value)
+        if leaf == "weights":
+            value = value.permute(3, 2, 0, 1) if value.dim() == 4 else value.t()
+        out[f"{TF_SLIM_KEYS[scope]}.{'weight' if leaf == 'weights' else 'bias'}"] = value.contiguous()
+    return out
+
+
+_FITS = "width 1.0, fc [4096, 4096], embed_dim 128 (the paper profile)"
+TORCHVGGISH = Layout("torchvggish port", "features.0.weight", map_state_dict, f"vggish-10086976.pth with {_FITS}")
+TF_SLIM = Layout("TF-Slim checkpoint names", "vggish/conv1/weights", from_tf_slim,
+                 f"vggish_model.ckpt's variables (dumped to .npz or a torch dict) with {_FITS}")
+
+
+def load_vggish_weights(model: VGGish, path: str | Path) -> VGGish:
+    """Load a local state dict into `model` (weights_only=True; .npz without pickles): this module's
+    own names, the torchvggish port's or the TF-Slim checkpoint's. Anything that does not fit raises
+    VGGishWeightsError naming the file, the first mismatches and the params keys; `model` is untouched."""
+    load_checked(model, path, VGGishWeightsError, "VGGish", "vggish", "width / fc / embed_dim", (TORCHVGGISH, TF_SLIM))
     return model

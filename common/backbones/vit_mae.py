@@ -12,13 +12,27 @@ patch tokens after the final LayerNorm (MAE's linear-probing / fine-tuning uses 
 token as well as the CLS token; Sec. A.1). The published ViT-B: patch 16 at 224 px, width 768,
 depth 12; decoder width 512, depth 8, 16 heads. State dict keys are this module's own names (the
 position tables are persistent buffers, so a checkpoint that stores them still loads).
+
+Published weights: the official MAE release (`mae_pretrain_vit_base.pth`: {"model": {...}} in timm's
+VisionTransformer names: cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1, attn.qkv, attn.proj,
+norm2, mlp.fc1, mlp.fc2}, norm) is read as published (`MAE_RELEASE`): attn.qkv is the packed q, k, v
+projection that torch's MultiheadAttention calls in_proj, in the same order. That file holds the
+encoder only; the decoder then keeps its seeded initialisation (the feature never runs it), and
+the `mae_visualize_*` files, which carry the decoder (decoder_blocks.N...), load whole. The
+published encoder uses LayerNorm eps 1e-6, this module torch's 1e-5: on unit-variance tokens the
+normalised values differ by about 5e-6 relative. Why not timm's class: timm is not a dependency
+(the pre-training loop, masking and decoder are MAE's, not timm's), and the blocks are torch's own
+TransformerEncoderLayer; tests/test_published_weights.py runs a forward written from the published
+block definition on the published key layout against this module.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 
-from common.weights import load_checked
+from common.weights import Layout, load_checked
 
 
 class MAEWeightsError(ValueError):
@@ -112,6 +126,38 @@ def build_mae(cfg: dict) -> MaskedAutoencoderViT:
                                 int(cfg["decoder_heads"]))
 
 
+_BLOCK_PARTS = {"norm1": "norm1", "norm2": "norm2", "attn.qkv": "self_attn.in_proj", "attn.proj": "self_attn.out_proj",
+                "mlp.fc1": "linear1", "mlp.fc2": "linear2"}
+
+
+def from_mae_release(state: dict) -> dict:
+    """The official MAE checkpoint's timm names -> this module's (blocks.N -> encoder.layers.N,
+    decoder_blocks.N -> decoder.layers.N, patch_embed.proj -> patch_embed; qkv weight/bias ->
+    in_proj_weight/in_proj_bias). A fine-tuning head (head.*, fc_norm.*) is dropped."""
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"(blocks|decoder_blocks)\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", key)
+        if m:
+            stack = "encoder" if m[1] == "blocks" else "decoder"
+            part = _BLOCK_PARTS[m[3]]
+            leaf = f"_{m[4]}" if part == "self_attn.in_proj" else f".{m[4]}"
+            out[f"{stack}.layers.{m[2]}.{part}{leaf}"] = value
+        elif key.startswith("patch_embed.proj."):
+            out["patch_embed." + key[len("patch_embed.proj."):]] = value
+        elif not key.startswith(("head.", "fc_norm.")):
+            out[key] = value
+    return out
+
+
+MAE_RELEASE = Layout(
+    "official MAE release (timm ViT names)", "blocks.0.attn.qkv.weight", from_mae_release,
+    "mae_pretrain_vit_base.pth (ViT-B/16 encoder) with crop 224, patch 16, dim 768, depth 12, heads 12 "
+    "(pos_embed (1, 197, 768) fixes the crop at 224 px / 16 = 14 patches a side)",
+    absent=("decoder", "mask_token"))
+
+
 def load_mae_weights(model: MaskedAutoencoderViT, path) -> None:
-    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
-    load_checked(model, path, MAEWeightsError, "MAE", "mae", "crop / patch / dim / depth / decoder_dim / decoder_depth / decoder_heads")
+    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
+    this module's own names, or the official MAE release (MAE_RELEASE)."""
+    load_checked(model, path, MAEWeightsError, "MAE", "mae", "crop / patch / dim / depth / decoder_dim / decoder_depth / decoder_heads",
+                 (MAE_RELEASE,))

@@ -114,6 +114,16 @@ class Wav2Vec2Pretrain(nn.Module):
 
 
 def load_wav2vec_weights(model: Wav2Vec2Pretrain, path) -> None:
-    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit."""
+    """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
+    this module's own names, or the published wav2vec 2.0 Base as torchaudio's bundle state dict
+    (WAV2VEC2_BASE: `wav2vec2_fairseq_base_ls960.pth`) or fairseq's checkpoint (`wav2vec_small.pt`)
+    through torchaudio's importer key map (common/backbones/hubert.py torchaudio_layouts). They carry
+    the network, not this module's pre-training head (quantiser, final projection, mask embedding),
+    which keeps its seeded initialisation: extraction never runs it."""
+    from common.backbones.hubert import torchaudio_layouts
+    published = torchaudio_layouts(
+        "model.", "wav2vec 2.0 Base wav2vec2_fairseq_base_ls960.pth (torchaudio WAV2VEC2_BASE) or fairseq wav2vec_small.pt "
+        "with conv 512, dim 768, layers 12, heads 12, pos_conv_kernel 128, pos_conv_groups 16 (the paper profile)",
+        ("quantizer.", "final_proj.", "mask_generator."))
     load_checked(model, path, Wav2VecWeightsError, "wav2vec 2.0", "wav2vec",
-                 "conv / dim / layers / heads / groups / entries / final_dim")
+                 "conv / dim / layers / heads / groups / entries / final_dim", published)

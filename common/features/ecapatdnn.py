@@ -35,6 +35,7 @@ from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
 from common.features.extract import audio_tracks
 from common.files import atomic_torch_save, atomic_write_json
+from common.weights import weights_provenance
 
 NAME = "ecapatdnn"
 VERSION = "1"
@@ -105,7 +106,7 @@ def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Pat
         summary = {"architecture": backbone.config}
         if cfg["weights"]:
             load_ecapa_weights(backbone, cfg["weights"])
-            summary.update(source="loaded from file", weights_file=str(cfg["weights"]))
+            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]))
         else:
             train, (vx, vy), speakers = _speaker_crops(params)
             model = SpeakerClassifier(backbone, len(speakers))

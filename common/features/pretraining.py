@@ -17,6 +17,7 @@ from torch import nn
 
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
+from common.weights import weights_provenance
 
 
 def model_path(params: dict, name: str) -> Path:
@@ -50,7 +51,7 @@ def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module], lo
         summary = {"architecture": getattr(backbone, "config", {})}
         if cfg["weights"]:
             load(backbone, cfg["weights"])
-            summary.update(source="loaded from file", weights_file=str(cfg["weights"]))
+            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]))
         else:
             summary.update(train(backbone, out_dir))
         atomic_torch_save(backbone.state_dict(), model_path(params, name))

@@ -46,6 +46,7 @@ from common.features.cache import FeatureCache, FeatureCacheError, align_to_fram
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.features.extract import audio_tracks
 from common.params import ParamsError, load_params
+from common.weights import weights_provenance
 
 NAME = "vggish"
 VERSION = "1"                 # bump when the extraction output changes
@@ -218,7 +219,7 @@ def pretrain_vggish(params: dict, progress: bool = True) -> Path:
 
     if cfg["weights"]:
         vg.load_vggish_weights(backbone, cfg["weights"])
-        summary.update(source=SOURCE_FILE, weights_file=str(cfg["weights"]),
+        summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]),
                        weights_sha256=file_sha256(Path(cfg["weights"])), validation=None, test=None)
         # An events head left by an earlier in-pipeline run belongs to other weights.
         (out_dir / "events_head.pt").unlink(missing_ok=True)

@@ -40,13 +40,15 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.backbones.irnet import PUBLISHED as IR_PUBLISHED
+from common.backbones.irnet import build_irnet
 from common.backbones.resnet import ResNet
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
 from common.features.cache import FeatureCache, params_key
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.params import ParamsError, load_params
-from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
+from common.weights import UnreadableWeights, detect_layout, read_state_dict, state_dict_problems, weights_provenance
 
 EXTRACTOR = "frame_encoder"
 VERSION = "1"             # bump when the extraction itself changes (not the weights: they are hashed)
@@ -64,16 +66,22 @@ class EncoderWeightsError(ValueError):
 
 def encoder_config(vp: dict) -> dict:
     """What determines the features besides the weights: the architecture and the input pipeline."""
-    return {"block": vp["block"], "layers": list(vp["layers"]), "width": int(vp["width"]),
-            "embed_dim": int(vp["embed_dim"]), "dropout": float(vp["dropout"]),
-            "input_size": int(vp["input_size"]), "crop": int(vp["crop"])}
+    c = {"block": vp["block"], "layers": list(vp["layers"]), "width": int(vp["width"]),
+         "embed_dim": int(vp["embed_dim"]), "dropout": float(vp["dropout"]),
+         "input_size": int(vp["input_size"]), "crop": int(vp["crop"])}
+    if vp["block"] == "ir":                     # IR-50 (common/backbones/irnet.py): its first stage's stride
+        c["first_stride"] = int(vp["first_stride"])
+    return c
 
 
-def build_encoder(vp: dict) -> ResNet:
+def build_encoder(vp: dict) -> nn.Module:
+    """The configured frame encoder: a ResNet (block basic / bottleneck) or Zhang's IR-50 (block ir)."""
     c = encoder_config(vp)
     if c["crop"] > c["input_size"]:
         raise ParamsError(f"visual_encoder.crop = {c['crop']} is larger than input_size = "
                           f"{c['input_size']}; the crop is cut out of the resized face")
+    if c["block"] == "ir":
+        return build_irnet(c)
     return ResNet(c["block"], tuple(c["layers"]), c["width"], c["embed_dim"], c["dropout"])
 
 
@@ -96,16 +104,22 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         state = read_state_dict(path)          # weights_only=True; DDP "module." prefixes dropped
     except UnreadableWeights as e:
         raise EncoderWeightsError(f"{path}: cannot be read as a weights-only state dict ({e})") from None
+    layout = detect_layout(state, IR_PUBLISHED)      # Zhang's FER+ IR-50 / face.evoLVe's, read as published
+    if layout is not None:
+        state = layout.convert(state)
     problems = state_dict_problems(encoder, state)
     if problems:
+        fits = "; ".join(f"{lo.name}: {lo.fits}" for lo in IR_PUBLISHED)
         raise EncoderWeightsError(f"{path}: does not fit the configured frame encoder {encoder_config_note(encoder)}; "
-                                  f"{problems}. Set visual_encoder block/layers/width/embed_dim to the file's architecture.")
+                                  f"{problems}. Set visual_encoder block/layers/width/embed_dim/crop/first_stride to the "
+                                  f"file's architecture (published files this loader reads: {fits}).")
     encoder.load_state_dict(state)
+    encoder.weights_source = layout.name if layout is not None else None
 
 
-def encoder_config_note(encoder: ResNet) -> str:
+def encoder_config_note(encoder: nn.Module) -> str:
     n_params = sum(p.numel() for p in encoder.parameters())
-    return f"(ResNet, {n_params:,} parameters, embed_dim {encoder.embed_dim})"
+    return f"({type(encoder).__name__}, {n_params:,} parameters, embed_dim {encoder.embed_dim})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +372,7 @@ def _pretrain_frame_encoder(params: dict, progress: bool) -> Path:
     encoder = build_encoder(vp)
     if vp["weights"]:
         load_encoder_weights(encoder, vp["weights"])
-        report = {"source": "loaded", "weights_file": str(vp["weights"]),
+        report = {"source": weights_provenance(encoder, vp["weights"]), "weights_file": str(vp["weights"]),
                   "weights_file_sha256": file_sha256(vp["weights"]), **_probe_loaded(params, encoder)}
     else:
         report = {"source": "pretrained_in_pipeline", "side_set": "affectnet",

@@ -1,0 +1,428 @@
+"""Each published weights layout against the loader that reads it (README "Bring your weights").
+
+Every test builds the published layout from outside this suite's code: the maintained library's
+own model (torchvision, torchaudio), or the key names and shapes written here from the public
+definition (insightface's iresnet.py, face.evoLVe's / sucv/ABAW2's model_irse, the
+resnet50_ferplus_dag conversion, MAE's models_mae.py / timm's VisionTransformer, the VGGish TF-Slim
+model, fairseq's wav2vec 2.0 / HuBERT names) with a forward written from that definition where the
+network is not a library's. Random values stand in for the published ones; the layouts are exact.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchaudio
+import torchvision
+
+from common.backbones import densenet, iresnet, irnet, mobilenet, resnet_dag, vggish, vit_mae
+from common.backbones import hubert as hub
+from common.backbones import wav2vec as w2v
+from common.features import pretraining
+from common.weights import state_dict_problems
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values for every parameter and BatchNorm statistic (published files are not at init)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.dtype.is_floating_point:
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                elif name.endswith(("bn.weight", "norm.weight")) or ".weight" in name and t.dim() == 1:
+                    t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=g) * (0.5 / max(1, t[0].numel()) ** 0.5 if t.dim() > 1 else 0.1))
+    return module.eval()
+
+
+def on_meta_shapes(build) -> dict:
+    with torch.device("meta"):
+        return build().state_dict()
+
+
+def save(state: dict, path) -> str:
+    torch.save(state, path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- torchvision: DenseNet-121, MobileNetV2
+
+def test_torchvision_densenet121_gives_the_same_output_as_torchvision(tmp_path):
+    reference = randomise(torchvision.models.densenet121())
+    ours = densenet.build_densenet({"stem": 64, "growth": 32, "blocks": [6, 12, 24, 16], "imagenet_stem": True}).eval()
+    densenet.load_densenet_weights(ours, save(reference.state_dict(), tmp_path / "densenet121-a639ec97.pth"), "densenet")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = F.adaptive_avg_pool2d(F.relu(reference.features(x)), 1).flatten(1)   # torchvision's forward less the classifier
+        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
+    assert ours.weights_source == "torchvision DenseNet"
+
+
+def test_torchvision_mobilenet_v2_gives_the_same_output_as_torchvision(tmp_path):
+    reference = randomise(torchvision.models.mobilenet_v2())
+    stages = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    ours = mobilenet.build_mobilenet({"stem": 32, "stages": stages, "embed_dim": 1280}).eval()
+    mobilenet.load_mobilenet_weights(ours, save(reference.state_dict(), tmp_path / "mobilenet_v2-b0353104.pth"), "ms_va")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), F.adaptive_avg_pool2d(reference.features(x), 1).flatten(1), atol=1e-5, rtol=1e-5)
+
+
+def test_paper_profile_holds_the_torchvision_files():
+    from common.params import load_params
+    paper = load_params("params.yaml", "paper")
+    for module, name, library in ((densenet, "densenet", torchvision.models.densenet121),
+                                  (mobilenet, "ms_va", torchvision.models.mobilenet_v2)):
+        published = on_meta_shapes(library)
+        build = densenet.build_densenet if module is densenet else mobilenet.build_mobilenet
+        assert state_dict_problems(on_meta_shapes(lambda: build(paper[name])), module.TORCHVISION.convert(published)) == ""
+
+
+def test_wrong_network_stops_naming_file_key_mismatches_and_the_file_that_fits(tmp_path):
+    path = save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "mobilenet.pth")
+    ours = densenet.build_densenet({"stem": 64, "growth": 32, "blocks": [6, 12, 24, 16], "imagenet_stem": True})
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(densenet.DenseNetWeightsError) as err:
+        densenet.load_densenet_weights(ours, path, "densenet")
+    text = str(err.value)
+    assert "mobilenet.pth" in text and "densenet.stem / growth / blocks / imagenet_stem" in text
+    assert re.search(r"missing key \S+ \(\d+(, \d+)*\), \S+ \(.*\), \S+ \(.*\) \(\+\d+ more\)", text)   # the first three
+    assert "densenet121-a639ec97.pth" in text                                   # the published file that fits
+    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())   # nothing half-loaded
+
+    narrow = densenet.build_densenet({"stem": 16, "growth": 12, "blocks": [2, 2, 2]})
+    with pytest.raises(densenet.DenseNetWeightsError, match=r"torchvision DenseNet file does not fit.*shape mismatch"):
+        densenet.load_densenet_weights(narrow, save(torchvision.models.densenet121().state_dict(), tmp_path / "d.pth"), "densenet")
+
+
+def test_a_published_file_is_reported_as_published_weights(tmp_path):
+    path = save(randomise(torchvision.models.densenet121()).state_dict(), tmp_path / "densenet121-a639ec97.pth")
+    params = {"densenet": {"weights": path, "model_dir": str(tmp_path / "model"), "pretrain": {"seed": 0}}}
+    cfg = {"stem": 64, "growth": 32, "blocks": [6, 12, 24, 16], "imagenet_stem": True}
+    pretraining.pretrain_or_load(params, "densenet", lambda: densenet.build_densenet(cfg),
+                                 lambda net, p: densenet.load_densenet_weights(net, p, "densenet"), None)
+    summary = json.loads((tmp_path / "model" / "densenet.json").read_text())
+    assert summary["source"] == "published weights (torchvision DenseNet: densenet121-a639ec97.pth)"
+
+
+# --------------------------------------------------------------------------- insightface IResNet
+
+def insightface_keys(layers, width=64, embed=512, side=7) -> dict:
+    """arcface_torch iresnet.py: conv1, bn1, prelu, layerS.B.{bn1, conv1, bn2, prelu, conv2, bn3,
+    downsample.0/1 on each stage's first block}, bn2, fc, features."""
+    def bn(name, c):
+        return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+    keys = {"conv1.weight": (width, 3, 3, 3), **bn("bn1", width), "prelu.weight": (width,)}
+    c = width
+    for s, n in enumerate(layers, 1):
+        planes = width * 2 ** (s - 1)
+        for b in range(n):
+            p = f"layer{s}.{b}"
+            keys.update({**bn(f"{p}.bn1", c), f"{p}.conv1.weight": (planes, c, 3, 3), **bn(f"{p}.bn2", planes),
+                         f"{p}.prelu.weight": (planes,), f"{p}.conv2.weight": (planes, planes, 3, 3), **bn(f"{p}.bn3", planes)})
+            if b == 0:
+                keys.update({f"{p}.downsample.0.weight": (planes, c, 1, 1), **bn(f"{p}.downsample.1", planes)})
+            c = planes
+    keys.update({**bn("bn2", c), "fc.weight": (embed, c * side * side), "fc.bias": (embed,), **bn("features", embed)})
+    return keys
+
+
+def insightface_forward(sd: dict, x: torch.Tensor, layers) -> torch.Tensor:
+    """IResNet.forward of arcface_torch, on the published names (eval mode)."""
+    def bn(name, t):
+        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"], eps=1e-5)
+    x = F.prelu(bn("bn1", F.conv2d(x, sd["conv1.weight"], padding=1)), sd["prelu.weight"])
+    for s, n in enumerate(layers, 1):
+        for b in range(n):
+            p, stride = f"layer{s}.{b}", 2 if b == 0 else 1
+            out = bn(f"{p}.bn1", x)
+            out = F.prelu(bn(f"{p}.bn2", F.conv2d(out, sd[f"{p}.conv1.weight"], padding=1)), sd[f"{p}.prelu.weight"])
+            out = bn(f"{p}.bn3", F.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride, padding=1))
+            identity = bn(f"{p}.downsample.1", F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride)) if b == 0 else x
+            x = out + identity
+    x = bn("bn2", x).flatten(1)
+    return bn("features", F.linear(x, sd["fc.weight"], sd["fc.bias"]))
+
+
+def test_insightface_iresnet100_key_layout_fits_the_paper_profile():
+    from common.params import load_params
+    published = {k: torch.empty(s, device="meta") for k, s in insightface_keys([3, 13, 30, 3]).items()}
+    for section in ("ires100", "fau"):
+        cfg = load_params("params.yaml", "paper")[section]
+        assert state_dict_problems(on_meta_shapes(lambda: iresnet.build_iresnet(cfg)), iresnet.from_insightface(published)) == ""
+
+
+def test_insightface_iresnet_loads_and_runs_as_published(tmp_path):
+    layers = [1, 2, 1, 1]
+    g = torch.Generator().manual_seed(0)
+    sd = {k: (torch.rand(s, generator=g) + 0.5 if k.endswith("running_var") else
+              torch.tensor(0) if not s else torch.randn(s, generator=g) * 0.2) for k, s in insightface_keys(layers, 8, 16, 2).items()}
+    model = iresnet.IResNet(layers, 8, 16, 28).eval()
+    iresnet.load_iresnet_weights(model, save(sd, tmp_path / "backbone.pth"), "ires100")
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), insightface_forward(sd, x, layers), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- IR-50 (face.evoLVe / Zhang's FER+ checkpoint)
+
+def evolve_keys(layers=(3, 4, 14, 3), width=64, embed=512, side=5) -> dict:
+    """face.evoLVe model_irse.Backbone (mode 'ir'): input_layer.0-2, body.N.shortcut_layer.0/1 (a MaxPool,
+    no weights, when the width is kept), body.N.res_layer.0-4, output_layer.0 (BN2d), .3 (Linear), .4 (BN1d)."""
+    def bn(name, c):
+        return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+    keys = {"input_layer.0.weight": (width, 3, 3, 3), **bn("input_layer.1", width), "input_layer.2.weight": (width,)}
+    c, unit = width, 0
+    for s, n in enumerate(layers):
+        depth = width * 2 ** s
+        for b in range(n):
+            p = f"body.{unit}"
+            if c != depth:
+                keys.update({f"{p}.shortcut_layer.0.weight": (depth, c, 1, 1), **bn(f"{p}.shortcut_layer.1", depth)})
+            keys.update({**bn(f"{p}.res_layer.0", c), f"{p}.res_layer.1.weight": (depth, c, 3, 3),
+                         f"{p}.res_layer.2.weight": (depth,), f"{p}.res_layer.3.weight": (depth, depth, 3, 3),
+                         **bn(f"{p}.res_layer.4", depth)})
+            c, unit = depth, unit + 1
+    keys.update({**bn("output_layer.0", c), "output_layer.3.weight": (embed, c * side * side),
+                 "output_layer.3.bias": (embed,), **bn("output_layer.4", embed)})
+    return keys
+
+
+def evolve_forward(sd, x, layers, first_stride):
+    def bn(name, t):
+        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"])
+    x = F.prelu(bn("input_layer.1", F.conv2d(x, sd["input_layer.0.weight"], padding=1)), sd["input_layer.2.weight"])
+    unit = 0
+    for s, n in enumerate(layers):
+        for b in range(n):
+            p, stride = f"body.{unit}", ((first_stride if s == 0 else 2) if b == 0 else 1)
+            short = (bn(f"{p}.shortcut_layer.1", F.conv2d(x, sd[f"{p}.shortcut_layer.0.weight"], stride=stride))
+                     if f"{p}.shortcut_layer.0.weight" in sd else x[:, :, ::stride, ::stride])
+            r = F.prelu(F.conv2d(bn(f"{p}.res_layer.0", x), sd[f"{p}.res_layer.1.weight"], padding=1), sd[f"{p}.res_layer.2.weight"])
+            x, unit = bn(f"{p}.res_layer.4", F.conv2d(r, sd[f"{p}.res_layer.3.weight"], stride=stride, padding=1)) + short, unit + 1
+    x = bn("output_layer.0", x).flatten(1)
+    return bn("output_layer.4", F.linear(x, sd["output_layer.3.weight"], sd["output_layer.3.bias"]))
+
+
+def test_ir50_key_layout_is_face_evolve_and_zhangs_checkpoint_loads(tmp_path):
+    from common.features.visual import build_encoder, load_encoder_weights
+    published = evolve_keys()                                        # IR-50 at 40 px, first stride 1: 5x5
+    ours = irnet.IRNet((3, 4, 14, 3), 64, 512, 0.4, 40, 1)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == published
+    ours_112 = irnet.IRNet((3, 4, 14, 3), 64, 512, 0.4, 112, 2)      # face.evoLVe's own: 7x7
+    assert tuple(ours_112.state_dict()["output_layer.3.weight"].shape) == (512, 512 * 7 * 7)
+
+    layers, g = (1, 2, 1, 1), torch.Generator().manual_seed(1)
+    sd = {k: (torch.rand(s, generator=g) + 0.5 if k.endswith("running_var") else
+              torch.tensor(0) if not s else torch.randn(s, generator=g) * 0.2) for k, s in evolve_keys(layers, 8, 16, 3).items()}
+    abaw2 = {"backbone." + k: v for k, v in sd.items()} | {"logits.weight": torch.zeros(8, 16), "logits.bias": torch.zeros(8)}
+    vp = {"block": "ir", "layers": list(layers), "width": 8, "embed_dim": 16, "dropout": 0.4, "input_size": 24,
+          "crop": 20, "first_stride": 1}
+    encoder = build_encoder(vp).eval()
+    load_encoder_weights(encoder, save(abaw2, tmp_path / "fer_plus_ir50.pth"))
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), evolve_forward(sd, x, layers, 1), atol=1e-5, rtol=1e-5)
+    assert encoder.weights_source.startswith("Zhang et al.'s IR-50 FER+ checkpoint")
+    with pytest.raises(Exception, match=r"fer_plus_ir50\.pth.*output_layer\.3\.weight.*first_stride.*crop 40, first_stride 1"):
+        load_encoder_weights(build_encoder({**vp, "first_stride": 2}), tmp_path / "fer_plus_ir50.pth")
+
+
+# --------------------------------------------------------------------------- resnet50_ferplus_dag (Vu)
+
+def ferplus_dag_keys() -> dict:
+    """The conversion's layers: conv1_7x7_s2(+_bn), conv{S}_{B}_1x1_reduce / _3x3 / _1x1_increase (+_bn),
+    conv{S}_1_1x1_proj (+_bn), classifier (1x1 conv 2048 -> 8 with bias); convolutions without bias."""
+    def bn(name, c):
+        return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+    keys, c = {"conv1_7x7_s2.weight": (64, 3, 7, 7), **bn("conv1_7x7_s2_bn", 64)}, 64
+    for stage, n, w in ((2, 3, 64), (3, 4, 128), (4, 6, 256), (5, 3, 512)):
+        for b in range(1, n + 1):
+            p = f"conv{stage}_{b}"
+            keys.update({f"{p}_1x1_reduce.weight": (w, c, 1, 1), **bn(f"{p}_1x1_reduce_bn", w),
+                         f"{p}_3x3.weight": (w, w, 3, 3), **bn(f"{p}_3x3_bn", w),
+                         f"{p}_1x1_increase.weight": (4 * w, w, 1, 1), **bn(f"{p}_1x1_increase_bn", 4 * w)})
+            if b == 1:
+                keys.update({f"{p}_1x1_proj.weight": (4 * w, c, 1, 1), **bn(f"{p}_1x1_proj_bn", 4 * w)})
+            c = 4 * w
+    keys.update({"classifier.weight": (8, 2048, 1, 1), "classifier.bias": (8,)})
+    return keys
+
+
+def test_ferplus_dag_layout_loads_exactly_with_caffe_strides(tmp_path):
+    model = resnet_dag.FerPlusResNet50()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == ferplus_dag_keys()
+    assert model.conv3_1_1x1_reduce.stride == (2, 2) and model.conv3_1_3x3.stride == (1, 1)   # stride on the 1x1 (Caffe)
+    path = save(randomise(resnet_dag.FerPlusResNet50(), 3).state_dict(), tmp_path / "resnet50_ferplus_dag.pth")
+    resnet_dag.load_ferplus_resnet50(model.eval(), path)
+    assert model(torch.randn(1, 3, 112, 112)).shape == (1, 2048)
+    with pytest.raises(resnet_dag.FerPlusWeightsError, match=r"r50\.pth.*vu2021\.cnn.*resnet50_ferplus_dag\.pth"):
+        resnet_dag.load_ferplus_resnet50(model, save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth"))
+
+
+# --------------------------------------------------------------------------- MAE ViT-B/16 (official release, timm names)
+
+def mae_release_keys(depth=12, dim=768, patch=16, grid=14) -> dict:
+    """mae_pretrain_vit_base.pth["model"]: cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1, attn.qkv,
+    attn.proj, norm2, mlp.fc1, mlp.fc2}, norm (the encoder only)."""
+    keys = {"cls_token": (1, 1, dim), "pos_embed": (1, 1 + grid * grid, dim),
+            "patch_embed.proj.weight": (dim, 3, patch, patch), "patch_embed.proj.bias": (dim,)}
+    for n in range(depth):
+        p = f"blocks.{n}"
+        keys.update({f"{p}.norm1.weight": (dim,), f"{p}.norm1.bias": (dim,), f"{p}.attn.qkv.weight": (3 * dim, dim),
+                     f"{p}.attn.qkv.bias": (3 * dim,), f"{p}.attn.proj.weight": (dim, dim), f"{p}.attn.proj.bias": (dim,),
+                     f"{p}.norm2.weight": (dim,), f"{p}.norm2.bias": (dim,), f"{p}.mlp.fc1.weight": (4 * dim, dim),
+                     f"{p}.mlp.fc1.bias": (4 * dim,), f"{p}.mlp.fc2.weight": (dim, 4 * dim), f"{p}.mlp.fc2.bias": (dim,)})
+    return {**keys, "norm.weight": (dim,), "norm.bias": (dim,)}
+
+
+def vit_forward(sd, x, depth, heads, patch, eps):
+    """MAE's forward_encoder without masking, on timm's Block (x + attn(norm1(x)), x + mlp(norm2(x)))."""
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch).flatten(2).transpose(1, 2)
+    t = t + sd["pos_embed"][:, 1:]
+    t = torch.cat([(sd["cls_token"] + sd["pos_embed"][:, :1]).expand(len(t), -1, -1), t], 1)
+    b, n, d = t.shape
+    for i in range(depth):
+        p = f"blocks.{i}"
+        h = F.layer_norm(t, (d,), sd[f"{p}.norm1.weight"], sd[f"{p}.norm1.bias"], eps)
+        q, k, v = F.linear(h, sd[f"{p}.attn.qkv.weight"], sd[f"{p}.attn.qkv.bias"]).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / (d // heads) ** 0.5, -1) @ v
+        t = t + F.linear(a.transpose(1, 2).reshape(b, n, d), sd[f"{p}.attn.proj.weight"], sd[f"{p}.attn.proj.bias"])
+        h = F.layer_norm(t, (d,), sd[f"{p}.norm2.weight"], sd[f"{p}.norm2.bias"], eps)
+        t = t + F.linear(F.gelu(F.linear(h, sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"])), sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
+    return F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps)
+
+
+def test_mae_release_layout_fits_vit_b16_and_runs_as_published(tmp_path):
+    from common.params import load_params
+    cfg = {**load_params("params.yaml", "paper")["mae"], "crop": 224}
+    published = {k: torch.empty(s, device="meta") for k, s in mae_release_keys().items()}
+    own = {k: v for k, v in on_meta_shapes(lambda: vit_mae.build_mae(cfg)).items() if not k.startswith(("decoder", "mask_token"))}
+    assert state_dict_problems(own, vit_mae.from_mae_release(published)) == ""
+
+    g = torch.Generator().manual_seed(2)
+    sd = {k: torch.randn(s, generator=g) * 0.2 for k, s in mae_release_keys(depth=2, dim=32, patch=8, grid=3).items()}
+    model = vit_mae.MaskedAutoencoderViT(24, 8, 32, 2, 4, 16, 1, 2).eval()
+    decoder_before = model.decoder_pred.weight.clone()
+    vit_mae.load_mae_weights(model, save({"model": sd}, tmp_path / "mae_pretrain_vit_base.pth"))
+    assert torch.equal(model.decoder_pred.weight, decoder_before)          # not in the file: left as built
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():   # eps 1e-5 here (torch's default in this module); the release's is 1e-6 (docstring)
+        torch.testing.assert_close(model.encode(x), vit_forward(sd, x, 2, 4, 8, 1e-5), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- VGGish: torchvggish and TF-Slim names
+
+TF_SLIM_SHAPES = {   # vggish_slim.py at width 1: conv kernels (h, w, in, out), FC weights (in, out)
+    "vggish/conv1": (3, 3, 1, 64), "vggish/conv2": (3, 3, 64, 128), "vggish/conv3/conv3_1": (3, 3, 128, 256),
+    "vggish/conv3/conv3_2": (3, 3, 256, 256), "vggish/conv4/conv4_1": (3, 3, 256, 512),
+    "vggish/conv4/conv4_2": (3, 3, 512, 512), "vggish/fc1/fc1_1": (12288, 4096), "vggish/fc1/fc1_2": (4096, 4096),
+    "vggish/fc2": (4096, 128)}
+
+
+def test_vggish_tf_slim_names_fit_the_published_vggish_and_transpose_to_torch(tmp_path):
+    import numpy as np
+    published = {f"{scope}/weights": torch.empty(s, device="meta") for scope, s in TF_SLIM_SHAPES.items()}
+    published |= {f"{scope}/biases": torch.empty(s[-1], device="meta") for scope, s in TF_SLIM_SHAPES.items()}
+    assert state_dict_problems(on_meta_shapes(lambda: vggish.VGGish()), vggish.from_tf_slim(published)) == ""
+
+    small = vggish.VGGish(width=0.0625, fc=(8, 8), embed_dim=4)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for scope, name in vggish.TF_SLIM_KEYS.items():
+        w = getattr(small, name).weight
+        tf_shape = tuple(w.shape[2:]) + (w.shape[1], w.shape[0]) if w.dim() == 4 else (w.shape[1], w.shape[0])
+        arrays[f"{scope}/weights"] = rng.standard_normal(tf_shape).astype(np.float32)
+        arrays[f"{scope}/biases"] = rng.standard_normal(w.shape[0]).astype(np.float32)
+    np.savez(tmp_path / "vggish_model.npz", **arrays)
+    vggish.load_vggish_weights(small, tmp_path / "vggish_model.npz")
+    k = arrays["vggish/conv2/weights"]                                   # (h, w, in, out)
+    assert torch.equal(small.conv2.weight[5, 3, 2, 1], torch.tensor(k[2, 1, 3, 5]))
+    assert torch.equal(small.fc2.weight, torch.from_numpy(arrays["vggish/fc2/weights"]).t())
+    assert small.weights_source == "TF-Slim checkpoint names"
+
+
+def test_vggish_torchvggish_port_layout_fits_the_published_vggish():
+    layers = {"features.0": (64, 1), "features.3": (128, 64), "features.6": (256, 128), "features.8": (256, 256),
+              "features.11": (512, 256), "features.13": (512, 512)}     # torchvggish VGG.features conv indices
+    published = {f"{k}.weight": torch.empty(o, i, 3, 3, device="meta") for k, (o, i) in layers.items()}
+    published |= {f"{k}.bias": torch.empty(o, device="meta") for k, (o, i) in layers.items()}
+    for k, (o, i) in {"embeddings.0": (4096, 12288), "embeddings.2": (4096, 4096), "embeddings.4": (128, 4096)}.items():
+        published |= {f"{k}.weight": torch.empty(o, i, device="meta"), f"{k}.bias": torch.empty(o, device="meta")}
+    published |= {"pproc._pca_matrix": torch.empty(128, 128, device="meta"), "pproc._pca_means": torch.empty(128, 1, device="meta")}
+    assert state_dict_problems(on_meta_shapes(lambda: vggish.VGGish()), vggish.TORCHVGGISH.convert(published)) == ""
+
+
+# --------------------------------------------------------------------------- HuBERT / wav2vec 2.0 (torchaudio, fairseq)
+
+def as_bundle_file(model: torch.nn.Module) -> dict:
+    """A Wav2Vec2Model state dict as torchaudio's bundle files store it (weight norm as weight_g / weight_v)."""
+    sd = dict(model.state_dict())
+    for old, new in (("original0", "weight_g"), ("original1", "weight_v")):
+        sd[f"encoder.transformer.pos_conv_embed.conv.{new}"] = sd.pop(f"encoder.transformer.pos_conv_embed.conv.parametrizations.weight.{old}")
+    return sd
+
+
+def test_torchaudio_hubert_and_wav2vec2_base_bundles_give_the_library_output(tmp_path):
+    from common.params import load_params
+    paper = load_params("params.yaml", "paper")
+    x = torch.randn(1, 8000)
+    reference = randomise(torchaudio.models.hubert_base(), 4)
+    ours = hub.build_hubert(paper["hubert"]).eval()
+    hub.load_hubert_weights(ours, save(as_bundle_file(reference), tmp_path / "hubert_fairseq_base_ls960.pth"))
+    with torch.no_grad():
+        torch.testing.assert_close(hub.last_layer(ours, x), reference.extract_features(x)[0][-1], atol=1e-5, rtol=1e-5)
+    reference = randomise(torchaudio.models.wav2vec2_base(), 5)
+    ours = w2v.Wav2Vec2Pretrain(paper["wav2vec"]).eval()
+    w2v.load_wav2vec_weights(ours, save(as_bundle_file(reference), tmp_path / "wav2vec2_fairseq_base_ls960.pth"))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference.extract_features(x)[0][-1], atol=1e-5, rtol=1e-5)
+
+
+def fairseq_names(sd: dict) -> dict:
+    """torchaudio names -> fairseq's (wav2vec2.py / hubert.py attribute names), written from fairseq's definition."""
+    out = {}
+    for key, v in sd.items():
+        for pattern, repl in ((r"feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
+                              (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+                              (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
+                              (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
+                              (r"encoder\.transformer\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
+                              (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm.")):
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = v
+                break
+    return out
+
+
+def test_fairseq_hubert_checkpoint_loads_through_torchaudios_key_map(tmp_path):
+    import argparse
+    cfg = {"conv": 16, "dim": 32, "layers": 2, "heads": 4, "pos_conv_kernel": 8, "pos_conv_groups": 4,
+           "mask_prob": 0.5, "mask_length": 2, "clusters": 10, "final_dim": 8}
+    reference = randomise(hub.build_hubert(cfg).wav2vec2, 6)
+    model = fairseq_names(as_bundle_file(reference))
+    assert len(model) == len(reference.state_dict())
+    model |= {"mask_emb": torch.zeros(32), "label_embs_concat": torch.zeros(10, 8),
+              "final_proj.weight": torch.zeros(8, 32), "final_proj.bias": torch.zeros(8)}   # pre-training heads
+    checkpoint = {"args": argparse.Namespace(arch="hubert"), "model": model}
+    ours = hub.build_hubert(cfg).eval()
+    hub.load_hubert_weights(ours, save(checkpoint, tmp_path / "hubert_base_ls960.pt"))
+    assert ours.weights_source.startswith("fairseq checkpoint")
+    x = torch.randn(1, 4000)
+    with torch.no_grad():
+        torch.testing.assert_close(hub.last_layer(ours, x), reference.extract_features(x)[0][-1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(hub.HubertWeightsError, match=r"hubert_base_ls960\.pt.*hubert\.conv / dim.*hubert_fairseq_base_ls960\.pth"):
+        hub.load_hubert_weights(hub.build_hubert({**cfg, "dim": 64}), tmp_path / "hubert_base_ls960.pt")
