@@ -151,9 +151,9 @@ def _melody(seconds=20.0):
 
 SOUNDS = {"noise": _noise, "melody": _melody, "tone": _tone}
 WATER_OBJECTS = ("fountain", "dam", "geyser", "valley", "cliff", "lakeside", "breakwater", "seashore", "sandbar")
-WATER_SCENES = ("waterfall", "creek", "rainforest", "river", "ocean", "coast", "fountain", "gorge", "rainforest")
+WATER_SCENES = ("waterfall", "creek", "rainforest", "river", "ocean", "coast", "fountain", "gorge")
 INSTRUMENTS = ("grand piano", "upright", "accordion", "organ", "harmonica", "harp", "marimba", "chime", "banjo",
-               "violin", "cello", "acoustic guitar", "electric guitar", "stage")
+               "violin", "cello", "acoustic guitar", "electric guitar")
 
 
 def _heads(net, x):
