@@ -46,6 +46,7 @@ from common.backbones.iresnet import IResNetWeightsError, build_iresnet, load_ir
 from common.backbones.mobilenet import MobileNetWeightsError, build_mobilenet, load_mobilenet_weights
 from common.data.affwild2 import AffWild2Error
 from common.data.still_images import StillSetError, read_still_set
+from common.device import module_device
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, params_key
 from common.features.pretraining import random_crop_flip
@@ -95,6 +96,12 @@ def task_loss(task: str, out: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     if task == "expression":
         return nn.functional.cross_entropy(out, labels)
     return ccc_loss(out, labels)                      # 1 - mean CCC of valence and arousal
+
+
+def training_loss(task: str, net: nn.Module, batch, crop: int) -> torch.Tensor:
+    """The task loss on a random crop + flip of the uint8 faces (augmented on their device)."""
+    images, target = batch
+    return task_loss(task, net(normalise(random_crop_flip(images, crop))), target)
 
 
 def task_metrics(task: str, out: np.ndarray, labels: np.ndarray) -> dict:
@@ -150,8 +157,15 @@ def training_sets(params: dict, name: str) -> tuple[tuple, tuple]:
 
 @torch.no_grad()
 def predict(net: nn.Module, images: torch.Tensor, crop: int, batch: int = 256) -> np.ndarray:
-    return torch.cat([net(normalise(centre_crop(images[i:i + batch], crop))).float()
-                      for i in range(0, len(images), batch)]).numpy()
+    """The network's outputs on uint8 faces (centre crop), each batch sent to the network's device."""
+    return centre_crop_outputs(net, images, crop, batch).numpy()
+
+
+def centre_crop_outputs(net: nn.Module, images: torch.Tensor, crop: int, batch: int = 256) -> torch.Tensor:
+    """float32 CPU outputs of `net` on the centre crops of uint8 faces, batch by batch on its device."""
+    device = module_device(net)
+    return torch.cat([net(normalise(centre_crop(images[i:i + batch].to(device), crop))).float().cpu()
+                      for i in range(0, len(images), batch)])
 
 
 def _train(params: dict, name: str, backbone: nn.Module, out_dir: Path, progress: bool) -> dict:
@@ -162,8 +176,7 @@ def _train(params: dict, name: str, backbone: nn.Module, out_dir: Path, progress
     labels = torch.as_tensor(y)
 
     def loss(net, batch):
-        images, target = batch
-        return task_loss(task, net(normalise(random_crop_flip(images, crop))), target)
+        return training_loss(task, net, batch, crop)
 
     def evaluate(net):
         return {f"val_{k}": v for k, v in task_metrics(task, predict(net, vx, crop), vy).items()}

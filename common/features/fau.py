@@ -33,7 +33,8 @@ from common.data.affwild2 import AU_NAMES, AffWild2Error
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features import pretraining
 from common.features.pretraining import pretrain_or_load, random_crop_flip
-from common.features.visual import centre_crop, frozen_for_inference, normalise
+from common.features.face_networks import centre_crop_outputs
+from common.features.visual import frozen_for_inference, normalise
 from common.losses import masked_bce_with_logits
 
 NAME = "fau"
@@ -70,23 +71,29 @@ class AUDetector(nn.Module):
         return self.head(self.backbone(images))
 
 
+def training_loss(net: nn.Module, batch, crop: int) -> torch.Tensor:
+    """Masked AU BCE on a random crop + flip of the uint8 faces (augmented on their device)."""
+    images, labels, mask = batch
+    return masked_bce_with_logits(net(normalise(random_crop_flip(images, crop))), labels, mask)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, crop: int) -> dict:
+    """Validation loss and mean AU AUC of an AUDetector on uint8 faces (centre crop); the logits
+    come back to the CPU, where the labels are."""
+    logits = centre_crop_outputs(net, images, crop)
+    return {"val_loss": float(masked_bce_with_logits(logits, labels, mask)),
+            "val_auc": mean_auc(logits.numpy(), labels.numpy(), mask.numpy())}
+
+
 def _train_au_detector(params: dict, backbone, out_dir: Path, progress: bool) -> dict:
     from common.train import TrainConfig, fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
     crop = int(cfg["crop"])
     x, y, m = au_frames(params, "train", int(p["frames"]), int(p["seed"]))
     vx, vy, vm = au_frames(params, "validation", int(p["val_frames"]), int(p["seed"]))
-
-    def loss(net, batch):
-        images, labels, mask = batch
-        return masked_bce_with_logits(net(normalise(random_crop_flip(images, crop))), labels, mask)
-
-    @torch.no_grad()
-    def evaluate(net):
-        logits = torch.cat([net(normalise(centre_crop(vx[i:i + 256], crop))) for i in range(0, len(vx), 256)])
-        return {"val_loss": float(masked_bce_with_logits(logits, vy, vm)),
-                "val_auc": mean_auc(logits.numpy(), vy.numpy(), vm.numpy())}
-    result = fit(AUDetector(backbone), TensorDataset(x, y, m), loss, evaluate,
+    result = fit(AUDetector(backbone), TensorDataset(x, y, m), lambda net, batch: training_loss(net, batch, crop),
+                 lambda net: evaluate(net, vx, vy, vm, crop),
                  TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                              weight_decay=float(p["weight_decay"]), seed=int(p["seed"]), monitor="val_auc", mode="max"),
                  out_dir / "train", progress=progress)

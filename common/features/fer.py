@@ -35,6 +35,7 @@ from torch import nn
 from common.backbones.resnext_se import ResNeXtSE
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
+from common.device import module_device
 from common.features import visual
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.features.cache import FeatureCache, params_key
@@ -170,13 +171,13 @@ class _Teacher(nn.Module):
 @torch.no_grad()
 def encode_track(model: nn.Module, faces: np.ndarray, input_size: int, crop: int, batch: int):
     feats, posts = [], []
+    device = module_device(model)                  # resized and cropped where the model runs
     for start in range(0, len(faces), batch):
-        x = torch.from_numpy(np.array(faces[start:start + batch]))     # a writable copy of the memory map
+        x = torch.from_numpy(np.array(faces[start:start + batch])).to(device)   # a writable copy of the memory map
         if x.shape[-1] != input_size:
             x = nn.functional.interpolate(x.float(), size=(input_size, input_size), mode="bilinear",
                                           align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        z, p = model(visual.normalise(visual.centre_crop(x.to(device), crop)))
+        z, p = model(visual.normalise(visual.centre_crop(x, crop)))
         feats.append(z.float().cpu())
         posts.append(p.float().cpu())
     return torch.cat(feats).numpy(), torch.cat(posts).numpy()

@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from common.backbones.vit_mae import MAEWeightsError, build_mae, load_mae_weights
 from common.data.affwild2 import AffWild2Error
+from common.device import inference_device, module_device
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.pretraining import random_crop_flip
@@ -38,6 +39,27 @@ def model_path(params: dict) -> Path:
     return pretraining.model_path(params, NAME)
 
 
+def training_loss(net, batch, crop: int, ratio: float) -> torch.Tensor:
+    """The MAE loss on a random crop + flip of the uint8 faces (augmented on their device)."""
+    return net.reconstruction_loss(normalise(random_crop_flip(batch[0], crop)), ratio)
+
+
+def validation_losses(net, images: torch.Tensor, crop: int, ratio: float, batch: int = 256) -> list:
+    """[(MAE loss, batch size)] over the centre crops of uint8 faces, each batch on the network's
+    device (masks drawn there from the seed the caller set)."""
+    device = module_device(net)
+    return [(net.reconstruction_loss(normalise(centre_crop(images[i:i + batch].to(device), crop)), ratio),
+             len(images[i:i + batch])) for i in range(0, len(images), batch)]
+
+
+@torch.no_grad()
+def validation_loss(net, images: torch.Tensor, crop: int, ratio: float) -> float:
+    """Mean reconstruction loss on the validation faces, the same masks every epoch."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return sum(float(loss) * n for loss, n in validation_losses(net, images, crop, ratio)) / len(images)
+
+
 def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
     from common.train import TrainConfig, fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
@@ -46,17 +68,11 @@ def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
     x, _ = pretraining.sample_face_frames(params, "train", int(p["frames"]), int(p["seed"]), every_frame)
     vx, _ = pretraining.sample_face_frames(params, "validation", int(p["val_frames"]), int(p["seed"]), every_frame)
 
-    @torch.no_grad()
-    def evaluate(net):
-        with torch.random.fork_rng():
-            torch.manual_seed(0)                         # the same masks every epoch
-            losses = [float(net.reconstruction_loss(normalise(centre_crop(vx[i:i + 256], crop)), ratio)) * len(vx[i:i + 256])
-                      for i in range(0, len(vx), 256)]
-        return {"val_loss": sum(losses) / len(vx)}
-    result = fit(model, TensorDataset(x), lambda net, b: net.reconstruction_loss(normalise(random_crop_flip(b[0], crop)), ratio),
-                 evaluate, TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                                       weight_decay=float(p["weight_decay"]), betas=(0.9, 0.95), seed=int(p["seed"]),
-                                       monitor="val_loss", mode="min"),
+    result = fit(model, TensorDataset(x), lambda net, b: training_loss(net, b, crop, ratio),
+                 lambda net: {"val_loss": validation_loss(net, vx, crop, ratio)},
+                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                             weight_decay=float(p["weight_decay"]), betas=(0.9, 0.95), seed=int(p["seed"]),
+                             monitor="val_loss", mode="min"),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline as a masked autoencoder (Train_Set face frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}
@@ -80,7 +96,7 @@ def extract_mae(params: dict, progress: bool = True, threads: int = 1) -> dict:
     cfg = params[NAME]
     model = build_mae(cfg)
     load_mae_weights(model, model_path(params))
-    model.eval()                                         # a ViT: no BatchNorm to fold, eager is fine
+    model.eval().to(inference_device())                  # a ViT: no BatchNorm to fold, eager is fine
     return {**pretraining.extract_face_feature(params, NAME, model, cache_for(params), int(cfg["crop"]),
                                                int(cfg["extract_batch"]), int(cfg["dim"]), threads),
             "version": VERSION}

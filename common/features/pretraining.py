@@ -100,11 +100,18 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
 
 
 def random_crop_flip(images: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random crop position and a horizontal flip for half of the batch (the training input)."""
+    """One random crop position and a horizontal flip for half of the batch (the training input).
+
+    Runs on the batch where it is (issue 11: augmentation on the device): a slice and one
+    torch.where over the whole batch. The random numbers come from `generator`, or torch's
+    global CPU generator, which fit() seeds and checkpoints: they are drawn on the CPU (the same
+    numbers on any device, so a GPU run augments as the CPU run does) and only the flip mask,
+    B booleans, travels to the batch's device.
+    """
     size = images.shape[-1]
     top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
     out = images[..., top:top + crop, left:left + crop]
-    flip = torch.rand(len(out), generator=generator) < 0.5
+    flip = (torch.rand(len(out), generator=generator) < 0.5).to(images.device, non_blocking=True)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 

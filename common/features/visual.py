@@ -45,6 +45,7 @@ from common.backbones.irnet import build_irnet
 from common.backbones.resnet import ResNet
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
+from common.device import module_device
 from common.features.cache import FeatureCache, params_key
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.params import ParamsError, load_params
@@ -220,7 +221,7 @@ def predict(net: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[np
     """(expression logits (N, 7), valence-arousal (N, 2)) of a dataset, in order, eval mode."""
     was_training = net.training
     net.eval()
-    device = next(net.parameters()).device     # fit() moves the model to the GPU when there is one
+    device = module_device(net)                # fit() moves the model to the GPU when there is one
     logits, va = [], []
     for batch in DataLoader(dataset, batch_size):
         lo, v = net(batch["image"].to(device))
@@ -443,7 +444,7 @@ def frozen_for_inference(encoder: ResNet) -> nn.Module:
 def encode_faces(encoder: nn.Module, faces: torch.Tensor, crop: int, batch_size: int,
                  dim: int) -> np.ndarray:
     """(N, 3, S, S) uint8 faces -> (N, dim) float32 embeddings (centre crop, batches of batch_size)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = module_device(encoder)            # the encoder's own: an unmoved one stays on the CPU
     out = [encoder(normalise(centre_crop(chunk.to(device), crop))).float().cpu()
            for chunk in faces.split(batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
