@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: test reproduce env weights benchmark benchmark-pipeline clean-data
+.PHONY: gpu-check test reproduce env weights benchmark benchmark-pipeline clean-data
 
 env: $(STAMP)
 
@@ -33,6 +33,14 @@ reproduce: $(STAMP) weights
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark_corpus.py
+
+# The paper profile on the GPU at hand, bounded to ~8 minutes (scripts/gpu_check.py): every
+# paper-profile network's training step and extraction, each paper's own loop on a small 112 px
+# corpus, deterministic resume, projections to real-size Aff-Wild2 -> reports/benchmarks/gpu_<device>.json.
+# It needs only a Python with torch + torchaudio (a GPU machine's own: GPU_PYTHON=python3).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py
 
 # Wall time of every pipeline stage (reports/benchmarks/pipeline_<profile>.json).
 benchmark-pipeline: $(STAMP)

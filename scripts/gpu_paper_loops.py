@@ -98,6 +98,9 @@ def write_params(work: Path, tiny: bool) -> dict:
     profile = "smoke" if tiny else "paper"
     params = load_params(ROOT / "params.yaml", profile, small_overrides(tiny, os.cpu_count() or 1))
     shorten(params, {"frames": 300 if tiny else 1000, "val_frames": 100 if tiny else 300})
+    for section in params.values():   # published weights named relative to the repo (sound8.npy)
+        if isinstance(section, dict) and section.get("weights") and not Path(section["weights"]).is_absolute():
+            section["weights"] = str(ROOT / section["weights"])
     params["profile"] = "paper"       # the file reads as the paper profile with no overrides left
     params["profiles"] = {}
     work.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,9 @@ def write_params(work: Path, tiny: bool) -> dict:
 
 # --------------------------------------------------------------------------- 2. stages
 
+BANK_STAGES = ("densenet", "ires100", "ms_va", "fau", "mae", "ecapatdnn", "hubert", "wav2vec")
+
+
 def stage_commands(params_file: Path, with_opensmile: bool) -> list[tuple[str, list[str]]]:
     """(name, argv) of every stage the four loops need, in dvc.yaml's order of dependencies."""
     p = ["--params", str(params_file)]
@@ -120,7 +126,12 @@ def stage_commands(params_file: Path, with_opensmile: bool) -> list[tuple[str, l
             + [("faces", ["-m", "common.features.faces", *p])]
             + [(name, ["-m", f"common.features.{module}", "pretrain", "extract", *p])
                for name, module in (("frame_encoder", "visual"), ("vggish", "vggish"),
-                                    ("fer", "fer"), ("soundnet", "soundnet"))])
+                                    ("fer", "fer"), ("soundnet", "soundnet"))]
+            # Liu's bank networks: their pre-training losses and extraction on this device
+            + [(name, ["-m", "common.features.face_networks", name, "pretrain", "extract", *p])
+               for name in ("densenet", "ires100", "ms_va")]
+            + [(name, ["-m", f"common.features.{name}", "pretrain", "extract", *p])
+               for name in ("fau", "mae", "ecapatdnn", "hubert", "wav2vec")])
 
 
 def run_stage(argv: list[str], work: Path, log: Path, limit: float) -> dict:
@@ -289,8 +300,10 @@ def main(argv=None) -> int:
     info = device_info()
     print(f"device {info['device']}, torch {info['torch']}; work folder {work}; "
           f"{'smoke' if args.tiny else 'paper'} profile, small; budget {args.budget_s:.0f} s")
-    plan = [(name, "stage", argv) for name, argv in stage_commands(work / "params.yaml", with_opensmile)]
-    plan += [(name, "loop", fn) for name, fn in LOOPS]
+    stages = [(name, "stage", argv) for name, argv in stage_commands(work / "params.yaml", with_opensmile)]
+    # the loops right after the stages they read; Liu's bank networks last, where a budget cut falls
+    plan = [s for s in stages if s[0] not in BANK_STAGES] + [(name, "loop", fn) for name, fn in LOOPS] \
+        + [s for s in stages if s[0] in BANK_STAGES]
 
     setup_seconds = round(time.perf_counter() - started, 2)   # imports (torch, opensmile) and params
     steps = []
