@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchaudio.models import wav2vec2_model
-from torchaudio.models.wav2vec2.components import MaskGenerator
+from torchaudio.models.wav2vec2.components import MaskGenerator, _compute_mask_indices
 
 from common.weights import load_checked
 
@@ -78,10 +78,12 @@ class Wav2Vec2Pretrain(nn.Module):
         z, _ = self.model.feature_extractor(waveforms, None)            # (B, T, conv) latents
         q, code_probs = self.quantizer(self.model.encoder.feature_projection.layer_norm(z))   # as fairseq: normalised latents
         x, _ = self.model.encoder._preprocess(z, None)                   # layer norm + projection to dim
-        x, mask = self.mask_generator(x, None)
+        x, mask = self._mask_spans(x)
         c = self.final_proj(self.model.encoder.transformer(x))
         out = []
         for b in range(len(c)):
+            # the steps come from the mask on the host: no device sync per utterance, and the
+            # indices (host tensors) may index the device tensors q and c
             steps = mask[b].nonzero().squeeze(1)
             if len(steps) < 2:
                 continue
@@ -95,10 +97,24 @@ class Wav2Vec2Pretrain(nn.Module):
             out.append(logits.masked_fill(torch.cat([torch.zeros_like(same[:, :1]), same], 1), float("-inf")))
         return out, code_probs
 
+    def _mask_spans(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """torchaudio's MaskGenerator (span masking, then the learnt mask embedding) with the mask
+        kept on the host, where torchaudio draws it (CPU generator): the same random numbers and
+        values, but x is replaced by torch.where instead of boolean-mask assignment, so nothing
+        waits on the device (and the step runs on the `meta` device of tests/test_device_placement.py).
+        Channel masking is off in this configuration (mask_channel_prob 0)."""
+        g = self.mask_generator
+        mask = _compute_mask_indices(tuple(x.shape[:2]), None, g.mask_prob, g.mask_length, g.mask_selection,
+                                     g.mask_other, min_masks=2, no_overlap=g.no_mask_overlap,
+                                     min_space=g.mask_min_space)
+        x = torch.where(mask.to(x.device, non_blocking=True)[..., None], g.mask_embedding.to(x.dtype), x)
+        return x, mask
+
     def contrastive_loss(self, waveforms: torch.Tensor) -> torch.Tensor:
         logits, code_probs = self.masked_logits(waveforms)
         n = sum(len(l) for l in logits)
-        contrastive = sum(F.cross_entropy(l, torch.zeros(len(l), dtype=torch.long), reduction="sum")
+        # the target (column 0) follows the logits to their device (issue 11)
+        contrastive = sum(F.cross_entropy(l, torch.zeros(len(l), dtype=torch.long, device=l.device), reduction="sum")
                           for l in logits) / max(n, 1) if logits else code_probs.sum() * 0.0
         gv = code_probs.numel()
         perplexity = torch.exp(-(code_probs * (code_probs + 1e-7).log()).sum(-1)).sum()

@@ -30,6 +30,7 @@ from torch.utils.data import TensorDataset
 
 from common.backbones.ecapa_tdnn import EcapaWeightsError, build_ecapa, load_ecapa_weights
 from common.data.affwild2 import audio_base, audio_path, read_split
+from common.device import inference_device, module_device
 from common.features import audio as audio_features
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
@@ -92,6 +93,18 @@ class SpeakerClassifier(nn.Module):
         return self.classifier(torch.relu(self.backbone(x)))
 
 
+def training_loss(net: nn.Module, batch) -> torch.Tensor:
+    """Cross entropy of the speaker classifier on a batch of (fbank windows, speaker ids)."""
+    return nn.functional.cross_entropy(net(batch[0]), batch[1])
+
+
+@torch.no_grad()
+def batch_outputs(net: nn.Module, windows: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """float32 CPU outputs of `net` on fbank windows, each batch on the network's device."""
+    device = module_device(net)
+    return torch.cat([net(windows[i:i + batch].to(device)).float().cpu() for i in range(0, len(windows), batch)])
+
+
 def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Path:
     """Write <model_dir>/ecapatdnn.pt (+ .json): loaded from ecapatdnn.weights, or pre-trained here."""
     from common.train import TrainConfig, fit
@@ -113,9 +126,9 @@ def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Pat
             ce = nn.CrossEntropyLoss()
 
             def evaluate(net):
-                logits = torch.cat([net(vx[i:i + 256]) for i in range(0, len(vx), 256)])
+                logits = batch_outputs(net, vx)                 # on the CPU, where vy is
                 return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
-            result = fit(model, train, lambda net, b: ce(net(b[0]), b[1]), evaluate,
+            result = fit(model, train, training_loss, evaluate,
                          TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                                      weight_decay=float(p["weight_decay"]), seed=int(p["seed"]),
                                      monitor="val_accuracy", mode="max"),
@@ -140,13 +153,21 @@ def cache_for(params: dict) -> FeatureCache:
 
 
 @torch.no_grad()
+def embed_windows(model: nn.Module, fbank: np.ndarray, centres: np.ndarray, length: int, batch: int = 64) -> np.ndarray:
+    """(len(centres), embed_dim) float32: the windows centred on `centres`, cut and embedded `batch`
+    at a time (on the model's device)."""
+    return np.concatenate([batch_outputs(model, torch.from_numpy(windows(fbank, centres[i:i + batch], length))).numpy()
+                           for i in range(0, len(centres), batch)])
+
+
+@torch.no_grad()
 def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict:
     """Fill the cache for every face track of every split; return (and write) a summary."""
     cfg = params[NAME]
     cache = cache_for(params)
     model = build_ecapa(cfg)
     load_ecapa_weights(model, model_path(params))
-    model.eval()
+    model.eval().to(inference_device())
     started, before = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads)
     length, hop = int(cfg["window_s"] * FBANK_RATE), float(cfg["hop_s"])
@@ -158,8 +179,7 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
                 continue
             fb = fbank_of(wav)
             centres = np.arange(0, len(fb), hop * FBANK_RATE).round().astype(int)
-            emb = np.concatenate([model(torch.from_numpy(windows(fb, centres[i:i + 64], length))).numpy()
-                                  for i in range(0, len(centres), 64)])
+            emb = embed_windows(model, fb, centres, length)
             embedded += len(emb)
             for t in tracks:
                 cache.put(t.video, align_to_frames(emb, 1.0 / hop, t.n_frames, t.fps))

@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.data.affwild2 import AffWild2Error, audio_path, read_split
+from common.device import inference_device, module_device
 from common.features import audio as audio_features
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
@@ -74,6 +75,23 @@ def crops(waves, clusters, crop: int, hop: int) -> tuple[torch.Tensor, torch.Ten
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)).long()
 
 
+def training_loss(net, batch) -> torch.Tensor:
+    """HuBERT's masked prediction (cross entropy, target column 0 on the batch's device) + 10 x the feature penalty."""
+    logit_m, _, feature_penalty = net(batch[0], batch[1])
+    target = torch.zeros(len(logit_m), dtype=torch.long, device=logit_m.device)
+    return F.cross_entropy(logit_m, target) + 10.0 * feature_penalty
+
+
+def masked_hits(net, crops: torch.Tensor, clusters: torch.Tensor, batch: int = 16) -> tuple[int, int]:
+    """(masked frames whose own cluster wins, masked frames), each batch on the network's device."""
+    device = module_device(net)
+    hits = total = 0
+    for i in range(0, len(crops), batch):
+        logit_m, _, _ = net(crops[i:i + batch].to(device), clusters[i:i + batch].to(device))
+        hits, total = hits + int((logit_m.argmax(1) == 0).sum()), total + len(logit_m)
+    return hits, total
+
+
 def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
     from sklearn.cluster import MiniBatchKMeans
 
@@ -92,20 +110,13 @@ def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
     vx, vy = crops(val_waves, val_ids, crop, crop)
     majority = float(np.bincount(vy.flatten().numpy()).max() / vy.numel())
 
-    def loss(net, batch):
-        logit_m, _, feature_penalty = net(batch[0], batch[1])
-        return F.cross_entropy(logit_m, torch.zeros(len(logit_m), dtype=torch.long)) + 10.0 * feature_penalty
-
     @torch.no_grad()
     def evaluate(net):
         with torch.random.fork_rng():
             torch.manual_seed(0)                          # the same masks every epoch
-            hits = total = 0
-            for i in range(0, len(vx), 16):
-                logit_m, _, _ = net(vx[i:i + 16], vy[i:i + 16])
-                hits, total = hits + int((logit_m.argmax(1) == 0).sum()), total + len(logit_m)
+            hits, total = masked_hits(net, vx, vy)
         return {"val_masked_accuracy": hits / max(total, 1)}
-    result = fit(model, TensorDataset(x, y), loss, evaluate,
+    result = fit(model, TensorDataset(x, y), training_loss, evaluate,
                  TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                              seed=int(p["seed"]), monitor="val_masked_accuracy", mode="max"),
                  out_dir / "train", progress=progress)
@@ -126,10 +137,20 @@ def cache_for(params: dict) -> FeatureCache:
 
 
 @torch.no_grad()
+def chunk_frames(frames_of, wave: torch.Tensor, chunk: int, device: torch.device | str = "cpu") -> np.ndarray:
+    """(frames, dim) float32 of one 16 kHz waveform: chunks of `chunk` samples (none shorter than two
+    output frames) through frames_of on `device`, the frames brought back to the CPU."""
+    parts = [frames_of(wave[None, i:i + chunk].to(device))[0].float().cpu() for i in range(0, len(wave), chunk)
+             if len(wave[i:i + chunk]) >= 2 * STRIDE]
+    return torch.cat(parts).numpy()
+
+
+@torch.no_grad()
 def extract_frames(params: dict, name: str, version: str, frames_of, cache: FeatureCache, dim: int,
-                   chunk_s: float, threads: int = 1) -> dict:
+                   chunk_s: float, threads: int = 1, device: torch.device | str = "cpu") -> dict:
     """frames_of((1, samples) 16 kHz) -> (1, frames, dim) at 50 Hz, in chunks of chunk_s seconds, for
-    every audio file; aligned to each face track's label frames. Writes <features root>/<name>.json."""
+    every audio file; aligned to each face track's label frames. Writes <features root>/<name>.json.
+    `device`: where frames_of's network is; the chunks are sent there."""
     import time
     started, before = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -140,10 +161,7 @@ def extract_frames(params: dict, name: str, version: str, frames_of, cache: Feat
         for wav, tracks in groups.items():
             if all(cache.has(t.video) for t in tracks):
                 continue
-            wave = torch.from_numpy(audio_features.load_mono(wav))
-            parts = [frames_of(wave[None, i:i + chunk])[0] for i in range(0, len(wave), chunk)
-                     if len(wave[i:i + chunk]) >= 2 * STRIDE]
-            out = torch.cat(parts).numpy()
+            out = chunk_frames(frames_of, torch.from_numpy(audio_features.load_mono(wav)), chunk, device)
             frames += len(out)
             for t in tracks:
                 cache.put(t.video, align_to_frames(out, FRAME_RATE, t.n_frames, t.fps))
@@ -161,9 +179,9 @@ def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dic
     cfg = params[NAME]
     model = build_hubert(cfg)
     load_hubert_weights(model, model_path(params))
-    model.eval()
+    model.eval().to(inference_device())
     return extract_frames(params, NAME, VERSION, lambda wave: last_layer(model, wave), cache_for(params),
-                          int(cfg["dim"]), float(cfg["chunk_s"]), threads)
+                          int(cfg["dim"]), float(cfg["chunk_s"]), threads, module_device(model))
 
 
 def main(argv=None) -> int:

@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from common.backbones.soundnet import (CONV8_KERNEL, SAMPLE_RATE, SoundNet8, hop_samples,
                                        load_soundnet_weights, SoundNetWeightsError)
 from common.data.affwild2 import SPLITS, audio_path, read_split
+from common.device import inference_device, module_device
 from common.features import fer
 from common.files import atomic_torch_save, atomic_write_text, file_sha256
 from common.features.cache import FeatureCache, params_key
@@ -108,8 +109,8 @@ def frame_windows(n_frames: int, fps: float, n_windows: int, pad: int, rate: int
 def track_features(model: SoundNet8, wave: torch.Tensor, n_frames: int, fps: float) -> np.ndarray:
     """(n_frames, 1000): the module doc's per-frame auditory representation of one track."""
     pad = window_samples()
-    padded = F.pad(wave, (pad, 0))                               # one window of silence first
-    objects = dense_objects(model, padded).mean(0)               # C_aud channels averaged
+    padded = F.pad(wave.to(module_device(model)), (pad, 0))     # one window of silence first
+    objects = dense_objects(model, padded).mean(0).float().cpu()  # C_aud channels averaged
     idx = frame_windows(n_frames, fps, objects.shape[-1], pad)
     return objects.T[idx].numpy()
 
@@ -184,6 +185,28 @@ def distillation_loss(model, batch) -> torch.Tensor:
     return kl + va
 
 
+def teacher_agreement_tensors(model: TeacherHead, val: AudioWindows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL from the teacher, CCC with its (valence, arousal)) on the validation crops, all in one
+    batch on the model's device."""
+    from common.losses import ccc
+    device = module_device(model)
+    batch = {k: torch.stack([val[i][k] for i in range(len(val))]).to(device) for k in ("wave", "target")}
+    out, target = _aligned(model(batch["wave"]), batch["target"])
+    n = fer.N_EXPR
+    log_q = F.log_softmax(out[..., :n], -1)
+    p = target[..., :n].clamp_min(1e-8)
+    kl = (p * (p.log() - log_q)).sum(-1).mean()
+    return kl, ccc(torch.tanh(out[..., n:]).reshape(-1, 2), target[..., n:].reshape(-1, 2), dim=0)
+
+
+def teacher_agreement(model: TeacherHead, val: AudioWindows) -> dict:
+    """The validation metrics of the distillation (the lower `loss`, the closer to the teacher)."""
+    kl, va_ccc = teacher_agreement_tensors(model, val)
+    kl, va_ccc = float(kl), va_ccc.float().cpu()
+    return {"kl": kl, "ccc_teacher_valence": float(va_ccc[0]), "ccc_teacher_arousal": float(va_ccc[1]),
+            "loss": kl + 1 - float(va_ccc.mean())}
+
+
 def _load_tracks(params: dict, split: str):
     from common.features.fer import feature_caches
     _, posteriors = feature_caches(params)
@@ -225,16 +248,7 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
         net = TeacherHead(model)
 
         def evaluate(m) -> dict:
-            batch = {k: torch.stack([val[i][k] for i in range(len(val))]) for k in ("wave", "target")}
-            out, batch["target"] = _aligned(m(batch["wave"]), batch["target"])
-            n = fer.N_EXPR
-            log_q = F.log_softmax(out[..., :n], -1)
-            p = batch["target"][..., :n].clamp_min(1e-8)
-            kl = float((p * (p.log() - log_q)).sum(-1).mean())
-            from common.losses import ccc
-            va_ccc = ccc(torch.tanh(out[..., n:]).reshape(-1, 2), batch["target"][..., n:].reshape(-1, 2), dim=0)
-            return {"kl": kl, "ccc_teacher_valence": float(va_ccc[0]), "ccc_teacher_arousal": float(va_ccc[1]),
-                    "loss": kl + 1 - float(va_ccc.mean())}
+            return teacher_agreement(m, val)
 
         cfg = TrainConfig(epochs=int(pp["epochs"]), batch_size=int(pp["batch_size"]), lr=float(pp["lr"]),
                           seed=int(pp["seed"]), monitor="loss", mode="min")
@@ -280,7 +294,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
         raise FileNotFoundError(f"{weights}: no SoundNet yet; run `python -m common.features.soundnet pretrain` first")
     model = SoundNet8(float(params["soundnet"]["width"]))
     load_soundnet_weights(model, weights)
-    model.eval()
+    model.eval().to(inference_device())
     sha = file_sha256(weights)
     cache = feature_cache(params, sha)
     started = time.perf_counter()

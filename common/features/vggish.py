@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from common.backbones import vggish as vg
 from common.data.affwild2 import SPLITS, audio_base, audio_path, read_split
+from common.device import module_device
 from common.features.audio import SAMPLE_RATE, load_mono
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
@@ -151,6 +152,17 @@ class EventTagger(nn.Module):
         return self.head(self.backbone(x))
 
 
+def event_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE over the events; the per-event positive weights follow the logits to
+    their device (they are computed once, on the CPU, from the training labels)."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight.to(logits.device))
+
+
+def training_loss(net: nn.Module, batch, pos_weight: torch.Tensor) -> torch.Tensor:
+    patches, labels = batch
+    return event_loss(net(patches), labels, pos_weight)
+
+
 def _single_person(videos: list) -> list:
     # Which voice is "the subject" of a two-person video depends on the face track you look at,
     # not on the audio, so those tracks would be contradictory audio labels: left out.
@@ -161,8 +173,8 @@ def _single_person(videos: list) -> list:
 def predict_logits(model: nn.Module, data: EventPatches, batch_size: int) -> torch.Tensor:
     """(len(data), 2) event logits of an EventTagger, in eval mode."""
     model.eval()
-    device = next(model.parameters()).device
-    out = [model(data.patches(s, s + batch_size).to(device)).cpu()
+    device = module_device(model)
+    out = [model(data.patches(s, s + batch_size).to(device)).float().cpu()
            for s in range(0, len(data), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, len(EVENTS))
 
@@ -248,16 +260,15 @@ def _pretrain(params: dict, backbone: vg.VGGish, out_dir: Path, progress: bool) 
     # Class-balanced BCE: the second voice talks ~30 % of the time and 8 dB below the subject, so
     # an unweighted loss settles on "never" for it; weighting positives by neg/pos prevents that.
     positives = train.labels.mean(0).clamp(0.02, 0.98)
-    bce = nn.BCEWithLogitsLoss(pos_weight=(1 - positives) / positives)
+    pos_weight = (1 - positives) / positives
     batch = int(params["vggish"]["batch_size"])
 
     def loss_fn(net, b):
-        x, y = b
-        return bce(net(x), y)
+        return training_loss(net, b, pos_weight)
 
     def evaluate(net):
         logits = predict_logits(net, val, batch)
-        loss = float(bce(logits, val.labels))
+        loss = float(event_loss(logits, val.labels, pos_weight))
         s = event_scores(logits, val.labels)
         mean_balanced = float(np.mean([s[e]["balanced_accuracy"] for e in EVENTS]))
         return {"val_loss": loss, "val_balanced_accuracy": mean_balanced,
@@ -303,11 +314,11 @@ def embed(model: vg.VGGish, spectrogram: np.ndarray, times, batch_size: int) -> 
     """(len(times), embed_dim) float32 embeddings of the patches centred on `times`, batch by batch
     (patches are sliced per batch, so a long video never holds all of them at once)."""
     times = np.asarray(times, np.float64)
-    device = next(model.parameters()).device
+    device = module_device(model)
     out = []
     for s in range(0, len(times), batch_size):
         patches = torch.from_numpy(vg.patches_at(spectrogram, times[s:s + batch_size])).to(device)
-        out.append(model(patches).cpu().numpy())
+        out.append(model(patches).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
 from common.data.affwild2 import AffWild2Error
+from common.device import inference_device, module_device
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.hubert import RATE, STRIDE, _split_audio, extract_frames
@@ -44,6 +45,16 @@ def wave_crops(waves, crop: int, hop: int) -> torch.Tensor:
     return torch.stack([torch.from_numpy(c) for c in out])
 
 
+def contrastive_accuracy(net: Wav2Vec2Pretrain, crops: torch.Tensor, batch: int = 16) -> tuple[int, int, float]:
+    """(hits, masked steps, expected hits by chance) summed over the crops, each batch on the network's device."""
+    device = module_device(net)
+    hits = total = expected = 0
+    for i in range(0, len(crops), batch):
+        h, t, e = net.masked_accuracy(crops[i:i + batch].to(device))
+        hits, total, expected = hits + h, total + t, expected + e
+    return hits, total, expected
+
+
 def _train_wav2vec(params: dict, model: Wav2Vec2Pretrain, out_dir: Path, progress: bool) -> dict:
     from common.train import TrainConfig, fit
     p = params[NAME]["pretrain"]
@@ -57,10 +68,7 @@ def _train_wav2vec(params: dict, model: Wav2Vec2Pretrain, out_dir: Path, progres
     def evaluate(net):
         with torch.random.fork_rng():
             torch.manual_seed(0)                          # the same masks and distractors every epoch
-            hits = total = expected = 0
-            for i in range(0, len(vx), 16):
-                h, t, e = net.masked_accuracy(vx[i:i + 16])
-                hits, total, expected = hits + h, total + t, expected + e
+            hits, total, expected = contrastive_accuracy(net, vx)
         chance.append(expected / max(total, 1))
         # Gumbel temperature: 2 -> 0.5 geometrically over the epochs (the paper anneals per update)
         net.quantizer.tau = max(0.5, 2.0 * 0.25 ** (len(chance) / max(epochs - 1, 1)))
@@ -90,8 +98,9 @@ def extract_wav2vec(params: dict, progress: bool = True, threads: int = 1) -> di
     cfg = params[NAME]
     model = Wav2Vec2Pretrain(cfg)
     load_wav2vec_weights(model, model_path(params))
-    model.eval()
-    return extract_frames(params, NAME, VERSION, model, cache_for(params), int(cfg["dim"]), float(cfg["chunk_s"]), threads)
+    model.eval().to(inference_device())
+    return extract_frames(params, NAME, VERSION, model, cache_for(params), int(cfg["dim"]), float(cfg["chunk_s"]),
+                          threads, module_device(model))
 
 
 def main(argv=None) -> int:
