@@ -203,10 +203,16 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore: int
     n_classes = logits.shape[-1]
     valid = _valid_entries(target, mask, ignore, "target")
     out_of_range = valid & ((target < 0) | (target >= n_classes))
-    if out_of_range.any():
-        bad = target[out_of_range][0].item()
-        raise ValueError(f"target holds class {bad}, outside 0..{n_classes - 1} and not the "
-                         f"ignore value {ignore}")
+    if target.device.type == "cpu":
+        if out_of_range.any():
+            bad = target[out_of_range][0].item()
+            raise ValueError(f"target holds class {bad}, outside 0..{n_classes - 1} and not the "
+                             f"ignore value {ignore}")
+    else:
+        # On an accelerator the check must not wait for the device every step (issue 11): it is
+        # queued there, and a bad class stops the run at the next synchronisation.
+        torch._assert_async(~out_of_range.any(), f"target holds a class outside 0..{n_classes - 1} "
+                            f"and not the ignore value {ignore}")
     safe_logits = _zero_invalid(logits, valid.unsqueeze(-1))
     safe_target = _zero_invalid(target, valid).long()
     log_probs = F.log_softmax(safe_logits, dim=-1)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.device import module_device
 from common.losses import (TaskPatience, ccc_loss, jeong_au_distillation, jeong_expr_distillation,
                            jeong_student_loss, jeong_va_distillation, masked_bce_with_logits,
                            masked_cross_entropy)
@@ -91,6 +92,9 @@ def make_student_loss(teacher: JeongNet, gamma: dict, jp: dict):
         out = model(b["img"], b["aud"])
         if stream == "mtl":
             return supervision_loss(out, b, "mtl")                            # Algorithm 2: L_mtl^s
+        # fit() moves the student and the batches; the frozen teacher follows them (issue 11)
+        if module_device(teacher) != b["img"].device:
+            teacher.to(b["img"].device)
         with torch.no_grad():
             soft = teacher(b["img"], b["aud"])
         dist = {"va": jeong_va_distillation(out["va"], soft["va"]),                          # Eq. 8
@@ -105,13 +109,14 @@ def make_student_loss(teacher: JeongNet, gamma: dict, jp: dict):
 def predict(model: JeongNet, corpus: Corpus, rows: np.ndarray, chunk: int = 4096) -> dict:
     was = model.training
     model.eval()
+    device = module_device(model)              # fit() puts the model on the GPU when there is one
     parts = {t: [] for t in TASKS}
     for start in range(0, len(rows), chunk):
         img, aud = inputs(corpus, rows[start:start + chunk])
-        out = model(img, aud)
-        parts["va"].append(out["va"])
-        parts["expr"].append(out["expr"])
-        parts["au"].append(torch.sigmoid(out["au"]))
+        out = model(img.to(device), aud.to(device))
+        parts["va"].append(out["va"].float().cpu())
+        parts["expr"].append(out["expr"].float().cpu())
+        parts["au"].append(torch.sigmoid(out["au"]).float().cpu())
     model.train(was)
     return {t: torch.cat(v).numpy() if v else np.zeros((0,)) for t, v in parts.items()}
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.affwild2 import SPLITS, read_split
+from common.device import module_device
 from common.features import bank
 from common.metrics import ccc
 
@@ -130,10 +131,12 @@ def predict(model, clips, norm: Normalizer, visual, audio, segment: int) -> dict
     """{video: (N, 2) prediction}: each video one sequence, recurrent state through all segments."""
     was_training = model.training
     model.eval()
+    device = module_device(model)              # fit() puts the model on the GPU when there is one
     out = {}
     for clip in clips:
-        x = {g: torch.from_numpy(pad_to_segments(a, segment))[None] for g, a in norm.inputs(clip, visual, audio).items()}
-        out[clip.video] = model(x)[0, :len(clip)].float().numpy()
+        x = {g: torch.from_numpy(pad_to_segments(a, segment))[None].to(device)
+             for g, a in norm.inputs(clip, visual, audio).items()}
+        out[clip.video] = model(x)[0, :len(clip)].float().cpu().numpy()
     model.train(was_training)
     return out
 

@@ -113,6 +113,13 @@ def train_config(z: dict, seed: int) -> TrainConfig:
                        plateau_factor=z["plateau_factor"], min_lr=z["min_lr"])
 
 
+def window_ccc_loss(unbiased):
+    """Sec. 4.4: the CCC loss of a batch of windows, per window along time (the training step)."""
+    def loss_fn(net, batch):
+        return ccc_loss(net(batch["x"]), batch["y"], mask=batch["mask"], per_sequence=True, unbiased=unbiased)
+    return loss_fn
+
+
 def train_fold(params: dict, features: list[Trial], fold: int, emotion: str, modality: str,
                out_dir, window: int | None = None, hop: int | None = None, seed: int | None = None,
                batch_size: int | None = None, frame_encoder=None, progress: bool = False) -> dict:
@@ -139,9 +146,7 @@ def train_fold(params: dict, features: list[Trial], fold: int, emotion: str, mod
     model = build_model(z, modality, frame_encoder)
     data = WindowDataset(train, mods, window, hop, norm, emotion)
 
-    def loss_fn(net, batch):                       # Sec. 4.4: CCC loss, per window along time
-        return ccc_loss(net(batch["x"]), batch["y"], mask=batch["mask"], per_sequence=True,
-                        unbiased=z["loss_unbiased"])
+    loss_fn = window_ccc_loss(z["loss_unbiased"])
 
     def evaluate(net):
         return {"ccc": split_ccc(val, predict(net, val, mods, window, hop, norm), emotion)}
