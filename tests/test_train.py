@@ -26,13 +26,20 @@ def model():
     return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
 
 
+def validation_mse(xv, yv):
+    """evaluate(): the MSE on (xv, yv) sent to the model's device (fit() puts it on the GPU when there is one)."""
+    def evaluate(mm):
+        device = next(mm.parameters()).device
+        return {"mse": float(torch.nn.functional.mse_loss(mm(xv.to(device)), yv.to(device)))}
+    return evaluate
+
+
 def run(out, epochs=6, hooks=(), **kw):
     data, xv, yv = problem()
     m = model()
     cfg = TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, seed=3, monitor="mse", mode="min", **kw)
     loss = lambda net, b: torch.nn.functional.mse_loss(net(b[0]), b[1])  # noqa: E731
-    evaluate = lambda mm: {"mse": float(torch.nn.functional.mse_loss(mm(xv), yv))}  # noqa: E731
-    return m, fit(m, data, loss, evaluate, cfg, out, on_epoch_end=list(hooks), progress=False)
+    return m, fit(m, data, loss, validation_mse(xv, yv), cfg, out, on_epoch_end=list(hooks), progress=False)
 
 
 def weights(m):
@@ -80,7 +87,9 @@ def test_corrupt_checkpoint_is_named(tmp_path):
 
 
 def test_two_gloo_processes_match_one(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "AFFECT_DDP_BACKEND": "gloo"}   # 2 ranks, even on 1 GPU
+    # 2 gloo ranks with the model on the CPU, also on a machine with one GPU (2 nccl ranks cannot share it)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AFFECT_DDP_BACKEND": "gloo", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}   # the helper imports common
     single = tmp_path / "single"
     single.mkdir()
     subprocess.run([sys.executable, str(HERE / "helpers" / "ddp_fit.py"), str(single)], check=True, env=env)
@@ -110,8 +119,7 @@ def test_resume_restores_every_rng_a_step_draws_from(tmp_path):
         data, xv, yv = problem()
         m = model()
         cfg = TrainConfig(epochs=5, batch_size=16, lr=1e-2, seed=3, monitor="mse")
-        evaluate = lambda mm: {"mse": float(torch.nn.functional.mse_loss(mm(xv), yv))}  # noqa: E731
-        fit(m, data, noisy, evaluate, cfg, out, on_epoch_end=list(hooks), progress=False)
+        fit(m, data, noisy, validation_mse(xv, yv), cfg, out, on_epoch_end=list(hooks), progress=False)
         return m
 
     full = train(tmp_path / "full")

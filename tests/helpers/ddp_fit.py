@@ -18,7 +18,9 @@ def main(out_dir: str) -> None:
     model = torch.nn.Linear(8, 1)
     cfg = TrainConfig(epochs=30, batch_size=64, lr=0.05, seed=0, monitor="mse", mode="min")
     loss = lambda net, b: torch.nn.functional.mse_loss(net(b[0]), b[1])  # noqa: E731
-    evaluate = lambda m: {"mse": float(torch.nn.functional.mse_loss(m(xv), yv))}  # noqa: E731
+    # the validation data follow the model to its device (fit() puts it on a GPU when there is one)
+    evaluate = lambda m: {"mse": float(torch.nn.functional.mse_loss(m(xv.to(m.weight.device)),  # noqa: E731
+                                                                    yv.to(m.weight.device)))}
     result = fit(model, TensorDataset(x, y), loss, evaluate, cfg, out_dir, progress=False)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         with open(f"{out_dir}/result.json", "w") as f:
