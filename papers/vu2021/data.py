@@ -16,7 +16,9 @@ An epoch draws `samples_per_epoch` samples per set, redrawn every epoch (seeded)
 sees a balanced sample of the whole set rather than every (near-duplicate) 30 fps frame.
 
 Pixels: Aff-Wild2 frames come from the face-pixel cache (common/features/faces.py, uint8
-(n_frames, 3, S, S), memory-mapped, frames without a face already filled with the nearest face);
+(n_frames, 3, S, S), memory-mapped, frames without a face already filled with the nearest face;
+with faces.format jpeg a lazy array whose frames are decoded when indexed, i.e. in the training
+DataLoader's `vu2021.cnn.num_workers` processes and in as many for evaluation);
 stills are decoded once (common.features.visual.decode_faces) at the same size S.
 Augmentation (Sec. 3.3): random translation (a random `crop` x `crop` window of the face padded
 by `pad` px; the centre window at evaluation) and random horizontal flip.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from common.data.affwild2 import read_split
 from common.data.still_images import read_still_set
@@ -223,12 +225,30 @@ def eval_frames(params: dict, split: str, stride: int, cache=None) -> EvalFrames
                       np.concatenate(expr), np.concatenate(va))
 
 
-def eval_batches(frames: EvalFrames, crop: int, pad: int, batch_size: int, downsample: int = 1):
-    """Centre-window, normalised image batches of the evaluation frames, in order."""
-    for start in range(0, len(frames), batch_size):
-        rows = frames.where[start:start + batch_size]
-        images = torch.stack([torch.from_numpy(np.array(frames.sources[s][r])) for s, r in rows])
-        yield augment_batch(images, crop, pad, downsample)
+class EvalBatches(Dataset):
+    """Item k = the k-th centre-window, normalised image batch of the evaluation frames."""
+
+    def __init__(self, frames: EvalFrames, crop: int, pad: int, batch_size: int, downsample: int = 1):
+        self.frames, self.crop, self.pad, self.batch_size, self.downsample = frames, crop, pad, batch_size, downsample
+
+    def __len__(self) -> int:
+        return -(-len(self.frames) // self.batch_size)
+
+    def __getitem__(self, k):
+        rows = self.frames.where[k * self.batch_size:(k + 1) * self.batch_size]
+        images = torch.stack([torch.from_numpy(np.array(self.frames.sources[s][r])) for s, r in rows])
+        return augment_batch(images, self.crop, self.pad, self.downsample)
+
+
+def eval_batches(frames: EvalFrames, crop: int, pad: int, batch_size: int, downsample: int = 1,
+                 workers: int = 0):
+    """Centre-window, normalised image batches of the evaluation frames, in order; with `workers`
+    > 0 they are decoded (jpeg face cache) and cut in that many DataLoader processes, same batches."""
+    batches = EvalBatches(frames, crop, pad, batch_size, downsample)
+    if workers <= 0:
+        yield from (batches[k] for k in range(len(batches)))
+        return
+    yield from DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available())
 
 
 def augment_batch(images: torch.Tensor, crop: int, pad: int, downsample: int = 1) -> torch.Tensor:

@@ -163,7 +163,7 @@ def predict_frames(model: MultitaskCNN, frames: vd.EvalFrames, cfg: dict, vp: di
     device = next(model.parameters()).device      # fit() puts the model on the GPU when there is one
     logits, va = [], []
     for images in vd.eval_batches(frames, int(cfg["crop"]), int(cfg["pad"]), int(cfg["eval_batch"]),
-                                    int(cfg["downsample"])):
+                                    int(cfg["downsample"]), workers=int(cfg.get("num_workers", 0))):
         e, v = model(images.to(device))
         logits.append(e.float().cpu())
         va.append(va_prediction(v.float(), vp).cpu())
@@ -187,7 +187,8 @@ def _cached(store: dict, key, make):
 def train_config(section: dict, seed: int) -> TrainConfig:
     return TrainConfig(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
                        lr=float(section["lr"]), betas=tuple(section["betas"]), seed=seed,
-                       monitor="score", mode="max", early_stop=int(section["early_stop"]))
+                       monitor="score", mode="max", early_stop=int(section["early_stop"]),
+                       num_workers=int(section.get("num_workers", 0)))   # CNN: faces decoded in the workers
 
 
 def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path | None = None,
