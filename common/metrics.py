@@ -86,6 +86,25 @@ def _class_indices(name: str, x, num_classes: int) -> np.ndarray:
     return x
 
 
+def _argmax_scores(name: str, scores: np.ndarray, scored) -> np.ndarray:
+    """Class indices from (..., C) scores; NaN or +inf in a scored row is refused.
+
+    ``np.argmax`` returns the first NaN's position (a row of NaN logits would count as class 0,
+    one NaN would beat a logit of 5) and the first +inf's, so such a row has no winning class.
+    -inf stays allowed: it is the log-probability of an impossible class. ``scored`` (bool,
+    the leading shape of ``scores``) selects the rows that count; the others may hold anything.
+    """
+    with np.errstate(invalid="ignore"):
+        bad = (np.isnan(scores) | (scores == np.inf)).any(axis=-1) & scored
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f"frame {where[0]}" if len(where) == 1 else f"batch {where[0]}, frame {where[1]}"
+        raise ValueError(f"{name} holds NaN or +inf class scores at {at} ({int(bad.sum())} scored "
+                         f"frame(s) in all); every scored frame needs finite scores: check the "
+                         f"model output for a diverged loss or overflow, or mask those frames out")
+    return np.argmax(scores, axis=-1)
+
+
 def _check_zero_division(zero_division) -> float:
     if zero_division not in (0, 1):
         raise ValueError(f"zero_division must be 0 or 1, got {zero_division!r}")
@@ -225,7 +244,6 @@ def _prepare_expr(expr_true, expr_pred, mask, num_classes, labels):
         if p.shape != (len(t), num_classes):
             raise ValueError(f"expr_pred has shape {p.shape}, expected (N,) class indices or "
                              f"(N, num_classes) = ({len(t)}, {num_classes}) scores")
-        p = np.argmax(p, axis=1)
     elif p.shape != t.shape:
         raise ValueError(f"expr_pred has shape {p.shape} but expr_true has shape {t.shape}")
     labels = list(range(num_classes)) if labels is None else [int(c) for c in labels]
@@ -234,6 +252,8 @@ def _prepare_expr(expr_true, expr_pred, mask, num_classes, labels):
     valid = _valid_mask("EXPR", mask, t.shape, t == EXPR_INVALID)
     if not valid.any():
         raise _no_valid_frames("EXPR", len(t), EXPR_INVALID)
+    if p.ndim == 2:
+        p = _argmax_scores("expr_pred", p, valid)   # frames left out may hold NaN scores
     # Confusion cell index of every valid frame: truth * C + prediction.
     cell = (_class_indices("expr_true", t[valid], num_classes) * num_classes
             + _class_indices("expr_pred", p[valid], num_classes))
@@ -496,7 +516,7 @@ def jeong_batch_scores(task: str, truth: np.ndarray, pred: np.ndarray, threshold
     if task == "expr":
         p = np.asarray(pred)
         if p.ndim == 3:
-            p = np.argmax(p, axis=-1)
+            p = _argmax_scores("expr_pred", p, np.ones(p.shape[:-1], bool))
         t = _class_indices("expr_true", truth, num_classes)
         p = _class_indices("expr_pred", p, num_classes)
         n_batches = len(t)

@@ -254,6 +254,35 @@ def test_expr_errors():
         expr_metrics(np.zeros(20, int), np.zeros(20, int), zero_division=0.5)
 
 
+def test_expr_refuses_nan_or_inf_logits_at_scored_frames():
+    t = np.array([0, 1, 2, 1, -1])
+    logits = np.eye(8)[[0, 1, 2, 1, 3]] * 5.0
+    assert expr_metrics(t, logits)["accuracy"] == 1.0
+    nan_row = logits.copy()
+    nan_row[3] = np.nan                 # argmax would call this row class 0
+    with pytest.raises(ValueError, match=r"expr_pred holds NaN or \+inf class scores at frame 3.*"
+                                         r"mask those frames out"):
+        expr_metrics(t, nan_row)
+    one_nan = logits.copy()
+    one_nan[1, 6] = np.nan              # argmax would pick class 6 over the logit of 5
+    with pytest.raises(ValueError, match="frame 1"):
+        expr_metrics(t, one_nan)
+    inf = logits.copy()
+    inf[2, [0, 2]] = np.inf
+    with pytest.raises(ValueError, match="frame 2"):
+        expr_metrics(t, inf)
+    with pytest.raises(ValueError, match="frame 3"):
+        bootstrap_ci(expr_metrics, t, nan_row, groups=np.arange(5), key="f1_macro", n_boot=5)
+    with pytest.raises(ValueError, match="batch 0, frame 1"):
+        jeong_batch_scores("expr", t[None, :4], one_nan[None, :4])
+    # Frames that are not scored may hold anything; -inf (log-probability 0) is a valid score.
+    ignored = logits.copy()
+    ignored[4] = np.nan                 # truth -1: unannotated
+    ignored[0, 5] = -np.inf
+    assert expr_metrics(t, ignored)["accuracy"] == 1.0
+    assert expr_metrics(t, nan_row, mask=np.arange(5) != 3)["accuracy"] == 1.0
+
+
 # --------------------------------------------------------------------------- AU
 
 @pytest.mark.parametrize("zero_division", [0, 1])
