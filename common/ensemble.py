@@ -47,9 +47,17 @@ FUSIONS = ("weighted", "mean")
 
 
 def _stack(predictions: Sequence) -> np.ndarray:
-    x = np.stack([np.asarray(p, dtype=np.float64).ravel() for p in predictions])
-    if x.shape[0] == 0:
-        raise ValueError("no predictions to merge")
+    rows = [np.asarray(p, dtype=np.float64).ravel() for p in predictions]
+    if not rows:
+        raise ValueError("predictions is empty: no predictions to merge; pass one trace per model "
+                         "(a list of arrays of the same frames)")
+    lengths = [len(r) for r in rows]
+    if len(set(lengths)) > 1:
+        detail = ", ".join(f"predictions[{i}] has {n}" for i, n in enumerate(lengths))
+        raise ValueError(f"predictions differ in length ({detail} frames); every model's trace "
+                         f"must cover the same frames in the same order: predict each model on "
+                         f"the same split, or cut them to the common frames")
+    x = np.stack(rows)
     if not np.isfinite(x).all():
         raise ValueError("predictions contain NaN or inf")
     return x

@@ -77,3 +77,13 @@ def test_early_and_late_clipping():
                                atol=1e-6)
     with pytest.raises(ValueError, match="clip"):
         merge_predictions([p, q], clip="sometimes")
+
+
+def test_empty_or_ragged_predictions_get_a_message_naming_them():
+    for merge in (ccc_centering, merge_predictions):
+        with pytest.raises(ValueError, match="predictions is empty: no predictions to merge"):
+            merge([])
+        with pytest.raises(ValueError, match=r"predictions differ in length \(predictions\[0\] has "
+                                             r"400, predictions\[1\] has 400, predictions\[2\] "
+                                             r"has 399 frames\).*same frames"):
+            merge([trace(), trace(seed=1), trace()[:-1]])
