@@ -292,10 +292,13 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
             order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed * 1000 + epoch) \
                 if world > 1 else None
+            # Under DDP a rank's last batch can hold one sample where the single process had
+            # `world` of them: BatchNorm cannot train on one, so every rank drops it alike.
+            lone_tail = sampler is not None and len(sampler) % per_process_batch == 1
             loader = DataLoader(train_set, per_process_batch, shuffle=sampler is None, sampler=sampler,
                                 generator=order if sampler is None else None, collate_fn=collate_fn,
                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda" and cfg.num_workers > 0,
-                                drop_last=False)
+                                drop_last=lone_tail)
             net.train()
             # Summed on the device and read once per epoch: float(loss) each step would make the
             # host wait for the GPU to finish every step before it can queue the next one.

@@ -48,3 +48,19 @@ def test_resampling_and_mixdown(tmp_path):
     sf.write(tmp_path / "a.wav", stereo, 22050)
     mono = audio_features.load_mono(tmp_path / "a.wav")
     assert len(mono) == 16000 and abs(np.abs(mono).max() - 0.5) < 0.02
+
+
+def test_fbank_needs_no_opensmile(monkeypatch):
+    """A GPU machine without openSMILE still builds the registry and computes fbank (Liu, ECAPA);
+    only the openSMILE features ask for it, and only when they run."""
+    import sys
+
+    import numpy as np
+
+    from common.features.audio import registry
+    monkeypatch.setitem(sys.modules, "opensmile", None)          # `import opensmile` now fails
+    extractors = registry()
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    assert extractors["fbank"].compute(wave).shape[1] == 80
+    with pytest.raises(ImportError):
+        extractors["egemaps"].compute(wave)

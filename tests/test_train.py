@@ -179,3 +179,29 @@ def test_compile_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.warns(UserWarning, match="training eagerly"):
         assert compiled(net, True) is net
+
+
+def test_network_stage_under_torchrun_pretrains_data_parallel_and_extracts_once(tiny_params, tmp_path):
+    """`torchrun --nproc_per_node 2 -m common.features.ecapatdnn pretrain extract`: both ranks
+    pre-train through DDP (gloo here, nccl on GPUs), rank 0 alone extracts and prints."""
+    import yaml
+
+    from common.data.affwild2 import SPLITS, read_split
+    params = json.loads(json.dumps(tiny_params))
+    params["features"]["root"] = str(tmp_path / "features")
+    params["ecapatdnn"]["model_dir"] = str(tmp_path / "models")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({**params, "profiles": {}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AFFECT_DDP_BACKEND": "gloo", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(HERE.parent)}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29534", "-m", "common.features.ecapatdnn", "pretrain", "extract",
+                          "--params", str(params_file)], env=env, capture_output=True, text=True, cwd=HERE.parent)
+    assert out.returncode == 0, out.stderr[-600:] + out.stdout[-1500:]
+    assert out.stdout.count('"extract"') == 1 and out.stdout.count('"pretrain"') == 1   # rank 0 speaks
+    summary = json.loads((tmp_path / "features" / "ecapatdnn.json").read_text())
+    videos = [v for s in SPLITS for v in read_split(params["data"]["root"], s)]
+    assert summary["audio_files"] == len(videos) - 1 and summary["windows"] > 0      # one shared wav
+    assert all((Path(summary["folder"]) / f"{v.video}.npy").is_file() for v in videos)
+    assert (tmp_path / "models" / "ecapatdnn.pt").is_file()
+    assert json.loads((tmp_path / "models" / "ecapatdnn.json").read_text())["source"].startswith("pre-trained")

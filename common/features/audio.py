@@ -42,15 +42,21 @@ def load_mono(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
     return audio
 
 
-def _opensmile(feature_set) -> Callable:
+def _opensmile(feature_set: str) -> Callable:
+    """`feature_set`: a config file path, or the name of an opensmile.FeatureSet member. openSMILE
+    is imported only when a wave is processed, so fbank works where openSMILE is not installed
+    (a GPU machine without the registry)."""
     smile = None
 
     def compute(wave: np.ndarray) -> np.ndarray:
         nonlocal smile
         if smile is None:          # built lazily: constructing it parses the config
             import opensmile
-            level = opensmile.FeatureLevel.LowLevelDescriptors if not isinstance(feature_set, str) else "lld"
-            smile = opensmile.Smile(feature_set=feature_set, feature_level=level)
+            if hasattr(opensmile.FeatureSet, feature_set):
+                chosen, level = getattr(opensmile.FeatureSet, feature_set), opensmile.FeatureLevel.LowLevelDescriptors
+            else:
+                chosen, level = feature_set, "lld"
+            smile = opensmile.Smile(feature_set=chosen, feature_level=level)
         return smile.process_signal(wave, SAMPLE_RATE).to_numpy(np.float32)
     return compute
 
@@ -64,11 +70,10 @@ def _fbank(wave: np.ndarray) -> np.ndarray:
 
 
 def registry() -> dict[str, AudioExtractor]:
-    import opensmile
     return {
         "mfcc": AudioExtractor("mfcc", "1", 39, 100.0, _opensmile(str(OPENSMILE_DIR / "mfcc_e_d_a.conf"))),
-        "egemaps": AudioExtractor("egemaps", "1", 25, 100.0, _opensmile(opensmile.FeatureSet.eGeMAPSv02)),
+        "egemaps": AudioExtractor("egemaps", "1", 25, 100.0, _opensmile("eGeMAPSv02")),
         # Version 2: float32 cache; spectral variance and some energies pass float16's range.
-        "compare": AudioExtractor("compare", "2", 65, 100.0, _opensmile(opensmile.FeatureSet.ComParE_2016), "float32"),
+        "compare": AudioExtractor("compare", "2", 65, 100.0, _opensmile("ComParE_2016"), "float32"),
         "fbank": AudioExtractor("fbank", "1", 80, 100.0, _fbank),
     }

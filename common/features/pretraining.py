@@ -72,6 +72,7 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     import sys
 
     from common.params import ParamsError, load_params
+    from common.train import distributed
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"))
     ap.add_argument("--params", default="params.yaml")
@@ -80,6 +81,10 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
                     help="torch CPU threads (0 = torch's default); narrow networks gain nothing from a second one")
     args = ap.parse_args(argv)
     before = torch.get_num_threads()
+    # Under torchrun (one process per GPU) the pre-training is data-parallel: common.train.fit
+    # wraps the network in DistributedDataParallel (nccl), every rank ends with the same weights.
+    # Extraction is inference over every track, so rank 0 does it alone once all ranks are done.
+    rank, world = distributed()
     try:
         params = load_params(args.params, args.profile)
         if args.threads:
@@ -89,13 +94,20 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
                 pretrain(params)
                 result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
             else:
+                if world > 1:
+                    torch.distributed.barrier()
+                    if rank != 0:
+                        break
                 result = extract(params)
-            print(json.dumps({step: result}, indent=2, default=str), flush=True)
+            if rank == 0:
+                print(json.dumps({step: result}, indent=2, default=str), flush=True)
     except (ParamsError, ValueError, FileNotFoundError, *errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         torch.set_num_threads(before)
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
