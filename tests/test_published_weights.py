@@ -22,7 +22,7 @@ from common.backbones import densenet, iresnet, irnet, mobilenet, resnet_dag, vg
 from common.backbones import hubert as hub
 from common.backbones import wav2vec as w2v
 from common.features import pretraining
-from common.weights import state_dict_problems
+from common.weights import detect_layout, state_dict_problems
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -426,3 +426,138 @@ def test_fairseq_hubert_checkpoint_loads_through_torchaudios_key_map(tmp_path):
         torch.testing.assert_close(hub.last_layer(ours, x), reference.extract_features(x)[0][-1], atol=1e-5, rtol=1e-5)
     with pytest.raises(hub.HubertWeightsError, match=r"hubert_base_ls960\.pt.*hubert\.conv / dim.*hubert_fairseq_base_ls960\.pth"):
         hub.load_hubert_weights(hub.build_hubert({**cfg, "dim": 64}), tmp_path / "hubert_base_ls960.pt")
+
+
+# --------------------------------------------------------------------------- ECAPA-TDNN: speechbrain's embedding_model.ckpt
+
+def speechbrain_ecapa_keys(n_mels=80, channels=1024, mfa=3072, embed=192, scale=8, se=128, attention=128) -> dict:
+    """speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN(input_size=n_mels, channels=[C, C, C, C, mfa],
+    kernel_sizes=[5, 3, 3, 3, 1], dilations=[1, 2, 3, 4, 1], attention_channels, res2net_scale, se_channels,
+    lin_neurons=embed): a TDNNBlock is conv.conv (speechbrain's Conv1d around torch's) + norm.norm (its
+    BatchNorm1d around torch's); blocks.0 the k=5 TDNNBlock, blocks.1-3 SERes2NetBlocks (tdnn1,
+    res2net_block.blocks.0..scale-2, tdnn2, se_block.conv1/conv2 .conv; no shortcut: in = out channels),
+    mfa a TDNNBlock, asp.tdnn a TDNNBlock + asp.conv.conv, asp_bn.norm, fc.conv a 1x1 Conv1d."""
+    def conv(name, c_out, c_in, k):
+        return {f"{name}.weight": (c_out, c_in, k), f"{name}.bias": (c_out,)}
+
+    def bn(name, c):
+        return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+
+    def tdnn(name, c_in, c_out, k):
+        return {**conv(f"{name}.conv.conv", c_out, c_in, k), **bn(f"{name}.norm.norm", c_out)}
+    keys = tdnn("blocks.0", n_mels, channels, 5)
+    for b in (1, 2, 3):
+        p = f"blocks.{b}"
+        keys |= tdnn(f"{p}.tdnn1", channels, channels, 1)
+        for j in range(scale - 1):
+            keys |= tdnn(f"{p}.res2net_block.blocks.{j}", channels // scale, channels // scale, 3)
+        keys |= tdnn(f"{p}.tdnn2", channels, channels, 1)
+        keys |= conv(f"{p}.se_block.conv1.conv", se, channels, 1) | conv(f"{p}.se_block.conv2.conv", channels, se, 1)
+    keys |= tdnn("mfa", 3 * channels, mfa, 1) | tdnn("asp.tdnn", 3 * mfa, attention, 1)
+    keys |= conv("asp.conv.conv", mfa, attention, 1) | bn("asp_bn.norm", 2 * mfa) | conv("fc.conv", embed, 2 * mfa, 1)
+    return keys
+
+
+def speechbrain_ecapa_forward(sd: dict, fbank: torch.Tensor, scale: int) -> torch.Tensor:
+    """ECAPA_TDNN.forward of speechbrain on its names (eval mode, no lengths): "same" convolutions padded
+    by reflection, each TDNNBlock conv -> ReLU -> BN, Res2Net chunks (the first passed on, then each
+    block on its chunk plus the previous output), SE on the time mean, residual; mfa on blocks 1-3
+    concatenated; attentive statistics with global context (sqrt of the variance clamped at 1e-12),
+    asp_bn, fc. (B, T, n_mels) -> (B, lin_neurons)."""
+    def conv(name, x, dilation=1):
+        w = sd[f"{name}.weight"]
+        pad = dilation * (w.shape[2] - 1) // 2
+        return F.conv1d(F.pad(x, (pad, pad), mode="reflect") if pad else x, w, sd[f"{name}.bias"], dilation=dilation)
+
+    def bn(name, x):
+        return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"], eps=1e-5)
+
+    def tdnn(name, x, dilation=1):
+        return bn(f"{name}.norm.norm", F.relu(conv(f"{name}.conv.conv", x, dilation)))
+
+    def stats(x, m):
+        mean = (m * x).sum(2)
+        return mean, torch.sqrt((m * (x - mean.unsqueeze(2)).pow(2)).sum(2).clamp(1e-12))
+    x, outs = tdnn("blocks.0", fbank.transpose(1, 2)), []
+    for b, dilation in ((1, 2), (2, 3), (3, 4)):
+        p, residual = f"blocks.{b}", x
+        ys = []
+        for i, chunk in enumerate(torch.chunk(tdnn(f"{p}.tdnn1", x), scale, 1)):
+            ys.append(chunk if i == 0 else tdnn(f"{p}.res2net_block.blocks.{i - 1}", chunk if i == 1 else chunk + ys[-1], dilation))
+        h = tdnn(f"{p}.tdnn2", torch.cat(ys, 1))
+        s = torch.sigmoid(conv(f"{p}.se_block.conv2.conv", F.relu(conv(f"{p}.se_block.conv1.conv", h.mean(2, keepdim=True)))))
+        x = s * h + residual
+        outs.append(x)
+    x = tdnn("mfa", torch.cat(outs, 1))
+    t = x.shape[2]
+    mean, std = stats(x, torch.ones_like(x[:, :1]) / t)
+    attn = torch.cat([x, mean.unsqueeze(2).repeat(1, 1, t), std.unsqueeze(2).repeat(1, 1, t)], 1)
+    attn = F.softmax(conv("asp.conv.conv", torch.tanh(tdnn("asp.tdnn", attn))), dim=2)
+    pooled = bn("asp_bn.norm", torch.cat(stats(x, attn), 1).unsqueeze(2))
+    return conv("fc.conv", pooled)[:, :, 0]
+
+
+SPEECHBRAIN_VOXCELEB = {"n_mels": 80, "channels": 1024, "mfa": 3072, "embed_dim": 192, "scale": 8, "variant": "speechbrain"}
+
+
+def test_speechbrain_ecapa_layout_fits_the_published_voxceleb_model():
+    from common.backbones import ecapa_tdnn
+    published = {k: torch.empty(s, device="meta") for k, s in speechbrain_ecapa_keys().items()}
+    n_params = sum(t.numel() for k, t in published.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert round(n_params / 1e6, 1) == 20.8                                  # the published model's size
+    ours = on_meta_shapes(lambda: ecapa_tdnn.build_ecapa(SPEECHBRAIN_VOXCELEB))
+    converted = ecapa_tdnn.SPEECHBRAIN.convert(published)
+    assert state_dict_problems(ours, converted) == "" and len(converted) == len(published)
+    assert detect_layout(published, (ecapa_tdnn.SPEECHBRAIN,)) is ecapa_tdnn.SPEECHBRAIN
+    # the paper variant (what the paper profile trains here) is not speechbrain's network: the file says so
+    paper = on_meta_shapes(lambda: ecapa_tdnn.build_ecapa({**SPEECHBRAIN_VOXCELEB, "variant": "paper"}))
+    assert "embed_bn.weight" in state_dict_problems(paper, converted)
+
+
+def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
+    from common.backbones import ecapa_tdnn
+    small = {"n_mels": 20, "channels": 32, "mfa": 48, "embed_dim": 12, "scale": 8, "variant": "speechbrain"}
+    g = torch.Generator().manual_seed(5)
+    sd = {}
+    for k, s in speechbrain_ecapa_keys(20, 32, 48, 12, 8, se=16, attention=24).items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(7)
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand(s, generator=g) + 0.5
+        elif k.endswith("norm.weight"):
+            sd[k] = torch.rand(s, generator=g) * 0.5 + 0.75
+        else:
+            sd[k] = torch.randn(s, generator=g) * (0.4 / s[1] ** 0.5 if len(s) > 1 else 0.1)
+    path = save(sd, tmp_path / "embedding_model.ckpt")
+    model = ecapa_tdnn.EcapaTDNN(20, 32, 48, 12, 8, se_bottleneck=16, attention_bottleneck=24, variant="speechbrain").eval()
+    ecapa_tdnn.load_ecapa_weights(model, path)
+    assert model.weights_source == "speechbrain ECAPA_TDNN"
+    fbank = torch.randn(3, 57, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(model(fbank), speechbrain_ecapa_forward(sd, fbank, 8), atol=1e-5, rtol=1e-5)
+
+    # the same file into the paper variant, or a narrower network: stops, names file, key, mismatches, the file that fits
+    for cfg in ({**small, "variant": "paper"}, {**small, "channels": 16}):
+        wrong = ecapa_tdnn.build_ecapa(cfg)
+        before = {k: v.clone() for k, v in wrong.state_dict().items()}
+        with pytest.raises(ecapa_tdnn.EcapaWeightsError) as err:
+            ecapa_tdnn.load_ecapa_weights(wrong, path)
+        text = str(err.value)
+        assert "embedding_model.ckpt" in text and "ecapatdnn.variant / channels" in text
+        assert re.search(r"(missing key|unexpected key|shape mismatch \(file vs model\)) \S+ \(.*\), \S+ \(.*\), \S+ \(", text)
+        assert "spkrec-ecapa-voxceleb" in text and "variant: speechbrain" in text
+        assert all(torch.equal(before[k], v) for k, v in wrong.state_dict().items())     # nothing half-loaded
+
+
+def test_speechbrain_ecapa_file_is_reported_as_published_weights(tmp_path):
+    from common.backbones import ecapa_tdnn
+    from common.features import ecapatdnn
+    cfg = {"n_mels": 80, "channels": 16, "mfa": 32, "embed_dim": 8, "scale": 8, "variant": "speechbrain"}
+    shapes = speechbrain_ecapa_keys(80, 16, 32, 8, 8, se=8, attention=16)
+    path = save({k: torch.zeros(s) if s else torch.tensor(0) for k, s in shapes.items()}, tmp_path / "embedding_model.ckpt")
+    params = {"ecapatdnn": {**cfg, "weights": path, "model_dir": str(tmp_path / "model"), "pretrain": {"seed": 0}}}
+    ecapatdnn.pretrain_ecapa(params, progress=False)
+    summary = json.loads((tmp_path / "model" / "ecapatdnn.json").read_text())
+    assert summary["source"] == "published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt)"
+    ecapa_tdnn.load_ecapa_weights(ecapa_tdnn.build_ecapa(cfg), ecapatdnn.model_path(params))   # the pipeline's copy reloads

@@ -114,7 +114,8 @@ FEATURES = {f.name: f for f in [
             "hubert.weights); last layer (common/features/hubert.py)", "50 Hz", _network("hubert"), "hubert"),
     Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification (published VoxCeleb model)",
             "ECAPA-TDNN in pure torch (common/backbones/ecapa_tdnn.py), narrow, pre-trained in the pipeline on "
-            "speaker identity of the training subjects (or weights from ecapatdnn.weights); 2 s windows every 0.5 s",
+            "speaker identity of the training subjects (or weights from ecapatdnn.weights: speechbrain's published "
+            "spkrec-ecapa-voxceleb file with ecapatdnn.variant speechbrain); 2 s windows every 0.5 s",
             "2 Hz (default profile)", _network("ecapatdnn"), "ecapatdnn"),
 ]}
 VISUAL = tuple(n for n, f in FEATURES.items() if f.modality == "visual")

@@ -6,7 +6,13 @@
 pretrain: Liu et al. use a published speaker-verification ECAPA-TDNN (VoxCeleb). Those weights
   cannot be downloaded here, so
   * if `ecapatdnn.weights` names a local state-dict file it is loaded (weights_only) and checked
-    against the configured architecture (common/backbones/ecapa_tdnn.py);
+    against the configured architecture (common/backbones/ecapa_tdnn.py): this suite's own names,
+    or speechbrain's published `embedding_model.ckpt` (spkrec-ecapa-voxceleb) as it is, with
+    `variant: speechbrain`, channels 1024, mfa 3072, embed_dim 192, scale 8. The report then says
+    "published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt)". Its inputs here are the
+    Kaldi-style `fbank` (natural-log Mel energies, per-window mean removed); speechbrain's model saw
+    its own Fbank (10·log10 Mel power, sentence mean removed), so the embeddings are the published
+    network's on slightly different inputs;
   * otherwise the network is pre-trained in the pipeline on speaker identity: the subjects of
     the single-person training videos are the speakers (two-person videos are left out: their
     audio holds two voices), `window_s` crops every `pretrain.hop_s`, one crop in ten held out
