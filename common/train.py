@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import hashlib
 import io
 import json
 import math
@@ -222,21 +223,82 @@ def set_rng_states(states: dict) -> None:
         random.setstate(states["python"])
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "best_weights", "rng", "state", "sha256")
+
+
+def payload_sha256(payload: dict) -> str:
+    """sha256 over every tensor's bytes and every other value of a checkpoint, in key order: a
+    flipped byte inside a weight (which torch.load reads without complaint) changes it."""
+    digest = hashlib.sha256()
+
+    def feed(value):
+        if torch.is_tensor(value):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            for k in sorted(value, key=str):
+                digest.update(str(k).encode())
+                feed(value[k])
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                feed(v)
+        else:
+            digest.update(repr(value).encode())
+    feed({k: v for k, v in payload.items() if k != "sha256"})
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, best_weights) -> None:
-    atomic_torch_save({
+    payload = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "best_weights": best_weights, "rng": rng_states(),
         "state": json.dumps(asdict(state)),
-    }, path)
+    }
+    payload["sha256"] = payload_sha256(payload)
+    atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, whole and unchanged since it was written, or a CheckpointError
+    that names the file, what is wrong, and the fix."""
+    fix = "delete it to train from scratch"
     try:
-        return load_weights_file(path)
+        ckpt = load_weights_file(path)
     except UnreadableWeights as e:
-        raise CheckpointError(f"{path}: cannot be read ({e}). It is corrupt or "
-                              "from another version; delete it to train from scratch.") from None
+        raise CheckpointError(f"{path}: cannot be read ({e}). It is corrupt or from another version; {fix}.") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: is not a checkpoint of this training loop (missing {', '.join(missing)}); "
+                              f"it was written by another version or another program: {fix}.")
+    if payload_sha256(ckpt) != ckpt["sha256"]:
+        raise CheckpointError(f"{path}: its contents do not match the checksum written with it (the file was "
+                              f"damaged after it was saved); {fix}.")
+    return ckpt
+
+
+def restore(ckpt_path: Path, model, optimizer, scheduler) -> tuple:
+    """Load a checkpoint into model / optimizer / scheduler and the RNGs; (state, best weights).
+    A checkpoint of another network is refused before anything is copied."""
+    ckpt = load_checkpoint(ckpt_path)
+    own, saved = model.state_dict(), ckpt["model"]
+    problems = ([f"missing {k}" for k in own if k not in saved] + [f"unexpected {k}" for k in saved if k not in own]
+                + [f"{k}: {tuple(saved[k].shape)} here {tuple(own[k].shape)}" for k in own
+                   if k in saved and saved[k].shape != own[k].shape])
+    fix = "delete it, or give this run its own output folder"
+    if problems:
+        raise CheckpointError(f"{ckpt_path}: holds another network than this run's ({'; '.join(problems[:3])}); {fix}.")
+    try:
+        model.load_state_dict(saved)
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{ckpt_path}: does not fit this run's optimiser ({str(e).splitlines()[0][:300]}); "
+                              f"{fix}.") from None
+    if scheduler is not None and ckpt["scheduler"]:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_states(ckpt["rng"])
+    return TrainState(**json.loads(ckpt["state"])), ckpt["best_weights"]
 
 
 def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate: Callable,
@@ -276,14 +338,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
         state, best_weights = TrainState(), copy.deepcopy(model.state_dict())
         ckpt_path = out_dir / "checkpoint.pt"
         if ckpt_path.exists():                           # resume after a kill
-            ckpt = load_checkpoint(ckpt_path)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt["scheduler"]:
-                scheduler.load_state_dict(ckpt["scheduler"])
-            best_weights = ckpt["best_weights"]
-            set_rng_states(ckpt["rng"] if "rng" in ckpt else {"torch": ckpt["torch_rng"]})
-            state = TrainState(**json.loads(ckpt["state"]))
+            state, best_weights = restore(ckpt_path, model, optimizer, scheduler)
 
         per_process_batch = max(1, cfg.batch_size // world)
         while state.epoch < cfg.epochs and not state.stop:

@@ -205,3 +205,42 @@ def test_network_stage_under_torchrun_pretrains_data_parallel_and_extracts_once(
     assert all((Path(summary["folder"]) / f"{v.video}.npy").is_file() for v in videos)
     assert (tmp_path / "models" / "ecapatdnn.pt").is_file()
     assert json.loads((tmp_path / "models" / "ecapatdnn.json").read_text())["source"].startswith("pre-trained")
+
+
+def kill_at_epoch_2(state, **_):
+    if state.epoch == 2:
+        raise KeyboardInterrupt          # after epoch 1's checkpoint, before epoch 2's
+
+
+def test_a_damaged_checkpoint_is_refused_not_resumed(tmp_path):
+    """16 zeroed bytes inside one weight tensor load without complaint from torch.load: the
+    checksum written with the checkpoint catches them (issue 13)."""
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, hooks=[kill_at_epoch_2])
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["0.weight"].view(-1)[:4] = 0.0             # 16 bytes of float32
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: its contents do not match the checksum.*delete it"):
+        run(tmp_path)
+
+
+def test_a_checkpoint_of_another_network_names_the_file_and_the_keys(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, hooks=[kill_at_epoch_2])
+    data, xv, yv = problem()
+    other = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    before = [p.clone() for p in other.parameters()]
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, seed=3, monitor="mse")
+    loss = lambda net, b: torch.nn.functional.mse_loss(net(b[0]), b[1])  # noqa: E731
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: holds another network than this run's "
+                                              r"\(missing 2.weight; missing 2.bias; unexpected 3.weight\)"):
+        fit(other, data, loss, validation_mse(xv, yv), cfg, tmp_path, progress=False)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(before, other.parameters()))   # nothing copied
+
+
+def test_a_checkpoint_missing_a_key_is_named(tmp_path):
+    torch.save({"model": {}, "state": "{}"}, tmp_path / "checkpoint.pt")       # e.g. another program's file
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: is not a checkpoint of this training loop "
+                                              r"\(missing optimizer, scheduler, best_weights, rng, sha256\)"):
+        run(tmp_path)
