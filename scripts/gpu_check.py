@@ -268,6 +268,8 @@ def top_kernels(net: nn.Module, spec: Network, device, n: int = 5) -> list:
     """The n ops with the most device time in two `fit` steps (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile
     net = net.to(device)
+    if device.type == "cuda" and has_conv2d(net):
+        net = net.to(memory_format=torch.channels_last)       # as fit() runs it
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, TrainConfig(lr=1e-4), device)
     batch = spec.batch(spec.batch_size, device)
@@ -288,28 +290,41 @@ def built(spec: Network, device) -> nn.Module:
         return spec.build()
 
 
-def bench_network(spec: Network, device, steps: int, warmup: int, variants, deadline: float) -> dict:
-    row = {"network": spec.name, "paper": spec.paper, "batch": spec.batch_size, "unit": spec.unit}
+def describe(row: dict, what: str) -> str:
+    """One measurement of `row` as a few words for the log."""
+    value = {"extract": row.get("extract_per_s"), "flops": row.get("flops_per_step"),
+             "profile": (row.get("top_ops") or [{}])[0].get("op")}.get(what, row.get(what))
+    if isinstance(value, dict) and "samples_per_s" in value:
+        return f"{what} {value['samples_per_s']:.0f}/s"
+    if isinstance(value, float):
+        return f"{what} {value:.3g}"
+    return f"{what} {value if value is not None else row.get(what + '_error', '-')}"[:100]
+
+
+def error_text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def measure(row: dict, spec: Network, device, what: str, steps: int, warmup: int) -> None:
+    """One measurement into `row`: a training variant, `extract`, `flops` or `profile`. A failure
+    is recorded (it is a finding), never raised."""
     try:
-        net = built(spec, device)
-        row["parameters_M"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 2)
-        row["flops_per_step"] = count_flops(net, spec, device)
-        for variant in variants:
-            if time.perf_counter() > deadline:
-                row[variant] = {"skipped": "budget"}
-                continue
-            try:
-                row[variant] = time_training(built(spec, device), spec, device, variant, steps, warmup)
-            except Exception as e:                       # a variant that fails is a finding
-                row[variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-        row["extract_per_s"] = time_extraction(built(spec, device), spec, device, steps)
-        row["top_ops"] = top_kernels(built(spec, device), spec, device)
+        if what == "extract":
+            row["extract_per_s"] = time_extraction(built(spec, device), spec, device, steps)
+        elif what == "flops":
+            row["flops_per_step"] = count_flops(built(spec, device), spec, device)
+        elif what == "profile":
+            row["top_ops"] = top_kernels(built(spec, device), spec, device)
+        else:
+            row[what] = time_training(built(spec, device), spec, device, what, steps, warmup)
     except Exception as e:
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        if what in ("extract", "flops", "profile"):
+            row[f"{what}_error"] = error_text(e)
+        else:
+            row[what] = {"error": error_text(e)}
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return shares(row, variants)
 
 
 def shares(row: dict, variants) -> dict:
@@ -464,7 +479,7 @@ def print_table(result: dict) -> None:
         share = r.get("fit_share_of_fastest")
         tf = r.get("fit_tflops")
         peak = result.get("bf16_peak_tflops")
-        extract = f"{r['extract_per_s']:.0f}" if r.get("extract_per_s") else r.get("error", "-")[:40]
+        extract = f"{r['extract_per_s']:.0f}" if r.get("extract_per_s") else r.get("extract_error", "-")[:40]
         print(f"{r['network']:16} {r['batch']:5d} {rate('fit')} {rate('before')} {rate('compiled'):>10} "
               f"{(f'{share:.0%}' if share else '-'):>11} {(f'{tf:.0f}' if tf else '-'):>8} "
               f"{(f'{100 * tf / peak:.1f}' if tf and peak else '-'):>6} "
@@ -482,7 +497,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="smoke-profile sizes (a CPU check of this script)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="whole run, both parts")
-    ap.add_argument("--loops-budget-s", type=float, default=170.0, help="part 2's share")
+    ap.add_argument("--loops-budget-s", type=float, default=200.0, help="the papers' loops' share (they run first)")
     ap.add_argument("--networks", default="", help="comma-separated subset of part 1")
     ap.add_argument("--steps", type=int, default=0, help="timed steps per variant (default 10 GPU / 2 CPU)")
     ap.add_argument("--no-loops", action="store_true", help="skip part 2")
@@ -516,7 +531,6 @@ def main(argv=None) -> int:
     name = device_tag(device)
     out = Path(args.out) / f"gpu_{name}{'_tiny' if args.tiny else ''}.json"
     loops_share = 0.0 if args.no_loops else args.loops_budget_s
-    deadline = started + args.budget_s - loops_share
     rows, loops = {}, None
 
     def write() -> dict:
@@ -532,39 +546,35 @@ def main(argv=None) -> int:
         atomic_write_json(out, result)
         return result
 
-    eager = [v for v in variants if v != "compiled"]
-    for spec in specs:                                 # pass 1: eager variants, extraction, profile
-        t0 = time.perf_counter()
-        rows[spec.name] = bench_network(spec, device, steps, warmup, eager, deadline)
-        rows[spec.name]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"{spec.name}: {rows[spec.name]['seconds']} s "
-              f"{ {k: v for k, v in rows[spec.name].items() if k in ('fit', 'error')} }", flush=True)
-        write()
-    if "compiled" in variants:                         # pass 2: torch.compile while the budget lasts
-        for spec in specs:
-            if time.perf_counter() > deadline - 20 or "error" in rows[spec.name]:
-                rows[spec.name].setdefault("compiled", {"skipped": "budget"})
-                continue
-            try:
-                rows[spec.name]["compiled"] = time_training(built(spec, device), spec, device, "compiled",
-                                                            steps, warmup)
-            except Exception as e:
-                rows[spec.name]["compiled"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-            shares(rows[spec.name], variants)
-            print(f"{spec.name} compiled: {rows[spec.name]['compiled']}", flush=True)
-            write()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-
+    # What a GPU holder needs most comes first, each part inside its share of the budget: the
+    # papers' loops (no crash), then each network as fit() trains it and its extraction rate,
+    # then the variants that the fit share and the speed-up are measured against, then compile.
     if not args.no_loops:
-        left = max(30.0, started + args.budget_s - time.perf_counter() - 10)
-        cmd = [sys.executable, str(ROOT / "scripts" / "gpu_paper_loops.py"), "--budget-s", str(int(left)),
-               "--out", args.out] + (["--tiny"] if args.tiny else [])
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, timeout=left + 60)
+        cmd = [sys.executable, str(ROOT / "scripts" / "gpu_paper_loops.py"), "--budget-s", str(int(loops_share)),
+               "--out", args.out] + (["--tiny"] if args.tiny else [])
+        proc = subprocess.run(cmd, cwd=ROOT, timeout=loops_share + 60)
         loops_file = Path(args.out) / "gpu_paper_loops.json"
         loops = json.loads(loops_file.read_text()) if loops_file.is_file() else {"error": f"rc {proc.returncode}"}
         loops["seconds"] = round(time.perf_counter() - t0, 1)
+        write()
+    deadline = started + args.budget_s
+    passes = [("fit", "extract"), tuple(v for v in variants if v not in ("fit", "compiled")) + ("flops", "profile"),
+              ("compiled",) if "compiled" in variants else ()]
+    for number, whats in enumerate(passes, 1):
+        for spec in specs:
+            row = rows.setdefault(spec.name, {"network": spec.name, "paper": spec.paper, "batch": spec.batch_size,
+                                              "unit": spec.unit})
+            for what in whats:
+                if time.perf_counter() > deadline - 15:
+                    row.setdefault(what, {"skipped": "budget"})
+                    continue
+                t0 = time.perf_counter()
+                measure(row, spec, device, what, steps, warmup)
+                row["seconds"] = round(row.get("seconds", 0.0) + time.perf_counter() - t0, 1)
+            shares(row, variants)
+            print(f"pass {number} {spec.name}: " + ", ".join(describe(row, w) for w in whats), flush=True)
+            write()
     result = write()
     print_table(result)
     print(f"\n-> {out}")
