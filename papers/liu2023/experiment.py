@@ -33,6 +33,7 @@ from common.train import TrainConfig, fit
 from common import report
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.report import result_row  # noqa: F401  (the notebooks call experiment.result_row)
+from common.weights import recorded_provenance
 from papers.liu2023.data import ChunkDataset, Normalizer, TASKS, load_clips, predict, split_ccc
 from papers.liu2023.model import build_model
 
@@ -251,16 +252,19 @@ def seconds_per_run(rows) -> float:
 # --------------------------------------------------------------------------- what the report shows
 
 MODEL_SECTION = {"affectnet": "visual_encoder"}      # bank feature -> its params section, where it differs
+RECORD = {"affectnet": "frame_encoder"}              # bank feature -> its stage's record <model_dir>/<name>.json
 
 
 def network_provenance(params: dict, name: str) -> str:
-    """What this run's network behind a bank feature is: loaded from a file or pre-trained here, and
-    its held-out scores (<model_dir>/<name>.json, written by the network's stage); "" for a
-    low-level descriptor (no network)."""
+    """What this run's network behind a bank feature is, as its stage recorded it (<model_dir>/<name>.json,
+    common.weights.recorded_provenance): "published weights (...)" when a published file was loaded,
+    "pre-trained in the pipeline ..." otherwise, and its held-out scores; "" for a low-level
+    descriptor (no network)."""
     section = params.get(MODEL_SECTION.get(name, name), {})
     if not isinstance(section, dict) or "model_dir" not in section:
         return ""
-    found = sorted(Path(section["model_dir"]).glob("*.json"))
+    own = Path(section["model_dir"]) / f"{RECORD.get(name, name)}.json"
+    found = [own] if own.is_file() else sorted(Path(section["model_dir"]).glob("*.json"))
     if not found:
         return "network not trained yet"
     info = json.loads(found[0].read_text())
@@ -269,9 +273,7 @@ def network_provenance(params: dict, name: str) -> str:
     held_out = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float) and k not in skip)
     transfer = info.get("transfer", {})
     on_video = ", ".join(f"{k} {v:.3f}" for k, v in transfer.items() if isinstance(v, float) and k != "score")
-    text = f"this run: {info.get('source', 'unknown source')}"
-    if info.get("weights_file"):
-        text += f" ({info['weights_file']})"
+    text = f"this run: {recorded_provenance(found[0])}"      # published weights / pre-trained in the pipeline
     return text + (f"; held out: {held_out}" if held_out else "") + (f"; on Validation_Set frames: {on_video}" if on_video else "")
 
 
@@ -286,6 +288,7 @@ def feature_differences(params: dict | None = None) -> list[dict]:
         rows.append({"what": f"feature {r['feature']}", "paper": r["paper"], "here": r["here"] + (f". {run}" if run else ""),
                      "why": "extractor not built; configurations naming it are skipped" if bank.get(r["feature"]).cache is None else
                             "real low-level descriptor, computed as the paper does" if r["feature"] in low_level else
+                            "as the paper: a published network's weights" if run.startswith("this run: published weights") else
                             "published weights and data cannot ship; a narrow network pre-trained in the pipeline on the corpus"})
     return rows
 

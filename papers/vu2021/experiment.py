@@ -95,6 +95,20 @@ def per_seed(rows: list[dict], kind: str, split: str, metric: str) -> np.ndarray
     return np.array([r[split][metric] for r in rows if r["kind"] == kind])
 
 
+CNN_PROVENANCE = ("trained in the pipeline from random initialisation (no published weights, and no pre-training: "
+                  "the teachers and students start from scratch); a published FER+ file (resnet50_ferplus_dag.pth) "
+                  "cannot be used by this run: common.backbones.resnet_dag.load_ferplus_resnet50 reads it into its own "
+                  "Caffe-stride ResNet-50, but this CNN is common.backbones.resnet.ResNet (stride on the 3x3, another "
+                  "input normalisation) and vu2021.cnn has no weights key")
+
+
+def cnn_provenance(params: dict) -> str:
+    """Where the weights of Vu's CNN come from. It has no pre-training stage, weights file or params key
+    (params.yaml rejects an unknown vu2021.cnn.weights), so every run trains it here from random
+    initialisation: says so, and why a FER+ file cannot be used yet."""
+    return CNN_PROVENANCE
+
+
 def differences(params: dict) -> list[dict]:
     """Where every run of this paper differs from the paper, and why (the report's table)."""
     v, c = params["vu2021"], params["vu2021"]["cnn"]
@@ -103,9 +117,10 @@ def differences(params: dict) -> list[dict]:
     return [
         {"what": "CNN backbone", "paper": "ResNet-50 pre-trained on FER+ (official code), 112 px faces",
          "here": f"{c['block']} ResNet {c['layers']} width {c['width']} (embedding {c['embed_dim']}), "
-                 f"trained from scratch on {pixels} px inputs ({c['crop']} px windows of {size} px faces"
+                 f"{cnn_provenance(params)}, on {pixels} px inputs ({c['crop']} px windows of {size} px faces"
                  + (f", average-pooled x{c['downsample']})" if int(c["downsample"]) > 1 else ")"),
-         "why": "no FER+ weights offline; a ResNet-50 on 112 px faces does not fit the 2-core CPU budget (paper profile builds it)"},
+         "why": "no FER+ weights offline, and this ResNet could not hold the FER+ conversion; a ResNet-50 on 112 px "
+                "faces does not fit the 2-core CPU budget (paper profile builds it)"},
         {"what": "CNN training", "paper": "Adam 1e-4, up to 40 epochs over the sets, early stop 5, batch 64 per set",
          "here": f"Adam {c['lr']} betas {c['betas']}, {c['epochs']} epochs of {c['samples_per_epoch']} balanced draws per set, "
                  f"early stop {c['early_stop']}, batch {c['batch_size']} per set",

@@ -18,7 +18,7 @@ from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
 from common.parallel import run_parallel
-from common.weights import load_weights_file
+from common.weights import PIPELINE, load_weights_file, recorded_provenance
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from papers.zhang2021.data import (EMOTIONS, Normalizer, WindowDataset, cache_loader, load_trials, make_folds,
                                    split_ccc, window_starts)
@@ -31,6 +31,19 @@ def load_corpus(params: dict) -> list:
     caches = {"visual": visual.feature_cache(params), "mfcc": open_audio_cache(params, "mfcc"),
               "vggish": vggish.cache_for(params)}
     return load_trials(params["data"]["root"], cache_loader(caches), drop_invalid=params["zhang2021"]["drop_invalid"])
+
+
+def network_provenance(params: dict) -> dict:
+    """{"frame encoder": ..., "VGGish": ...}: where this run's weights of each network came from, read
+    from the record its stage wrote (<visual_encoder.model_dir>/frame_encoder.json,
+    <vggish.model_dir>/vggish.json; common.weights.recorded_provenance), not from params.yaml:
+    "published weights (<layout>: <file>), ..." when a published file was loaded, "pre-trained in the
+    pipeline ..." otherwise."""
+    texts = {"frame encoder": recorded_provenance(visual.encoder_path(params).with_suffix(".json")),
+             "VGGish": recorded_provenance(vggish.model_path(params).with_suffix(".json"))}
+    detail = {"frame encoder": " on the AffectNet-like side set (VA + expression)",
+              "VGGish": " on the corpus's speech / other-voice audio events"}
+    return {k: PIPELINE + detail[k] if t.startswith(PIPELINE) else t for k, t in texts.items()}
 
 
 def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | None = None) -> str:
