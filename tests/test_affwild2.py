@@ -61,7 +61,7 @@ MTL_ROWS = [
 
 def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -137,6 +137,15 @@ def test_au_values_and_per_element_masks(tmp_path):
     assert values[2, 11] == 1 and values[2, 1] == -1
 
 
+def test_ascii_whitespace_around_values_is_accepted(tmp_path):
+    path = write_text(tmp_path / "v.txt", "valence,arousal\n 0.5 ,\t-0.5\n\f0.25,1e-1\x0b\n-Infinity,0\n")
+    with pytest.raises(AffWild2Error, match=r"v\.txt:4: valence is -inf; labels must be finite"):
+        aw.read_va_labels(path)
+    path = write_text(tmp_path / "v.txt", "valence,arousal\n 0.5 ,\t-0.5\n\f0.25,1e-1\x0b\n")
+    values, _ = aw.read_va_labels(path)
+    np.testing.assert_array_equal(values, np.array([[0.5, -0.5], [0.25, 0.1]], np.float32))
+
+
 def test_crlf_bom_and_trailing_blank_lines_are_accepted(tmp_path):
     path = tmp_path / "v.txt"
     path.write_bytes("\ufeffvalence,arousal\r\n0.5,-0.5\r\n-5,-5\r\n\r\n\r\n".encode("utf-8"))
@@ -167,6 +176,18 @@ BAD_FILES = [
     ("empty-file", "VA", "", 1, "empty"),
     ("blank-file", "AU", "\n\n", 1, "empty"),
     ("header-only", "EXPR", EXPR_HEADER + "\n", 2, "no label rows"),
+    # pandas reads a column made only of these words as 1/0; they are not labels.
+    ("va-bool-column", "VA", "valence,arousal\n0.1,True\n0.2,false\n0.3,FALSE\n", 2,
+     "arousal = 'True' is not a number (write 1 or 0, not True/False)"),
+    ("expr-bool-column", "EXPR", EXPR_HEADER + "\nFalse\ntrue\n", 2, "expression = 'False' is not a number"),
+    ("au-bool-column", "AU", AU_HEADER + "\n" + "0,0,0,0,0,0,0,0,0,0,0,TRUE\n" * 2, 2, "AU26 = 'TRUE'"),
+    # Python's float() syntax beyond plain decimals.
+    ("va-underscore", "VA", "valence,arousal\n0.1,0.2\n0_1,0.2\n", 3,
+     "valence = '0_1' is not a number (labels are plain ASCII decimals"),
+    ("expr-full-width-digit", "EXPR", EXPR_HEADER + "\n1\n\uff13\n", 3, "expression = '\uff13' is not a number"),
+    ("va-full-width-decimal", "VA", "valence,arousal\n\uff10.\uff15,0.2\n", 2, "is not a number"),
+    # A range error before a syntax error is the first problem.
+    ("va-range-before-word", "VA", "valence,arousal\n0.1,0.2\n1.5,0.2\n0.1,abc\n", 3, "valence = 1.5"),
 ]
 
 
@@ -194,6 +215,51 @@ def test_big_file_fast_path_matches_values_and_finds_late_error(tmp_path):
     bad = write_text(tmp_path / "bad.txt", VA_HEADER + "\n" + "\n".join(rows) + "\n")
     with pytest.raises(AffWild2Error, match=r"bad\.txt:12345: arousal = 1\.01"):
         aw.read_va_labels(bad)
+
+
+def test_big_file_non_numeric_last_line_found_without_the_line_by_line_walk(tmp_path, monkeypatch):
+    # Issue 13: one bad token on the last line of a big file used to send the whole file through
+    # the Python line walk (31 s for a million rows); one regex scan finds it now.
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the line-by-line slow path ran")
+    monkeypatch.setattr(aw, "_parse_lines_slow", no_walk)
+    rows = [f"{(i % 200) / 100 - 1:.2f},0.5" for i in range(20000)]
+    for token, phrase in (("abc", "'abc' is not a number"), ("0_5", "'0_5' is not a number"),
+                          ("", "'' is not a number")):
+        bad = write_text(tmp_path / "bad.txt", VA_HEADER + "\n" + "\n".join(rows[:-1] + [f"0.1,{token}"]) + "\n")
+        with pytest.raises(AffWild2Error, match=rf"bad\.txt:20001: arousal = {phrase}"):
+            aw.read_va_labels(bad)
+    rows[5000] = "-2,0.5"                    # an earlier range error still comes first
+    for last in ("0.1,x", "0.1,", "0.1,1e"):
+        bad = write_text(tmp_path / "bad.txt", VA_HEADER + "\n" + "\n".join(rows[:-1] + [last]) + "\n")
+        with pytest.raises(AffWild2Error, match=r"bad\.txt:5002: valence = -2 is outside"):
+            aw.read_va_labels(bad)
+
+
+def test_a_directory_as_label_file_gets_the_readers_error(corpus, tmp_path):
+    folder = tmp_path / "Train_Set" / "video9.txt"
+    folder.mkdir(parents=True)
+    for read in READ.values():
+        with pytest.raises(AffWild2Error, match=rf"{folder}: is a directory, not a label file.*data\.root"):
+            read(folder)
+    mtl = corpus / "annotations" / "MTL_Challenge" / "validation.txt"
+    mtl.mkdir()
+    with pytest.raises(AffWild2Error, match=rf"{mtl}: is a directory"):
+        aw.read_mtl(corpus, "validation")
+    write_frames(corpus, "video9", [1])
+    inside = corpus / "annotations" / aw.TASK_DIRS["EXPR"] / aw.SPLIT_DIRS["train"] / "video9.txt"
+    inside.mkdir()
+    with pytest.raises(AffWild2Error, match=rf"{inside}: is a directory"):
+        aw.read_split(corpus, "train")
+
+
+def test_an_unreadable_label_file_gets_the_readers_error(tmp_path, monkeypatch):
+    path = write_text(tmp_path / "v.txt", VA_HEADER + "\n0.1,0.2\n")
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "read_text", denied)   # chmod does not stop root
+    with pytest.raises(AffWild2Error, match=rf"{path}: cannot be read \(Permission denied\); give"):
+        aw.read_va_labels(path)
 
 
 # ---- frames and names ---------------------------------------------------------------------------
@@ -413,12 +479,27 @@ def test_mtl_missing_image(corpus):
     ("12-24-1920x1080/00002.jpg,0.1,x,1," + AU_OFF, 3, "'x' is not a number"),
     ("00002.jpg,0.1,0.1,1," + AU_OFF, 3, "<video>/<00001>.jpg"),
     (MTL_ROWS[0], 3, "already listed on line 2"),
+    ("12-24-1920x1080/00002.jpg,0_1,0.1,1," + AU_OFF, 3, "valence = '0_1' is not a number"),
+    ("12-24-1920x1080/00002.jpg,0.1,0.1,\uff11," + AU_OFF, 3, "expression = '\uff11' is not a number"),
 ])
 def test_mtl_bad_row(corpus, row, line, phrase):
     path = write_mtl(corpus, MTL_ROWS[:1] + [row] + MTL_ROWS[1:])
     with pytest.raises(AffWild2Error) as err:
         aw.read_mtl(corpus, "train")
     assert f"{path}:{line}:" in str(err.value) and phrase in str(err.value)
+
+
+def test_mtl_bool_column_is_not_read_as_numbers(corpus):
+    # Every row's expression a word: pandas would read the column as 1/0.
+    rows = [",".join(r.split(",")[:3] + [word] + r.split(",")[4:])
+            for r, word in zip(MTL_ROWS, ["True", "False", "true", "FALSE", "false"])]
+    path = write_mtl(corpus, rows)
+    with pytest.raises(AffWild2Error, match=rf"{path.name}:2: expression = 'True' is not a number"):
+        aw.read_mtl(corpus, "train")
+    rows = MTL_ROWS[:4] + [MTL_ROWS[4] + "x"]   # last line bad, found by the scan
+    path = write_mtl(corpus, rows)
+    with pytest.raises(AffWild2Error, match=rf"{path.name}:6: AU26 = '1x' is not a number"):
+        aw.read_mtl(corpus, "train")
 
 
 def test_mtl_wrong_header_and_missing_file(corpus):
