@@ -25,27 +25,15 @@ PAPERS = ("zhang2021", "jeong2022", "vu2021", "liu2023")
 
 def owners() -> dict[str, set]:
     """stage -> the papers whose stages need its outputs (directly or through other stages)."""
-    import yaml
-    stages = {}
-    for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        items = spec.get("foreach", [None])
-        items = items if isinstance(items, dict) else {item: item for item in items}   # foreach: a list or a dict
-        spec = spec.get("do", spec)
-        for item, value in items.items():
-            key = f"{name}@{item}" if item is not None else name
+    from dvc.dvcfile import load_file
+    from dvc.repo import Repo
+    with Repo(str(ROOT)) as repo:          # as DVC resolves them: a foreach stage is one per item, `name@key`
+        resolved = load_file(repo, "dvc.yaml").resolver.resolve()["stages"]
 
-            def paths(xs, item=item, value=value):
-                text = lambda x: str(next(iter(x)) if isinstance(x, dict) else x)                  # noqa: E731
-                fill = {"${item}": item, "${key}": item} | ({f"${{item.{k}}}": v for k, v in value.items()}
-                                                            if isinstance(value, dict) else {})
-                out = set()
-                for x in xs:
-                    x = text(x)
-                    for var, v in fill.items():
-                        x = x.replace(var, str(v))
-                    out.add(x)
-                return out
-            stages[key] = (paths(spec.get("deps", [])), paths(spec.get("outs", [])) | paths(spec.get("metrics", [])))
+    def paths(xs) -> set:
+        return {str(next(iter(x)) if isinstance(x, dict) else x) for x in xs}
+    stages = {name: (paths(spec.get("deps", [])), paths(spec.get("outs", [])) | paths(spec.get("metrics", [])))
+              for name, spec in resolved.items()}
     needs = {s: {t for t, (_, outs) in stages.items() if t != s and deps & outs} for s, (deps, _) in stages.items()}
     result = {s: set() for s in stages}
     for s in stages:
