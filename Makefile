@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: gpu-check test reproduce env weights benchmark benchmark-pipeline clean-data
+.PHONY: gpu-check test reproduce env weights lab benchmark benchmark-pipeline clean-data
 
 env: $(STAMP)
 
@@ -30,6 +30,16 @@ test: $(STAMP) weights
 # The corpus stage prints its one-screen summary. Stages run with the venv first on PATH.
 reproduce: $(STAMP) weights
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+# JupyterLab on papers/ with the project's kernel, registered in the venv as `python3` (the name every
+# notebook and the papermill runner use); it starts in the project root, as the pipeline's runs do.
+# As root (e.g. in a container): make lab LAB_ARGS=--allow-root
+KERNEL := $(VENV)/share/jupyter/kernels/python3/kernel.json
+$(KERNEL): $(STAMP) scripts/lab_kernel.py
+	$(PY) scripts/lab_kernel.py
+
+lab: $(KERNEL)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab papers/ $(LAB_ARGS)
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark_corpus.py
