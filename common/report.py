@@ -4,7 +4,13 @@ Reads, for every paper folder, `papers/<paper>/published.csv` (every number the 
 and the plain JSON each notebook wrote (`reports/<paper>/<notebook>.json`, format below), and
 writes `reports/<paper>/index.html` (published beside reproduced, claim verdicts, what differs
 from the paper, the executed notebooks as offline HTML) and `reports/index.html` (links, a
-timing table per stage, and a cross-paper leaderboard on the same held-out split).
+timing table per stage, and a cross-paper leaderboard on the same held-out split), with the
+charts of common/report_charts.py embedded as PNG data: URIs.
+
+Each paper's `papers/<paper>/claims.csv` (`id,kind,parameter,note`; id may hold `*`) says what
+kind every judged claim is (CLAIM_KINDS). Only findings count as verdicts on the method; claims
+built into the embedded corpus by its generator (the parameter named), published absolute numbers
+measured on real data, and configuration checks are shown and counted apart.
 
 Notebook JSON (every key optional but `paper`):
     {"paper", "notebook", "title", "profile", "data": "synthetic"|"real", "seconds",
@@ -28,12 +34,28 @@ from pathlib import Path
 
 import numpy as np
 
+from common import report_charts
 from common.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = {"jeong2022": "Jeong, Oh, Lim (CVPRW 2022)", "zhang2021": "Zhang, Ding, Wei, Guan (ICCVW 2021)",
           "liu2023": "Liu, Sun et al. (CVPRW 2023)", "vu2021": "Vu, Beurton-Aimar, Marchand (ICCVW 2021)"}
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+# What a judged claim is evidence of (papers/<paper>/claims.csv). Only findings are verdicts on the method.
+CLAIM_KINDS = {
+    "finding": ("Findings about the method",
+                "The verdicts that test the method. Only these count as reproduced, inconclusive or not reproduced."),
+    "built into the data": ("Built into the data",
+                            "The embedded corpus's generator builds these effects in by construction (the parameter is "
+                            "named). The computed verdict shows only that the pipeline recovers the effect, so these "
+                            "claims are counted apart from the findings."),
+    "published absolute number": ("Published absolute numbers",
+                                  "These compare with a number measured on the real Aff-Wild2. They are not judgeable on "
+                                  "this corpus, whose absolute values are not comparable."),
+    "configuration check": ("Configuration checks",
+                            "These check this repository's configuration. They are not results."),
+}
+UNCLASSIFIED = "unclassified"
 
 
 # ---- claims ------------------------------------------------------------------------------------
@@ -111,23 +133,96 @@ def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
     return out
 
 
-def read_published(paper_dir: Path) -> list[dict]:
-    path = paper_dir / "published.csv"
+def read_csv_rows(path: Path, expected: list[str]) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV file whose header must be `expected`; [] when it does not exist."""
     if not path.exists():
         return []
-    rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        expected = ["table", "row", "column", "value", "split", "note"]
         if reader.fieldnames != expected:
             raise ValueError(f"{path}:1: header {reader.fieldnames}, expected {expected}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                row["value"] = float(row["value"])
-            except ValueError:
-                raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
-            rows.append(row)
+        return list(enumerate(reader, start=2))
+
+
+def read_published(paper_dir: Path) -> list[dict]:
+    path = paper_dir / "published.csv"
+    rows = []
+    for line, row in read_csv_rows(path, ["table", "row", "column", "value", "split", "note"]):
+        try:
+            row["value"] = float(row["value"])
+        except ValueError:
+            raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
+        rows.append(row)
     return rows
+
+
+def read_claim_kinds(paper_dir: Path) -> list[dict]:
+    """papers/<paper>/claims.csv: one row per claim id (fnmatch pattern), its kind, the generator
+    parameter that builds it in (for kind "built into the data"), and a note."""
+    path = paper_dir / "claims.csv"
+    rows = []
+    for line, row in read_csv_rows(path, ["id", "kind", "parameter", "note"]):
+        if row["kind"] not in CLAIM_KINDS:
+            raise ValueError(f"{path}:{line}: kind {row['kind']!r}; known: {sorted(CLAIM_KINDS)}")
+        if row["kind"] == "built into the data" and not row["parameter"].strip():
+            raise ValueError(f"{path}:{line}: a claim built into the data must name the generator parameter")
+        rows.append(row)
+    return rows
+
+
+def classify_claims(claims: list[dict], kinds: list[dict]) -> list[dict]:
+    """Each claim with "kind", "parameter" and "note" from the first claims.csv row whose id pattern
+    matches its id; no match: the kind the claim carries, else "unclassified"."""
+    from fnmatch import fnmatchcase
+    out = []
+    for c in claims:
+        row = next((k for k in kinds if fnmatchcase(str(c.get("id", "")), k["id"])), None)
+        if row:
+            out.append({**c, "kind": row["kind"], "parameter": row["parameter"] or None, "note": row["note"] or None})
+        else:
+            out.append({**c, "kind": c.get("kind", UNCLASSIFIED)})
+    return out
+
+
+def shown_verdict(claim: dict) -> tuple[str, str]:
+    """(label, css class) of a claim as the report states it: the computed verdict for findings,
+    the kind for the claims counted apart."""
+    kind, verdict = claim.get("kind", UNCLASSIFIED), claim.get("verdict", "inconclusive")
+    if kind == "finding":
+        return verdict, verdict.replace(" ", "-")
+    if kind == "built into the data":
+        recovered = {"reproduced": "recovered", "not reproduced": "not recovered"}.get(verdict, "inconclusive")
+        return f"built into the data (the pipeline: {recovered})", "built-in"
+    if kind == "published absolute number":
+        return "not judgeable on this corpus", "not-judgeable"
+    if kind == "configuration check":
+        return ("check passed" if verdict == "reproduced" else "check failed"), "check"
+    return f"unclassified ({verdict})", "unclassified"
+
+
+def claim_counts(claims: list[dict]) -> dict:
+    """{kind: {verdict: count}} over every kind, unclassified included."""
+    counts = {k: {v: 0 for v in VERDICTS} for k in [*CLAIM_KINDS, UNCLASSIFIED]}
+    for c in claims:
+        kind = c.get("kind", UNCLASSIFIED)
+        counts.setdefault(kind, {v: 0 for v in VERDICTS})
+        counts[kind][c.get("verdict", "inconclusive")] = counts[kind].get(c.get("verdict", "inconclusive"), 0) + 1
+    return counts
+
+
+def counts_sentence(counts: dict) -> str:
+    f = counts["finding"]
+    n = sum(f.values())
+    apart = [(sum(counts[k].values()), one, many) for k, one, many in (
+        ("built into the data", "built into the data", "built into the data"),
+        ("published absolute number", "published absolute number (not judgeable here)",
+         "published absolute numbers (not judgeable here)"),
+        ("configuration check", "configuration check", "configuration checks"),
+        (UNCLASSIFIED, "not yet classified", "not yet classified"))]
+    apart_text = ", ".join(f"{m} {one if m == 1 else many}" for m, one, many in apart if m) or "none"
+    return (f"<p class=counts><b>Findings about the method: {n}</b> ({f['reproduced']} reproduced, "
+            f"{f['inconclusive']} inconclusive, {f['not reproduced']} not reproduced). "
+            f"Counted apart: {apart_text}.</p>")
 
 
 def read_results(reports_paper: Path) -> list[dict]:
@@ -148,6 +243,8 @@ h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border
 th,td{padding:.3em .7em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}th{background:#f6f6f6}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.banner{background:#fff6d6;border:1px solid #e8d48a;padding:.7em 1em;border-radius:6px}
 .reproduced{color:#0a7d32;font-weight:600}.not-reproduced{color:#b3261e;font-weight:600}.inconclusive{color:#8a6d00;font-weight:600}
+.built-in{color:#555;font-weight:600}.not-judgeable{color:#3c5f86;font-weight:600}.check{color:#5e4a9c;font-weight:600}
+.unclassified{color:#b3261e;font-style:italic}img.chart{max-width:100%;height:auto;display:block;margin:.6em 0}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px}.muted{color:#777}
 """
 
@@ -200,15 +297,33 @@ def results_table(published: list[dict], results: list[dict]) -> str:
 
 
 def claims_table(results: list[dict]) -> str:
-    rows = ["<tr><th>claim</th><th>verdict</th><th>effect</th><th>95% CI</th><th>Cohen's d</th><th>runs</th></tr>"]
-    for res in results:
-        for c in res.get("claims", []):
-            cls = c["verdict"].replace(" ", "-")
+    """One table per kind of claim (CLAIM_KINDS order, unclassified last): the claim, the verdict as
+    the report states it, effect, CI, Cohen's d, runs, and what builds it in / why it is apart."""
+    claims = [c for res in results for c in res.get("claims", [])]
+    if not claims:
+        return "<p class=muted>No claims judged yet.</p>"
+    parts = []
+    sections = [*CLAIM_KINDS.items(), (UNCLASSIFIED, ("Not yet classified",
+                                                      "Add these claim ids to papers/<paper>/claims.csv."))]
+    for kind, (title, intro) in sections:
+        mine = [c for c in claims if c.get("kind", UNCLASSIFIED) == kind]
+        if not mine:
+            continue
+        rows = ["<tr><th>claim</th><th>verdict</th><th>effect</th><th>95% CI</th><th>Cohen's d</th><th>runs</th>"
+                "<th>generator parameter / note</th></tr>"]
+        for c in mine:
+            label, cls = shown_verdict(c)
             why = f"<br><span class=muted>{html.escape(c['explanation'])}</span>" if c.get("explanation") else ""
-            rows.append(f"<tr><td>{html.escape(c.get('text', c.get('id', '')))}{why}</td><td class={cls}>{c['verdict']}</td>"
+            basis = "<br>".join(x for x in (f"<code>{html.escape(c['parameter'])}</code>" if c.get("parameter") else "",
+                                             html.escape(c["note"]) if c.get("note") else "") if x)
+            rows.append(f"<tr data-kind=\"{html.escape(kind)}\"><td>{html.escape(c.get('text', c.get('id', '')))}{why}</td>"
+                        f"<td class={cls}>{html.escape(label)}</td>"
                         f"<td class=num>{fmt(c.get('effect'))}</td><td class=num>[{fmt(c.get('low'))}, {fmt(c.get('high'))}]</td>"
-                        f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td><td class=num>{c.get('n', '')}</td></tr>")
-    return f"<table>{''.join(rows)}</table>" if len(rows) > 1 else "<p class=muted>No claims judged yet.</p>"
+                        f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td><td class=num>{c.get('n', '')}</td>"
+                        f"<td class=muted>{basis}</td></tr>")
+        parts.append(f"<h3>{html.escape(title)} ({len(mine)})</h3><p class=muted>{html.escape(intro)}</p>"
+                     f"<table class=claims>{''.join(rows)}</table>")
+    return "\n".join(parts)
 
 
 def differences_table(results: list[dict]) -> str:
@@ -274,6 +389,10 @@ def paper_report(paper: str, reports: Path) -> dict:
     published = read_published(paper_dir)
     results = read_results(out_dir) if out_dir.exists() else []
     source = next((r.get("data") for r in results if r.get("data")), "synthetic")
+    kinds = read_claim_kinds(paper_dir)
+    results = [{**r, "claims": classify_claims(r.get("claims", []), kinds)} for r in results]
+    claims = [c for r in results for c in r.get("claims", [])]
+    counts = claim_counts(claims)
     notebooks = []
     for res in results:
         ipynb = out_dir / f"{res['notebook']}.ipynb"
@@ -282,7 +401,8 @@ def paper_report(paper: str, reports: Path) -> dict:
             notebooks.append(f"<li><a href=\"{res['notebook']}.html\">{html.escape(res.get('title', res['notebook']))}</a>"
                              f" <span class=muted>({fmt(res.get('seconds'), 1)} s, profile {html.escape(str(res.get('profile', '?')))})</span></li>")
     body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
-            banner(source), "<h2>Claims</h2>", claims_table(results),
+            banner(source), "<h2>Claims</h2>", counts_sentence(counts) if claims else "",
+            report_charts.claims_chart(claims), claims_table(results),
             "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
     diff = differences_table(results)
     if diff:
@@ -291,8 +411,8 @@ def paper_report(paper: str, reports: Path) -> dict:
         body += ["<h2>Walkthrough notebooks (executed)</h2><ul>", *notebooks, "</ul>"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "index.html").write_text(page(PAPERS.get(paper, paper), "\n".join(body)))
-    claims = [c for r in results for c in r.get("claims", [])]
-    return {"paper": paper, "claims": len(claims), "reproduced": sum(c["verdict"] == "reproduced" for c in claims),
+    return {"paper": paper, "claims": len(claims), "counts": counts,
+            "findings": sum(counts["finding"].values()), "reproduced": counts["finding"]["reproduced"],
             "published": len(published), "results": sum(len(r.get("results", [])) for r in results),
             "leaderboard": [row for r in results for row in r.get("leaderboard", [])],
             "timings": [(f"{paper}/{r['notebook']}", r.get("seconds")) for r in results], "ran": bool(results)}
@@ -314,6 +434,40 @@ def stage_timings(data_root: Path, features_root: Path) -> list[tuple[str, float
     return rows
 
 
+def papers_table(summaries: list[dict]) -> list[str]:
+    """The index's paper table: findings by verdict, the claims counted apart by kind, and a total
+    row; then a sentence with both totals and the verdict-count chart."""
+    kinds = ("built into the data", "published absolute number", "configuration check")
+    head = ("<tr><th rowspan=2>paper</th><th colspan=4>findings about the method</th><th colspan=3>counted apart</th>"
+            "<th rowspan=2>published numbers</th><th rowspan=2>reproduced numbers</th></tr>"
+            "<tr><th>judged</th><th>reproduced</th><th>inconclusive</th><th>not reproduced</th>"
+            "<th>built into the data</th><th>published absolute number (not judgeable)</th><th>configuration checks</th></tr>")
+    rows, total = [head], claim_counts([])
+    for s in summaries:
+        counts = s.get("counts") or claim_counts([])
+        for k, by_verdict in counts.items():
+            for v, n in by_verdict.items():
+                total.setdefault(k, {}).setdefault(v, 0)
+                total[k][v] += n
+        link = f"<a href=\"{s['paper']}/index.html\">{html.escape(PAPERS[s['paper']])}</a>" if s["ran"] else html.escape(PAPERS[s["paper"]])
+        f = counts["finding"]
+        rows.append(f"<tr><td>{link}</td><td class=num>{sum(f.values())}</td>"
+                    + "".join(f"<td class=num>{f[v]}</td>" for v in ("reproduced", "inconclusive", "not reproduced"))
+                    + "".join(f"<td class=num>{sum(counts[k].values())}</td>" for k in kinds)
+                    + f"<td class=num>{s['published']}</td><td class=num>{s['results']}</td></tr>")
+    f = total["finding"]
+    rows.append("<tr><th>all papers</th>" + f"<th class=num>{sum(f.values())}</th>"
+                + "".join(f"<th class=num>{f[v]}</th>" for v in ("reproduced", "inconclusive", "not reproduced"))
+                + "".join(f"<th class=num>{sum(total[k].values())}</th>" for k in kinds)
+                + f"<th class=num>{sum(s['published'] for s in summaries)}</th>"
+                  f"<th class=num>{sum(s['results'] for s in summaries)}</th></tr>")
+    return [f"<table class=papers>{''.join(rows)}</table>", counts_sentence(total),
+            "<p class=muted>Only findings test the method. Claims built into the data hold on the embedded corpus "
+            "because its generator makes them hold (each paper's page names the parameter). Published absolute "
+            "numbers come from real data, and configuration checks test no method.</p>",
+            report_charts.verdict_counts_chart(summaries)]
+
+
 def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     from common.params import load_params
     reports = Path(reports or ROOT / "reports")
@@ -322,13 +476,8 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     timings = stage_timings(ROOT / params["data"]["root"], ROOT / params["features"]["root"])
     timings += [t for s in summaries for t in s["timings"]]
     body = ["<h1>affect-repro: four ABAW papers, reproduced</h1>", banner(params["data"]["source"]),
-            f"<p>Profile: <code>{html.escape(params['profile'])}</code>.</p><h2>Papers</h2><table>"
-            "<tr><th>paper</th><th>claims judged</th><th>reproduced</th><th>published numbers</th><th>reproduced numbers</th></tr>"]
-    for s in summaries:
-        link = f"<a href=\"{s['paper']}/index.html\">{html.escape(PAPERS[s['paper']])}</a>" if s["ran"] else html.escape(PAPERS[s["paper"]])
-        body.append(f"<tr><td>{link}</td><td class=num>{s['claims']}</td><td class=num>{s['reproduced']}</td>"
-                    f"<td class=num>{s['published']}</td><td class=num>{s['results']}</td></tr>")
-    body.append("</table>")
+            f"<p>Profile: <code>{html.escape(params['profile'])}</code>.</p><h2>Papers</h2>"]
+    body += papers_table(summaries)
     board = [row for s in summaries for row in s["leaderboard"]]
     body.append("<h2>Leaderboard: every paper's final model, same metrics code, same held-out split</h2>")
     if board:
@@ -338,12 +487,14 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
             body.append(f"<tr><td>{html.escape(row.get('paper', ''))}</td><td>{html.escape(row.get('model', ''))}</td>"
                         f"<td>{html.escape(row.get('split', ''))}</td>" + "".join(f"<td class=num>{fmt(row.get(c))}</td>" for c in cols) + "</tr>")
         body.append("</table>")
+        body.append(report_charts.leaderboard_chart(board))
     else:
         body.append("<p class=muted>Fills in as papers land.</p>")
     body.append("<h2>Time per stage (this machine)</h2><table><tr><th>stage</th><th>seconds</th></tr>")
     body += [f"<tr><td>{html.escape(name)}</td><td class=num>{fmt(sec, 1)}</td></tr>" for name, sec in timings]
     total = sum(sec for _, sec in timings if sec is not None)
     body.append(f"<tr><th>sum of the stages above</th><th class=num>{fmt(total, 1)} ({total / 60:.1f} min)</th></tr></table>")
+    body.append(report_charts.timings_chart(timings))
     body.append("<p class=muted>Seconds measured inside each stage (without DVC and interpreter start-up); "
                 "<code>make benchmark-pipeline</code> measures wall time per stage.</p>")
     index = reports / "index.html"

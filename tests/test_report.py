@@ -84,3 +84,96 @@ def test_build_writes_an_index_with_leaderboard_and_timings(tmp_path, monkeypatc
 def test_small_numbers_keep_their_value_in_the_tables():
     assert report.fmt(1e-4) == "0.0001" and report.fmt(0.1234) == "0.123" and report.fmt(0.0) == "0.000"
     assert report.fmt(float("nan")) == "–" and report.fmt(None) == "–"
+
+
+# ---- the kind of each claim (papers/<paper>/claims.csv) ------------------------------------------
+
+def _notebook_claim_ids(paper_dir):
+    """The claim ids the paper's notebooks define, as regexes ({placeholders} of f-strings -> a word)."""
+    import re
+    found = {}
+    for path in sorted(paper_dir.glob("*.ipynb")):
+        for cell in nbformat.read(str(path), as_version=4).cells:
+            if cell.cell_type != "code":
+                continue
+            for m in re.finditer(r'"id":\s*f?"([^"]+)"', cell.source):
+                parts = re.split(r"\{[^}]*\}", m.group(1))
+                found[m.group(1)] = (re.compile("[A-Za-z0-9_]+".join(map(re.escape, parts))), path.name)
+    return found
+
+
+@pytest.mark.parametrize("paper", sorted(report.PAPERS))
+def test_every_claim_of_every_notebook_has_a_kind(paper):
+    paper_dir = report.ROOT / "papers" / paper
+    kinds = report.read_claim_kinds(paper_dir)
+    templates = _notebook_claim_ids(paper_dir)
+    assert templates, f"no claims found in {paper}'s notebooks"
+    for template, (rx, notebook) in templates.items():
+        assert any(rx.fullmatch(k["id"].replace("*", "x")) for k in kinds), \
+            f"{paper}/{notebook}: claim id {template!r} has no row in papers/{paper}/claims.csv"
+    for k in kinds:
+        assert any(rx.fullmatch(k["id"].replace("*", "x")) for rx, _ in templates.values()), \
+            f"papers/{paper}/claims.csv: {k['id']!r} matches no claim of the notebooks"
+        if k["kind"] == "built into the data":
+            assert "synthetic." in k["parameter"] or "corpus." in k["parameter"], k
+
+
+def test_the_named_generator_parameters_exist():
+    """A claim 'built into the data' names a corpus.<key> of params.yaml or a synthetic.<name>."""
+    import re
+    from common.data import synthetic
+    from common.params import load_params
+    corpus = load_params(report.ROOT / "params.yaml")["corpus"]
+    for paper in report.PAPERS:
+        for k in report.read_claim_kinds(report.ROOT / "papers" / paper):
+            for name in re.findall(r"synthetic\.(\w+)", k["parameter"]):
+                assert hasattr(synthetic, name), (paper, k["id"], name)
+            for key in re.findall(r"corpus\.([\w.]+)", k["parameter"]):
+                node = corpus
+                for part in key.split("."):
+                    assert part in node, (paper, k["id"], key)
+                    node = node[part]
+
+
+def test_claims_csv_errors_name_the_line(tmp_path):
+    (tmp_path / "claims.csv").write_text("id,kind,parameter,note\na,finding,,\nb,obvious,,\n")
+    with pytest.raises(ValueError, match=r"claims\.csv:3: kind 'obvious'"):
+        report.read_claim_kinds(tmp_path)
+    (tmp_path / "claims.csv").write_text("id,kind,parameter,note\na,built into the data,,\n")
+    with pytest.raises(ValueError, match=r"claims\.csv:2: a claim built into the data must name the generator parameter"):
+        report.read_claim_kinds(tmp_path)
+
+
+def _claim(id_, a=(0.52, 0.55, 0.53), b=(0.40, 0.41, 0.42)):
+    return {**report.judge_claim(list(a), list(b), ">"), "id": id_, "text": f"claim {id_}"}
+
+
+def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
+    reports = tmp_path / "reports"
+    (reports / "zhang2021").mkdir(parents=True)
+    (reports / "jeong2022").mkdir(parents=True)
+    (reports / "zhang2021" / "table1.json").write_text(json.dumps({
+        "paper": "zhang2021", "title": "Table 1", "seconds": 3.0, "claims": [
+            _claim("cv_beats_single_valence"), _claim("ec_vs_lc_arousal", (0.3, 0.31, 0.29)),
+            _claim("mm_vs_um_arousal"), _claim("window_30_beats_6"), _claim("beats_baseline_valence"),
+            _claim("made_up_claim")]}))
+    (reports / "jeong2022" / "table1.json").write_text(json.dumps({
+        "paper": "jeong2022", "title": "Table 1", "seconds": 1.0, "claims": [_claim("paper_profile_is_table1")]}))
+    index = report.build(reports).read_text()
+    page = (reports / "zhang2021" / "index.html").read_text()
+    assert "built into the data (the pipeline: recovered)" in page
+    assert "synthetic.synth_voice: pitch +0.4 octave" in page and "corpus.va_timescale_s" in page
+    assert "not judgeable on this corpus" in page and "Not yet classified" in page
+    assert "Findings about the method: 2</b> (1 reproduced, 0 inconclusive, 1 not reproduced)" in page
+    assert "Counted apart: 2 built into the data, 1 published absolute number (not judgeable here), 1 not yet classified" in page
+    jeong = (reports / "jeong2022" / "index.html").read_text()
+    assert "check passed" in jeong and "<td class=reproduced>" not in jeong
+    # the index: findings by verdict, and the kinds counted apart, per paper and in total
+    assert "Findings about the method: 2</b> (1 reproduced" in index
+    assert "2 built into the data" in index and "1 configuration check" in index
+    zhang_row = next(line for line in index.split("<tr>") if "Zhang" in line)
+    cells = [c.split("<")[0] for c in zhang_row.split("<td class=num>")[1:]]
+    assert cells[:7] == ["2", "1", "0", "1", "2", "1", "0"], cells
+    assert index.count("data:image/png;base64,") == 2          # verdict counts and stage times (no leaderboard)
+    assert page.count("data:image/png;base64,") == 1           # the claims chart
+    assert report.external_references(index) == [] and report.external_references(page) == []
