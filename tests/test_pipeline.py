@@ -138,6 +138,32 @@ def test_report_renders_offline(tiny_pipeline, monkeypatch):
     assert "<math" in (reports / "zhang2021" / "table1.html").read_text()      # Eq. 1 rendered as MathML
 
 
+def test_report_opens_in_chromium(tiny_pipeline):
+    """The smoke report in headless Chromium (tests/test_report_browser.py has the four-paper one):
+    charts load, nothing is fetched, no script errors, every claim is in a claims table with its
+    kind, Eq. 1 renders as MathML; screenshots land in reports/screenshots/."""
+    from common import browser
+    if not browser.find_chromium():
+        pytest.fail(browser.INSTALL_HINT, pytrace=False)
+    _, reports = tiny_pipeline
+    report.build(reports)
+    claims = [c for nb in ("table1", "table2", "window")
+              for c in json.loads((reports / "zhang2021" / f"{nb}.json").read_text())["claims"]]
+    pages = {"index": (reports / "index.html", {}),
+             "zhang2021": (reports / "zhang2021" / "index.html", {"expect_claims": True}),
+             "zhang2021-table1": (reports / "zhang2021" / "table1.html", {"expect_math": True})}
+    for name, (page, expect) in pages.items():
+        seen = browser.open_page(page, reports / "screenshots" / f"{name}.png")
+        assert browser.problems(seen, **expect) == [], (name, seen["console"])
+        assert (reports / "screenshots" / f"{name}.png").stat().st_size > 0
+        if name == "index":
+            assert len(seen["images"]) >= 3                # verdict counts, leaderboard, stage times
+        if name == "zhang2021":
+            assert seen["claim_rows"] == len(claims) and seen["images"]
+    paper = (reports / "zhang2021" / "index.html").read_text()
+    assert "Not yet classified" not in paper and "built into the data" in paper and "not judgeable on this corpus" in paper
+
+
 def test_unknown_notebook_parameter_is_refused(tiny_pipeline):
     with pytest.raises(NotebookError, match="unknown parameter.*windw"):
         run_notebook("zhang2021", "table1", {"windw": 3})
