@@ -1,6 +1,6 @@
 """Measure the corpus generator: frames/s, linear scaling in subjects x seconds, 1 vs 2 workers.
 
-Writes reports/benchmarks/corpus.json and prints a table; the README quotes its figures.
+Writes reports/benchmarks/corpus.json and prints a table; docs/benchmarks.md quotes its figures.
 Budgets are measured here, never asserted in timed tests.
 """
 import json

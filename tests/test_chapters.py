@@ -118,3 +118,22 @@ def test_the_reading_list_names_every_notebook(paper):
     listed = re.findall(r"\[`(\w+)\.ipynb`\]", text[text.index(SECTIONS[1]):text.index(SECTIONS[2])])
     on_disk = sorted(p.stem for p in (ROOT / "papers" / paper).glob("*.ipynb"))
     assert sorted(listed) == on_disk
+
+
+def test_the_readme_is_a_front_door_in_the_issue_order():
+    text = (ROOT / "README.md").read_text()
+    headings = [h.lower() for h in re.findall(r"^## (.+)$", text, re.M)]
+    order = ["the two commands", "smoke run", "how to read a report", "the papers", "real data",
+             "gpu and multi-gpu", "the layout"]
+    at = [next(i for i, h in enumerate(headings) if key in h) for key in order]
+    assert at == sorted(at), headings
+    for paper in PAPERS:
+        assert f"](papers/{paper}/README.md)" in text
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/benchmarks.md", "docs/weights.md", "docs/paper_scale.md",
+                                  *[f"papers/{p}/README.md" for p in PAPERS]])
+def test_relative_links_resolve(page):
+    path = ROOT / page
+    for target in re.findall(r"\]\(([^)#:]+)\)", path.read_text()):
+        assert (path.parent / target).exists(), f"{page} links {target}, which does not exist"

@@ -1,4 +1,4 @@
-"""Each published weights layout against the loader that reads it (README "Bring your weights").
+"""Each published weights layout against the loader that reads it (docs/weights.md).
 
 Every test builds the published layout from outside this suite's code: the maintained library's
 own model (torchvision, torchaudio), or the key names and shapes written here from the public
