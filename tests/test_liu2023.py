@@ -14,7 +14,8 @@ from common.backbones.ecapa_tdnn import EcapaTDNN, EcapaWeightsError, load_ecapa
 from common.features import bank, ecapatdnn, face_networks, fau, mae
 from common.metrics import ccc
 from papers.liu2023 import experiment as ex
-from papers.liu2023.data import ChunkDataset, Clip, Normalizer, pad_to_segments, split_ccc
+from common.data.sequences import Normalizer, split_ccc
+from papers.liu2023.data import ChunkDataset, Clip, pad_to_segments
 from papers.liu2023.model import ENCODERS, LiuModel, TemporalEncoder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ import torch
 from common.backbones.resnet import ResNet
 from common.params import load_params
 from common.train import TrainState
-from papers.zhang2021.data import (Normalizer, Trial, WindowDataset, average_windows, load_trials,
-                                   make_folds, predict, random_loader, window_starts)
+from common.data.sequences import Normalizer, window_starts
+from papers.zhang2021.data import (Trial, WindowDataset, average_windows, load_trials, make_folds, predict,
+                                   random_loader)
 from papers.zhang2021.model import LeaderFollowerFusion, ZhangMultimodal, ZhangUnimodal
 from papers.zhang2021.train import BackboneRelease, merge_folds, min_lr_floor, train_fold
 

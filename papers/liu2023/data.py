@@ -10,8 +10,10 @@
 * Training items are chunks of `chunk_segments` consecutive segments of one video, so a
   recurrent encoder carries its state across segments inside a chunk (Eqs. 3-4); at inference
   each video is one sequence and the state runs through all its segments.
-* Features are z-scored per dimension with the statistics of the training videos of the run.
-* Metric (ABAW): one CCC over all valid frames of a split, videos concatenated.
+* Features are z-scored per dimension with the statistics of the training videos of the run
+  (`common.data.sequences.Normalizer`).
+* Metric (ABAW): one CCC over all valid frames of a split, videos concatenated
+  (`common.data.sequences.split_ccc`).
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.affwild2 import SPLITS, read_split
+from common.data.sequences import EMOTIONS, Normalizer
 from common.device import module_device
 from common.features import bank
-from common.metrics import ccc
 
-TASKS = ("valence", "arousal")
+TASKS = EMOTIONS                 # ("valence", "arousal"): the two outputs of every model
 
 
 @dataclass
@@ -65,24 +67,10 @@ def finite(a) -> np.ndarray:
     return np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=top, neginf=-top)
 
 
-class Normalizer:
-    """Per-dimension z-score of each bank feature with the statistics of the training clips."""
-
-    def __init__(self, clips: list[Clip], names):
-        self.stats = {}
-        for n in names:
-            a = np.concatenate([c.features[n] for c in clips]).astype(np.float64)
-            std = a.std(0)
-            self.stats[n] = (a.mean(0).astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
-
-    def inputs(self, clip: Clip, visual, audio) -> dict:
-        """{"visual": (N, Dv), "audio": (N, Da)} for the feature groups of a model config."""
-        out = {}
-        for group, names in (("visual", visual), ("audio", audio)):
-            if names:
-                out[group] = np.concatenate([(clip.features[n] - self.stats[n][0]) / self.stats[n][1]
-                                             for n in names], 1)
-        return out
+def inputs(norm: Normalizer, clip: Clip, visual, audio) -> dict:
+    """{"visual": (N, Dv), "audio": (N, Da)}: a model config's feature groups, each z-scored feature
+    side by side."""
+    return {group: norm.concat(clip, names) for group, names in (("visual", visual), ("audio", audio)) if names}
 
 
 def pad_to_segments(a: np.ndarray, segment: int, fill=None) -> np.ndarray:
@@ -102,7 +90,7 @@ class ChunkDataset(Dataset):
         self.items = []
         length = segment * chunk_segments
         for clip in clips:
-            x = {g: pad_to_segments(a, segment) for g, a in norm.inputs(clip, visual, audio).items()}
+            x = {g: pad_to_segments(a, segment) for g, a in inputs(norm, clip, visual, audio).items()}
             y = pad_to_segments(clip.label.astype(np.float32), segment, fill=-5.0)
             mask = pad_to_segments(clip.mask & (clip.label[:, 0] != -5), segment, fill=False)
             for s in range(0, len(y), length):
@@ -135,16 +123,8 @@ def predict(model, clips, norm: Normalizer, visual, audio, segment: int) -> dict
     out = {}
     for clip in clips:
         x = {g: torch.from_numpy(pad_to_segments(a, segment))[None].to(device)
-             for g, a in norm.inputs(clip, visual, audio).items()}
+             for g, a in inputs(norm, clip, visual, audio).items()}
         out[clip.video] = model(x)[0, :len(clip)].float().cpu().numpy()
     model.train(was_training)
     return out
 
-
-def split_ccc(clips, predictions: dict) -> dict:
-    """ABAW: {"valence", "arousal", "mean"} CCC over the valid frames of all clips concatenated."""
-    truth = np.concatenate([c.label[c.mask] for c in clips])
-    pred = np.concatenate([predictions[c.video][c.mask] for c in clips])
-    scores = {t: ccc(truth[:, i], pred[:, i]) for i, t in enumerate(TASKS)}
-    scores["mean"] = (scores["valence"] + scores["arousal"]) / 2
-    return scores

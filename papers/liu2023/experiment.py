@@ -27,14 +27,16 @@ import numpy as np
 import torch
 
 from common.data.folds import make_folds
-from common.parallel import run_parallel
+from common.data.sequences import Normalizer, split_ccc
+from common.files import atomic_write_json
 from common.losses import ccc_loss
+from common.parallel import RESULT, finished_runs
 from common.train import TrainConfig, fit
 from common import report
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.report import result_row  # noqa: F401  (the notebooks call experiment.result_row)
 from common.weights import recorded_provenance
-from papers.liu2023.data import ChunkDataset, Normalizer, TASKS, load_clips, predict, split_ccc
+from papers.liu2023.data import ChunkDataset, TASKS, load_clips, predict
 from papers.liu2023.model import build_model
 
 ENCODER_NAMES = {"transformer": "Transformer", "lstm": "LSTM", "gru": "GRU", "transformer_lstm": "Transformer-LSTM"}
@@ -95,6 +97,80 @@ def eq10_loss(alpha: float, beta: float):
     return loss_fn
 
 
+class EpochKeeper:
+    """What one run keeps of its epochs (fit's evaluate and on_epoch_end hook), as the team's code.
+
+    With a validation set: per task, the best epoch's (validation CCC, epoch, validation
+    predictions, weights), so that valence and arousal can come from different epochs. Without one
+    (tvm): the test predictions of every epoch in `tvm_epochs` (first, last; inclusive).
+    predict(net, clips) -> {video: (N, 2)}.
+    """
+
+    def __init__(self, val: list, test: list, predict, tvm_epochs):
+        self.val, self.test, self.predict, self.tvm_epochs = val, test, predict, tvm_epochs
+        self.best = {t: (-np.inf, 0, None, None) for t in TASKS}
+        self.tvm_keep: list[dict] = []
+        self.last_val: dict = {}
+
+    def evaluate(self, net) -> dict:
+        """fit's evaluate: the validation CCCs of this epoch (none for tvm)."""
+        if not self.val:
+            return {}
+        self.last_val = self.predict(net, self.val)
+        return split_ccc(self.val, self.last_val)
+
+    def __call__(self, model, state, **_):
+        """fit's on_epoch_end hook."""
+        row, epoch = state.history[-1], state.epoch
+        if self.val:
+            for t in TASKS:
+                if row[t] > self.best[t][0]:
+                    self.best[t] = (row[t], epoch, self.last_val, copy.deepcopy(model.state_dict()))
+        elif self.tvm_epochs[0] <= epoch <= self.tvm_epochs[1]:
+            self.tvm_keep.append(self.predict(model, self.test))
+
+    def per_task_predictions(self, model) -> dict:
+        """{"validation", "test": {video: (N, 2)}}: valence from the best-valence epoch, arousal from
+        the best-arousal epoch (team's code); `model` is loaded with each task's best weights."""
+        per_task = {"validation": {t: self.best[t][2] for t in TASKS}, "test": {}}
+        for t in TASKS:
+            model.load_state_dict(self.best[t][3])
+            per_task["test"][t] = self.predict(model, self.test)
+        return {split: {v: np.stack([preds["valence"][v][:, 0], preds["arousal"][v][:, 1]], 1)
+                        for v in preds["valence"]}
+                for split, preds in per_task.items()}
+
+    def tvm_average(self, lp: dict) -> dict:
+        """{"test": {video: (N, 2)}}: the mean of the kept epochs' test predictions (Sec. 4.7)."""
+        if not self.tvm_keep:
+            raise ValueError(f"liu2023.tvm_epochs {lp['tvm_epochs']} selects none of the {lp['epochs']} epochs")
+        return {"test": {v: np.mean([p[v] for p in self.tvm_keep], 0) for v in self.tvm_keep[0]}}
+
+
+def run_metrics(cfg: dict, plan: str, seed: int, history: list, train: list, val: list, test: list,
+                keeper: EpochKeeper, predictions: dict, started: float) -> dict:
+    """The run's result.json: what ran, and its validation / test CCCs."""
+    metrics = {"config": cfg, "name": config_name(cfg), "plan": plan, "seed": seed,
+               "epochs_run": len(history), "train_frames": int(sum(len(c) for c in train)),
+               "seconds": round(time.perf_counter() - started, 2)}
+    if val:
+        metrics["validation"] = split_ccc(val, predictions["validation"])
+        metrics["best_epoch"] = {t: keeper.best[t][1] for t in TASKS}
+    else:
+        metrics["tvm_models"] = len(keeper.tvm_keep)
+    if test:
+        metrics["test"] = split_ccc(test, predictions["test"])
+    return metrics
+
+
+def write_run(out_dir: Path, metrics: dict, predictions: dict) -> None:
+    """predictions.npz ("validation/<video>", "test/<video>"), then result.json: a run is finished
+    once result.json is there (common.parallel.finished_runs)."""
+    np.savez_compressed(out_dir / "predictions.npz",
+                        **{f"{s}/{v}": p for s, preds in predictions.items() for v, p in preds.items()})
+    atomic_write_json(out_dir / RESULT, metrics)
+
+
 def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, progress: bool = False) -> dict:
     """Train one model; write result.json and predictions.npz ("validation/<video>", "test/<video>")."""
     lp = params["liu2023"]
@@ -105,69 +181,24 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
     train = [by_video[v] for v in train_videos]
     val = [by_video[v] for v in val_videos]
     test = [c for c in clips if c.split == "test"]
-    visual, audio = cfg["visual"], cfg["audio"]
+    visual, audio, seg = cfg["visual"], cfg["audio"], lp["segment"]
     norm = Normalizer(train, visual + audio)
     dims = {g: sum(train[0].features[n].shape[1] for n in names) for g, names in (("visual", visual), ("audio", audio))}
     torch.manual_seed(seed)
     model = build_model(lp, dims["visual"], dims["audio"], cfg["encoder"], cfg["fusion"])
-    data = ChunkDataset(train, norm, visual, audio, lp["segment"], lp["chunk_segments"])
-    seg = lp["segment"]
-
-    best = {t: (-np.inf, 0, None, None) for t in TASKS}        # task -> (val CCC, epoch, val preds, weights)
-    tvm_keep = []
-    last_val = {}
-
-    def evaluate(net):
-        if not val:
-            return {}
-        last_val["preds"] = predict(net, val, norm, visual, audio, seg)
-        return split_ccc(val, last_val["preds"])
-
-    def keep_best(model, state, **_):
-        row, epoch = state.history[-1], state.epoch
-        if val:
-            for t in TASKS:
-                if row[t] > best[t][0]:
-                    best[t] = (row[t], epoch, last_val["preds"], copy.deepcopy(model.state_dict()))
-        elif lp["tvm_epochs"][0] <= epoch <= lp["tvm_epochs"][1]:
-            tvm_keep.append(predict(model, test, norm, visual, audio, seg))
+    data = ChunkDataset(train, norm, visual, audio, seg, lp["chunk_segments"])
+    keeper = EpochKeeper(val, test, lambda net, part: predict(net, part, norm, visual, audio, seg), lp["tvm_epochs"])
 
     train_cfg = TrainConfig(epochs=lp["epochs"], batch_size=lp["batch_size"], lr=lp["lr"],
                             weight_decay=lp["weight_decay"], seed=seed,
                             monitor="mean" if val else "train_loss", mode="max" if val else "min",
                             step_lr_epochs=lp["step_lr_epochs"], step_lr_gamma=lp["step_lr_gamma"])
-    result = fit(model, data, eq10_loss(lp["alpha"], lp["beta"]), evaluate, train_cfg, out_dir,
-                 on_epoch_end=[keep_best], progress=progress)
+    result = fit(model, data, eq10_loss(lp["alpha"], lp["beta"]), keeper.evaluate, train_cfg, out_dir,
+                 on_epoch_end=[keeper], progress=progress)
 
-    predictions = {}
-    if val:
-        # valence from the best-valence epoch, arousal from the best-arousal epoch (team's code)
-        per_task = {"validation": {t: best[t][2] for t in TASKS}, "test": {}}
-        for t in TASKS:
-            model.load_state_dict(best[t][3])
-            per_task["test"][t] = predict(model, test, norm, visual, audio, seg)
-        for split, preds in per_task.items():
-            predictions[split] = {v: np.stack([preds["valence"][v][:, 0], preds["arousal"][v][:, 1]], 1)
-                                  for v in preds["valence"]}
-    else:
-        if not tvm_keep:
-            raise ValueError(f"liu2023.tvm_epochs {lp['tvm_epochs']} selects none of the {lp['epochs']} epochs")
-        predictions["test"] = {v: np.mean([p[v] for p in tvm_keep], 0) for v in tvm_keep[0]}
-    metrics = {"config": cfg, "name": config_name(cfg), "plan": plan, "seed": seed,
-               "epochs_run": len(result["history"]), "train_frames": int(sum(len(c) for c in train)),
-               "seconds": round(time.perf_counter() - started, 2)}
-    if val:
-        metrics["validation"] = split_ccc(val, predictions["validation"])
-        metrics["best_epoch"] = {t: best[t][1] for t in TASKS}
-    else:
-        metrics["tvm_models"] = len(tvm_keep)
-    if test:
-        metrics["test"] = split_ccc(test, predictions["test"])
-    np.savez_compressed(out_dir / "predictions.npz",
-                        **{f"{s}/{v}": p for s, preds in predictions.items() for v, p in preds.items()})
-    tmp = out_dir / ".result.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out_dir / "result.json")
+    predictions = keeper.per_task_predictions(model) if val else keeper.tvm_average(lp)
+    metrics = run_metrics(cfg, plan, seed, result["history"], train, val, test, keeper, predictions, started)
+    write_run(out_dir, metrics, predictions)
     return metrics
 
 
@@ -180,10 +211,9 @@ def run_grid(params: dict, clips, root, configs, plans=("fold0",), seeds=None, p
     The runs left to do train `liu2023.workers` at a time, one per core (common/parallel.py)."""
     seeds = params["liu2023"]["seeds"] if seeds is None else seeds
     jobs = [(cfg, plan, seed) for cfg in configs for plan in plans for seed in seeds]
-    todo = [j for j in jobs if not (run_dir(root, *j) / "result.json").exists()]
-    run_parallel(lambda job: train_run(params, clips, job[0], job[1], job[2], run_dir(root, *job), progress),
-                 todo, int(params["liu2023"]["workers"]))
-    return [json.loads((run_dir(root, *j) / "result.json").read_text()) for j in jobs]
+    return finished_runs(jobs, lambda job: run_dir(root, *job),
+                         lambda job: train_run(params, clips, *job, run_dir(root, *job), progress),
+                         int(params["liu2023"]["workers"]))
 
 
 def load_predictions(root, cfg: dict, plan: str, seed: int, split: str) -> dict:

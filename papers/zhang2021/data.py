@@ -4,23 +4,25 @@ A trial is one label file (a face track; `_left` / `_right` are two trials). Its
 from a `loader(video, n_frames) -> {modality: (n_frames, dim) array}`, so the same code runs on
 the feature caches (`cache_loader`) or on synthetic arrays in tests (`random_loader`).
 
-* Windows (Sec. 4.4): `window` consecutive frames every `hop` frames (300 / 200: 33% overlap);
-  the last window is aligned to the end of the trial so every frame is covered; trials shorter
-  than a window are zero-padded and the padding is masked.
+* Windows (Sec. 4.4): `window` consecutive frames every `hop` frames (300 / 200: 33% overlap;
+  `common.data.sequences.window_starts`); the last window is aligned to the end of the trial so
+  every frame is covered; trials shorter than a window are zero-padded and the padding is masked.
 * Labels: frames marked -5 keep their place in time and are masked out of the loss and the
   metric. The paper (and its code) instead delete the -5 rows before windowing (Sec. 4.2, "the
   length N is determined by the number of rows which does not include -5"), which joins the
   frames on both sides of a gap; `drop_invalid=True` does that (paper profile).
-* Normalisation: per-feature z-score with the mean and std of the training partition of the
-  fold (official code; Sec. 4.4 says so for the aural features). With cached visual embeddings
-  the visual features are z-scored too; the paper's "0.5 mean and std" applies to face pixels.
+* Normalisation (`common.data.sequences.Normalizer`): per-feature z-score with the mean and
+  std of the training partition of the fold (official code; Sec. 4.4 says so for the aural
+  features). With cached visual embeddings the visual features are z-scored too; the paper's
+  "0.5 mean and std" applies to face pixels.
 * Folds (Sec. 4.3): the training trials are cut into folds - 1 contiguous chunks of about equal
   trial count, the validation set is the last partition, and fold k rolls the partitions by k,
   so fold 0 is the official split and each training chunk is validated on exactly once. Trials
   that share a subject, or a video (the two tracks of a two-person video share one audio
   track), always land in the same chunk, so no fold has a subject in training and validation.
 * Evaluation (ABAW, official code): overlapping window outputs are averaged per frame, all
-  trials of a split are concatenated and one CCC is computed over their valid frames.
+  trials of a split are concatenated and one CCC is computed over their valid frames
+  (`common.data.sequences.split_ccc`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from torch.utils.data import Dataset
 
 from common.data import folds
 from common.data.affwild2 import SPLITS, read_split
-from common.metrics import ccc
+from common.data.sequences import Normalizer, window_starts
 
 EMOTIONS = {"valence": 0, "arousal": 1}
 
@@ -98,38 +100,7 @@ def make_folds(trials: list[Trial], n_folds: int = 6) -> list[dict]:
     return folds.make_folds(trials, n_folds, knob="zhang2021.folds")
 
 
-# --------------------------------------------------------------------------- normalisation
-
-class Normalizer:
-    """Per-feature z-score with statistics from the given (training) trials."""
-
-    def __init__(self, trials: list[Trial], modalities):
-        self.mean, self.std = {}, {}
-        for m in modalities:
-            n, s, ss = 0, 0.0, 0.0
-            for t in trials:
-                a = np.asarray(t.features[m], dtype=np.float64)
-                n, s, ss = n + len(a), s + a.sum(0), ss + (a * a).sum(0)
-            mean = s / n
-            std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
-            self.mean[m] = mean.astype(np.float32)
-            self.std[m] = np.where(std > 1e-6, std, 1.0).astype(np.float32)
-
-    def __call__(self, m: str, a: np.ndarray) -> np.ndarray:
-        return (np.asarray(a, dtype=np.float32) - self.mean[m]) / self.std[m]
-
-
 # --------------------------------------------------------------------------- windows (Sec. 4.4)
-
-def window_starts(n: int, window: int, hop: int) -> list[int]:
-    """Starts of the windows over n frames: every `hop`, plus one ending at the last frame."""
-    if n <= window:
-        return [0]
-    starts = list(range(0, n - window + 1, hop))
-    if starts[-1] + window < n:
-        starts.append(n - window)
-    return starts
-
 
 class WindowDataset(Dataset):
     """Windows of all trials: {"x": {modality: (W, dim)}, "y": (W,), "mask": (W,)}, zero-padded."""
@@ -189,10 +160,3 @@ def predict(model, trials, modalities, window, hop, normalize: Normalizer, batch
     return {t.video: average_windows(len(t), window_starts(len(t), window, hop), outs)
             for t, outs in zip(trials, outputs)}
 
-
-def split_ccc(trials, predictions: Mapping[str, np.ndarray], emotion: str) -> float:
-    """ABAW: one CCC over the valid frames of all trials of the split, concatenated."""
-    col = EMOTIONS[emotion]
-    truth = np.concatenate([t.label[t.mask, col] for t in trials])
-    pred = np.concatenate([predictions[t.video][t.mask] for t in trials])
-    return ccc(truth, pred)

@@ -7,7 +7,6 @@ re-executed after a kill picks up finished runs instead of training them again.
 """
 from __future__ import annotations
 
-import json
 from itertools import product
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import torch
 from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
-from common.parallel import run_parallel
+from common.parallel import finished_runs
 from common.weights import PIPELINE, load_weights_file, recorded_provenance
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
-from papers.zhang2021.data import (EMOTIONS, Normalizer, WindowDataset, cache_loader, load_trials, make_folds,
-                                   split_ccc, window_starts)
+from common.data.sequences import Normalizer, split_ccc, window_starts
+from papers.zhang2021.data import EMOTIONS, WindowDataset, cache_loader, load_trials, make_folds
 from papers.zhang2021.model import BRANCHES, build_model
 from papers.zhang2021.train import train_fold
 
@@ -56,13 +55,15 @@ def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple
     """Train every combination (or reuse a finished run); return their result.json rows.
     The runs left to do train `zhang2021.workers` at a time, one per core (common/parallel.py)."""
     seeds = params["zhang2021"]["seeds"] if seeds is None else seeds
-    jobs = [(Path(root) / run_name(fold, emotion, modality, seed, window), fold, emotion, modality, seed)
-            for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds)]
-    todo = [j for j in jobs if not (j[0] / "result.json").exists()]
-    run_parallel(lambda j: train_fold(params, trials, j[1], j[2], j[3], j[0], window=window, hop=hop, seed=j[4],
-                                      batch_size=batch_size, progress=progress),
-                 todo, int(params["zhang2021"]["workers"]))
-    return [json.loads((j[0] / "result.json").read_text()) for j in jobs]
+    jobs = [(fold, emotion, modality, seed) for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds)]
+
+    def folder(job) -> Path:
+        return Path(root) / run_name(*job, window)
+
+    return finished_runs(jobs, folder,
+                         lambda j: train_fold(params, trials, j[0], j[1], j[2], folder(j), window=window, hop=hop,
+                                              seed=j[3], batch_size=batch_size, progress=progress),
+                         int(params["zhang2021"]["workers"]))
 
 
 def load_predictions(run_dir: str | Path, split: str) -> dict:

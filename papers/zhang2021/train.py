@@ -1,7 +1,5 @@
 """Zhang et al. 2021, Sec. 4.4: train one (fold, emotion, modality) model with common.train.fit.
 
-    python -m papers.zhang2021.train --benchmark [--profile default]   # time folds on random features
-
 Training (paper -> here):
 * CCC loss per window along time (official code: unbiased variance in the denominator, the mean
   of products in the numerator = `ccc_loss(..., per_sequence=True, unbiased="variance_only")`);
@@ -26,32 +24,24 @@ features a from-scratch TCN at 1e-5 reaches validation CCC 0.18 after 10 epochs 
 converges in 3-4 epochs and 1e-4 in about 6 (fold 0, valence, a label-driven proxy for the
 visual embedding + the corpus's real MFCCs); the default profile uses 1e-3, the paper profile 1e-5.
 
-CPU budget (default profile: 6 folds x 2 emotions x {UM, MM} + 4 short-window runs = 28 runs on
-random features of the default corpus's size: 18k train / 8k validation / 7.8k test frames,
-34 videos; all 6 epochs run, early stopping off), measured on the 2-core machine:
-  1 thread, whole workload: 415 s wall / 410 s CPU (UM 8.4 s, MM 19.8 s, short-window MM 17.5 s
-    per run), with colleagues' jobs running beside it.
-  2 threads, quiet machine: UM 4.9 s, MM 12.5 s per run -> about 260 s for the workload.
-  2 threads next to other busy processes: MM 90-117 s per run (OpenMP threads spinning on
-    oversubscribed cores), so prefer one thread per process when the machine is shared.
-With the paper's 128x4 visual TCN one MM run takes ~5.8 s per epoch on one thread (x4.5),
-which is why the default profile uses 32x4, 6 epochs and early stopping at 3.
+CPU budget: the default profile's visual TCN (32 x 4 instead of the paper's 128 x 4), its 6 epochs
+and early stopping at 3 keep the stage's 28 runs within a laptop CPU's minutes;
+`scripts/benchmark_zhang.py` times them.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.data.sequences import Normalizer, split_ccc
 from common.ensemble import merge_predictions
+from common.files import atomic_write_json
 from common.losses import ccc_loss
 from common.train import TrainConfig, fit
-from papers.zhang2021.data import (Normalizer, Trial, WindowDataset, make_folds, predict,
-                                   split_ccc)
+from papers.zhang2021.data import Trial, WindowDataset, make_folds, predict
 from papers.zhang2021.model import MODALITIES, build_model
 
 
@@ -93,8 +83,8 @@ def release_order(encoder) -> list:
 
 
 def min_lr_floor(min_lr: float):
-    """on_epoch_end hook keeping every LR >= min_lr (common.train.fit does not pass its
-    TrainConfig.min_lr to ReduceLROnPlateau yet)."""
+    """on_epoch_end hook keeping every LR >= min_lr (fit's ReduceLROnPlateau already stops its
+    decay there, for the param groups BackboneRelease adds too; this also holds an LR set lower)."""
     def hook(optimizer, **_):
         for group in optimizer.param_groups:
             group["lr"] = max(group["lr"], min_lr)
@@ -173,7 +163,7 @@ def train_fold(params: dict, features: list[Trial], fold: int, emotion: str, mod
     out_dir = Path(out_dir)
     np.savez_compressed(out_dir / "predictions.npz",
                         **{f"{s}/{v}": p for s, preds in predictions.items() for v, p in preds.items()})
-    (out_dir / "result.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out_dir / "result.json", metrics)
     return {"predictions": predictions, "metrics": metrics, "history": result["history"]}
 
 
@@ -182,80 +172,3 @@ def merge_folds(fold_predictions: list[dict], clip: str = "late", fusion: str = 
     (each trial centred on its own, as the official code does), with early or late clipping."""
     videos = fold_predictions[0].keys()
     return {v: merge_predictions([p[v] for p in fold_predictions], clip, fusion) for v in videos}
-
-
-# --------------------------------------------------------------------------- timing
-
-def synthetic_trials(n_train=20, n_val=8, n_test=6, frames=(900, 1000, 1300), seed=0) -> list[Trial]:
-    """Random features of the default corpus's size, valence/arousal a slow function of them."""
-    rng = np.random.default_rng(seed)
-    trials = []
-    for split, n, length in (("train", n_train, frames[0]), ("validation", n_val, frames[1]),
-                             ("test", n_test, frames[2])):
-        for i in range(n):
-            feats = {"visual": rng.standard_normal((length, 512), dtype=np.float32),
-                     "mfcc": rng.standard_normal((length, 39), dtype=np.float32),
-                     "vggish": rng.standard_normal((length, 128), dtype=np.float32)}
-            kernel = np.ones(30) / 30
-            v = np.convolve(feats["visual"][:, :8].sum(1), kernel, "same")
-            a = np.convolve(feats["mfcc"][:, :8].sum(1), kernel, "same")
-            label = np.tanh(np.stack([v, a], 1)).astype(np.float32)
-            trials.append(Trial(f"{split}{i:03d}", f"{split}{i:03d}", split, label,
-                                np.ones(length, bool), feats))
-    return trials
-
-
-def workload(params: dict) -> list[dict]:
-    """Every training run of the Zhang stage: folds x emotions x {UM, MM} (Table 1, Table 2) plus
-    the short-window comparison (fold 0, multimodal, both emotions, each short window). Short
-    windows keep the 33% overlap and the frames per batch (more windows per batch), so the
-    window length is what changes, not the number of frames per gradient step."""
-    z = params["zhang2021"]
-    runs = [{"fold": f, "emotion": e, "modality": m, "window": z["window"], "hop": z["hop"],
-             "batch_size": z["batch_size"]}
-            for m in MODALITIES for e in ("valence", "arousal") for f in range(z["folds"])]
-    runs += [{"fold": 0, "emotion": e, "modality": "multimodal", "window": w, "hop": max(1, 2 * w // 3),
-              "batch_size": max(1, round(z["batch_size"] * z["window"] / w))}
-             for w in z["short_windows"] for e in ("valence", "arousal")]
-    return runs
-
-
-def benchmark(params: dict, out_root: str, threads: int = 0) -> dict:
-    """Time the whole workload on random features of the default corpus's size (no early stop)."""
-    if threads:
-        torch.set_num_threads(threads)
-    params = {**params, "zhang2021": {**params["zhang2021"], "early_stop": 0}}
-    trials = synthetic_trials()
-    wall, cpu, rows = time.perf_counter(), time.process_time(), []
-    for run in workload(params):
-        name = "{modality}-{emotion}-fold{fold}-w{window}".format(**run)
-        c = time.process_time()
-        m = train_fold(params, trials, run["fold"], run["emotion"], run["modality"],
-                       Path(out_root) / name, window=run["window"], hop=run["hop"],
-                       batch_size=run["batch_size"])["metrics"]
-        rows.append({"run": name, "cpu_s": round(time.process_time() - c, 2), "wall_s": m["seconds"]})
-        print(json.dumps(rows[-1]), flush=True)
-    total = {"runs": len(rows), "wall_s": round(time.perf_counter() - wall, 1),
-             "cpu_s": round(time.process_time() - cpu, 1), "threads": torch.get_num_threads()}
-    print(json.dumps(total))
-    return {"total": total, "runs": rows}
-
-
-def main(argv=None) -> int:
-    from common.params import load_params
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--benchmark", action="store_true", help="time train_fold on random features")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--out", default="/tmp/zhang2021-benchmark")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = ap.parse_args(argv)
-    params = load_params("params.yaml", args.profile)
-    if args.benchmark:
-        import shutil
-        shutil.rmtree(args.out, ignore_errors=True)
-        benchmark(params, args.out, args.threads)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
