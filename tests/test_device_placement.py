@@ -252,14 +252,14 @@ def _zhang(modality):
 
 def _vu_batch(key, shape, frames=()):
     """3 samples of each training set (a GRU's carry `frames` per sample): one without EXPR, one without VA."""
-    from papers.vu2021.train import PRIMARY
+    from papers.vu2021.losses import PRIMARY
     expr = torch.tensor([0, 6, -1]).reshape(3, *(1,) * len(frames)).expand(3, *frames)
     va = torch.tensor([[0.1, -0.2], [-5.0, -5.0], [0.5, 0.3]]).reshape(3, *(1,) * len(frames), 2).expand(3, *frames, 2)
     return {name: {key: torch.randn(3, *frames, *shape), "expr": expr.clone(), "va": va.clone()} for name in PRIMARY}
 
 
 def _vu(stage, role):
-    from papers.vu2021 import train
+    from papers.vu2021 import losses, train
     vp = SMOKE["vu2021"]
     if stage == "cnn":
         build, batch = (lambda: train.build_cnn(vp["cnn"])), meta(_vu_batch("image", (3, 28, 28)))
@@ -267,10 +267,10 @@ def _vu(stage, role):
         build, batch = (lambda: train.build_gru(SMOKE)), meta(_vu_batch("x", (int(vp["cnn"]["feature_dim"]),), (5,)))
     key = "image" if stage == "cnn" else "x"
     if role == "teacher":
-        return lambda: train.teacher_loss(train.forward_sets(on_meta(build()), batch, key), batch, vp)
+        return lambda: losses.teacher_loss(train.forward_sets(on_meta(build()), batch, key), batch, vp)
     teacher = on_meta(build().eval())
-    return lambda: train.student_loss(train.forward_sets(on_meta(build()), batch, key),
-                                      train.forward_sets(teacher, batch, key), batch, vp, sharing=role == "eq10")
+    return lambda: losses.student_loss(train.forward_sets(on_meta(build()), batch, key),
+                                       train.forward_sets(teacher, batch, key), batch, vp, sharing=role == "eq10")
 
 
 class MetaTruth:
@@ -446,13 +446,14 @@ def _wav2vec_extract_and_evaluate(monkeypatch):
 
 
 def _liu_predict():
+    from common.data.sequences import Normalizer
     from papers.liu2023 import data
     from papers.liu2023.model import LiuModel
     rng = np.random.default_rng(0)
     clips = [data.Clip(f"v{i}", "s", "validation", rng.random((n, 2), np.float32), np.ones(n, bool),
                        {"a": rng.random((n, 6), np.float32), "b": rng.random((n, 4), np.float32)})
              for i, n in enumerate((7, 12))]
-    norm = data.Normalizer(clips, ["a", "b"])
+    norm = Normalizer(clips, ["a", "b"])
     model = evaluated(LiuModel(6, 4, "transformer_lstm", "early", dim=8, layers=1, heads=2, segment=5, head_hidden=(8,)))
     out = data.predict(model, clips, norm, ["a"], ["b"], 5)
     assert {v: p.shape for v, p in out.items()} == {"v0": (7, 2), "v1": (12, 2)}
@@ -470,6 +471,7 @@ def _jeong_predict():
 
 
 def _zhang_predict():
+    from common.data.sequences import Normalizer
     from papers.zhang2021 import data
     from papers.zhang2021.model import build_model
     z = SMOKE["zhang2021"]
@@ -477,7 +479,7 @@ def _zhang_predict():
     mods = ("visual", "mfcc", "vggish")
     trials = [data.Trial(f"v{i}", "s", "validation", rng.random((n, 2), np.float32), np.ones(n, bool),
                          {m: rng.random((n, z["dims"][m]), np.float32) for m in mods}) for i, n in enumerate((30, 45))]
-    norm = data.Normalizer(trials, mods)
+    norm = Normalizer(trials, mods)
     out = data.predict(evaluated(build_model(z, "multimodal")), trials, mods, 20, 10, norm, batch_size=3)
     assert {v: p.shape for v, p in out.items()} == {"v0": (30,), "v1": (45,)}
 
@@ -492,7 +494,7 @@ def _vu_predict():
     assert logits.shape == (6, 7) and va.shape == (6, 2)
 
     @dataclass
-    class Track:                     # what predict_tracks reads of papers.vu2021.train.Track
+    class Track:                     # what predict_tracks reads of papers.vu2021.data.Track
         n: int
 
         def window(self, start, length):

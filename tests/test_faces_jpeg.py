@@ -155,6 +155,7 @@ def test_vu_training_reads_jpeg_faces_in_two_dataloader_workers(both, monkeypatc
     (decoding in this process raises), the same batches as the npy format, and a training step."""
     from papers.vu2021 import data as vd
     from papers.vu2021 import train as vt
+    from papers.vu2021.losses import teacher_loss
     out, _ = both
     batches = {}
     for format in faces.FORMATS:
@@ -175,7 +176,7 @@ def test_vu_training_reads_jpeg_faces_in_two_dataloader_workers(both, monkeypatc
     assert vt.train_config(cfg, 0).num_workers == 2
     torch.manual_seed(0)
     model = vt.build_cnn(cfg)
-    loss = vt.teacher_loss(vt.forward_sets(model, batches["jpeg"][0]), batches["jpeg"][0], out["jpeg"][0]["vu2021"])
+    loss = teacher_loss(vt.forward_sets(model, batches["jpeg"][0]), batches["jpeg"][0], out["jpeg"][0]["vu2021"])
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
 

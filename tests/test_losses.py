@@ -1,4 +1,6 @@
-"""Tests for common/losses.py.
+"""Tests for the losses: the shared ones (common/losses.py) and the papers' own
+(papers/vu2021/losses.py: bins, Hinton KD, Eqs. 2, 4-6; papers/jeong2022/losses.py: Eqs. 8-10, 12,
+Deng's task weights).
 
 Each loss gets (a) a value worked out by hand on a tiny input (the arithmetic is in the test),
 (b) a float64 gradcheck, (c) a masking check (invalid entries change neither the loss nor get
@@ -14,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from common.losses import (
-    TaskPatience, bin_values, bins_expectation, ccc, ccc_loss, dynamic_task_weight, hinton_kd,
-    jeong_au_distillation, jeong_expr_distillation, jeong_student_loss, jeong_va_distillation,
-    masked_bce_with_logits, masked_cross_entropy, va_to_bins, vu_kd_loss, vu_va_loss,
-)
+from common.losses import ccc, ccc_loss, masked_bce_with_logits, masked_cross_entropy
+from papers.jeong2022.losses import (TaskPatience, dynamic_task_weight, jeong_au_distillation,
+                                     jeong_expr_distillation, jeong_student_loss, jeong_va_distillation)
+from papers.vu2021.losses import bin_values, bins_expectation, hinton_kd, va_to_bins, vu_kd_loss, vu_va_loss
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 D = torch.float64

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.losses import masked_cross_entropy, vu_kd_loss, vu_va_loss
+from common.data.sequences import window_starts
+from common.losses import masked_cross_entropy
 from papers.vu2021 import data as vd
+from papers.vu2021 import losses as vl
 from papers.vu2021 import train as vt
+from papers.vu2021.losses import vu_kd_loss, vu_va_loss
 from papers.vu2021.model import MultitaskCNN, MultitaskGRU
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +64,7 @@ def test_teacher_loss_is_eq7_by_hand():
     e3, v3 = _outputs(4, 1)
     batch = {"expr": {"expr": torch.tensor([0, 1, 2, -1]), "va": torch.full((4, 2), -5.0)},
              "both": {"expr": torch.tensor([3, 4, 5, 6]), "va": torch.rand(4, 2) * 2 - 1}}
-    loss = vt.teacher_loss({"expr": (e1, v1), "both": (e3, v3)}, batch, VP)
+    loss = vl.teacher_loss({"expr": (e1, v1), "both": (e3, v3)}, batch, VP)
     ce1 = -torch.log_softmax(e1[:3], -1)[torch.arange(3), torch.tensor([0, 1, 2])].mean()      # Eq. 1
     ce3 = masked_cross_entropy(e3, batch["both"]["expr"])
     expected = ce1 + ce3 + vu_va_loss(v3, batch["both"]["va"], ccc_weight="code", support="linspace")  # Eqs. 3, 7
@@ -79,19 +82,19 @@ def test_student_loss_eq9_and_eq10_by_hand():
     # No secondary label anywhere: Eq. 10 = Eq. 9 = G_1 + H^(2).
     none = {"expr": {"expr": expr, "va": torch.full((4, 2), -5.0)}}
     h_va = vu_kd_loss(student_va=s_v, teacher_va=t_v, temperature=T)
-    eq9 = vt.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, none, VP, sharing=False)
-    eq10 = vt.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, none, VP, sharing=True)
+    eq9 = vl.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, none, VP, sharing=False)
+    eq10 = vl.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, none, VP, sharing=True)
     assert eq9.item() == pytest.approx((g_expr + h_va).item(), rel=1e-5)
     assert eq10.item() == pytest.approx(eq9.item(), rel=1e-5)
     # Every frame also has VA: Eq. 10 replaces H^(2) by G_2 = lam L^(2) + (1 - lam) H^(2).
     va = torch.rand(4, 2) * 2 - 1
     both = {"expr": {"expr": expr, "va": va}}
-    eq10 = vt.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, both, VP, sharing=True)
+    eq10 = vl.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, both, VP, sharing=True)
     g_va = lam * vu_va_loss(s_v, va, ccc_weight="code", support="linspace") + (1 - lam) * h_va
     assert eq10.item() == pytest.approx((g_expr + g_va).item(), rel=1e-5)
     # Half labelled: the per-frame mix, H^(2) on the unlabelled half, G_2 on the labelled half.
     half = {"expr": {"expr": expr, "va": torch.cat([va[:2], torch.full((2, 2), -5.0)])}}
-    eq10 = vt.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, half, VP, sharing=True)
+    eq10 = vl.student_loss({"expr": (s_e, s_v)}, {"expr": (t_e, t_v)}, half, VP, sharing=True)
     rows = torch.tensor([True, True, False, False])
     g_half = lam * vu_va_loss(s_v[:2], va[:2], ccc_weight="code", support="linspace") \
         + (1 - lam) * vu_kd_loss(student_va=s_v, teacher_va=t_v, temperature=T, mask=rows)
@@ -102,7 +105,7 @@ def test_student_loss_eq9_and_eq10_by_hand():
 def test_student_equals_teacher_has_no_distillation_loss():
     s_e, s_v = _outputs(3, 4)
     batch = {"va": {"expr": torch.full((3,), -1), "va": torch.zeros(3, 2) - 5.0}}
-    loss = vt.student_loss({"va": (s_e, s_v)}, {"va": (s_e, s_v)}, batch, VP, sharing=True)
+    loss = vl.student_loss({"va": (s_e, s_v)}, {"va": (s_e, s_v)}, batch, VP, sharing=True)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)      # no labels, identical outputs: KL = 0
 
 
@@ -116,16 +119,16 @@ def test_gru_teacher_loss_learns_a_toy_signal():
     batch = {"expr": {"expr": expr, "va": torch.full_like(va, -5.0)}, "va": {"expr": torch.full_like(expr, -1), "va": va}}
     losses = []
     for _ in range(60):
-        loss = vt.teacher_loss(vt.forward_sets(model, {k: {**b, "x": x} for k, b in batch.items()}, "x"), batch, VP)
+        loss = vl.teacher_loss(vt.forward_sets(model, {k: {**b, "x": x} for k, b in batch.items()}, "x"), batch, VP)
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
 
 
 def test_windows_cover_every_frame():
-    assert vt.windows(70, 32, 32) == [0, 32, 38]
-    assert vt.windows(70, 32, 16) == [0, 16, 32, 38]
-    assert vt.windows(10, 32, 16) == [0]
+    assert window_starts(70, 32, 32) == [0, 32, 38]
+    assert window_starts(70, 32, 16) == [0, 16, 32, 38]
+    assert window_starts(10, 32, 16) == [0]
 
 
 def test_weights_load_and_mismatch_names_file_and_key(tmp_path):

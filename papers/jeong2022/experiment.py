@@ -7,12 +7,12 @@ reading the same runs, reuses finished runs instead of training them again.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
+from common.parallel import finished_run
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from common.weights import PIPELINE, recorded_provenance
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
@@ -28,12 +28,13 @@ def run(params: dict, corpus, teachers: str | Path, role: str, inputs: str, seed
     """One run's result.json, training it first if it is not finished."""
     teacher_dir = Path(teachers) / run_name("teacher", inputs, seed)
     out = teacher_dir if role == "teacher" else Path(students) / run_name(role, inputs, seed)
-    done = out / "result.json"
-    if not done.exists():
+
+    def train():
         if role == "student":
             run(params, corpus, teachers, "teacher", inputs, seed)      # the student needs its teacher
         train_run(params, corpus, role, inputs, seed, out, teacher_dir=teacher_dir)
-    return json.loads(done.read_text())
+
+    return finished_run(out, train)
 
 
 def run_grid(params: dict, corpus, teachers, role: str, inputs_list, students=None) -> list[dict]:

@@ -6,7 +6,7 @@ follow the official code: proportional to the task sets' sizes, the largest `bat
 An epoch is `steps_per_epoch` steps of randomly drawn frames (0 = as many steps as one pass over
 the largest set takes); the paper's epoch is a full pass.
 
-Losses (common/losses.py):
+Losses (the shared ones in common/losses.py, Jeong's own in papers/jeong2022/losses.py):
   supervision  VA 1 - mean CCC (Eq. 2), EXPR CE (Eq. 4), AU BCE (Eq. 6), MTL their sum (Eq. 7)
   teacher      Loss_i = L_i^s on the batches of task set i (Eq. 11)
   student      Loss_i = gamma_i (alpha L_i^s + L_i^d) + sum_{j != i} beta gamma_j L_j^d (Eq. 12), with the
@@ -19,7 +19,6 @@ Early stop on the validation P_MTL (official code) after `early_stop` epochs wit
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -28,13 +27,14 @@ import torch
 from torch.utils.data import Dataset
 
 from common.device import module_device
-from common.losses import (TaskPatience, ccc_loss, jeong_au_distillation, jeong_expr_distillation,
-                           jeong_student_loss, jeong_va_distillation, masked_bce_with_logits,
-                           masked_cross_entropy)
+from common.files import atomic_write_json
+from common.losses import ccc_loss, masked_bce_with_logits, masked_cross_entropy
 from common.metrics import au_metrics, batch_averaged, expr_metrics, va_metrics
 from common.train import TrainConfig, fit
 from common.weights import load_weights_file
 from papers.jeong2022.data import STREAMS, TASKS, Corpus, batch, inputs
+from papers.jeong2022.losses import (TaskPatience, jeong_au_distillation, jeong_expr_distillation,
+                                     jeong_student_loss, jeong_va_distillation)
 from papers.jeong2022.model import JeongNet
 
 
@@ -233,7 +233,5 @@ def train_run(params: dict, corpus: Corpus, role: str, inputs_kind: str, seed: i
     for split in ("validation", "test"):
         scores = evaluate_split(model, corpus, split, ("abaw", "code"))
         result[split], result[f"{split}_code_metric"] = scores["abaw"], scores["code"]
-    tmp = out_dir / ".result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out_dir / "result.json")
+    atomic_write_json(out_dir / "result.json", result)
     return result

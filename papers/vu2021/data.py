@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.data.affwild2 import read_split
+from common.data.sequences import window_starts
 from common.data.still_images import read_still_set
 from common.features.visual import decode_faces, normalise
 
@@ -258,3 +259,60 @@ def augment_batch(images: torch.Tensor, crop: int, pad: int, downsample: int = 1
     room = images.shape[-1] - crop
     top = room // 2
     return _shrink(normalise(images[..., top:top + crop, top:top + crop]), downsample)
+
+
+# ------------------------------------------------------------------------------ the GRU stage (Sec. 3.4)
+
+class Track:
+    """One video's cached features (as is, mirrored) and its labels in the paper's 7 classes."""
+
+    def __init__(self, v, caches: dict):
+        self.video, self.n = v.video, v.n_frames
+        self.features = {flip: c.get(v.video, v.n_frames) for flip, c in caches.items()}
+        self.expr = seven_classes(v.expr, v.expr_mask)
+        self.va = va_or_na(v.va, v.va_mask)
+
+    def window(self, start: int, length: int, flip: bool = False):
+        sl = slice(start, start + length)
+        x = torch.from_numpy(np.asarray(self.features[flip][sl], np.float32))
+        expr, va = torch.from_numpy(self.expr[sl]), torch.from_numpy(self.va[sl])
+        if len(x) < length:                      # a video shorter than one sequence: pad, unlabelled
+            pad = length - len(x)
+            x = torch.cat([x, x[-1:].expand(pad, -1)])
+            expr = torch.cat([expr, torch.full((pad,), EXPR_NA)])
+            va = torch.cat([va, torch.full((pad, 2), VA_NA)])
+        return x, expr, va
+
+
+class SequenceStreams(torch.utils.data.Dataset):
+    """Item i = one 32-frame sequence from each set: {set: {"x": (T, D), "expr", "va"}}.
+
+    The GRU stage uses the Aff-Wild2 sets only, as the official code (its CNN-RNN loaders are
+    Mixed_EXPR and Mixed_VA over Aff-Wild2 videos): stills make no sequences. Training windows
+    overlap by half (hop T/2, official code); each epoch draws `samples_per_epoch` windows of each
+    set uniformly (seeded by seed, epoch); each sequence is mirrored as a whole with probability 1/2.
+    """
+
+    def __init__(self, tracks: list, length: int, seed: int, samples_per_epoch: int):
+        self.length, self.seed = length, seed
+        self.items = {}
+        for name, task in (("expr", "expr"), ("va", "va")):
+            labelled = [t for t in tracks if ((t.expr != EXPR_NA) if task == "expr" else (t.va[:, 0] != VA_NA)).any()]
+            self.items[name] = [(t, s) for t in labelled for s in window_starts(t.n, length, length // 2)]
+        self.n = samples_per_epoch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        self.draws = {k: rng.integers(0, len(v), self.n) for k, v in self.items.items()}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        out = {}
+        for name, items in self.items.items():
+            track, start = items[self.draws[name][i]]
+            x, expr, va = track.window(start, self.length, flip=bool(torch.rand(()) < 0.5))
+            out[name] = {"x": x, "expr": expr, "va": va}
+        return out

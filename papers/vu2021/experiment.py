@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from common.data.affwild2 import read_split
+from common.files import atomic_write_json
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
+from common.parallel import finished_run
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call them through experiment)
+from papers.vu2021 import data as vd
 from papers.vu2021 import train as vt
 
 SPLITS = ("train", "validation", "test")
@@ -37,14 +40,15 @@ def cnn_dir(out_dir, kind: str, seed: int) -> Path:
 def cnn_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False) -> dict:
     """result.json of one CNN run, training it (and, for a student, its teacher) if needed."""
     out = cnn_dir(out_dir, kind, seed)
-    done = out / "result.json"
-    if not done.exists():
+
+    def train():
         teacher = None
         if vt.CNN_KINDS[kind][1] is not None:
             cnn_run(params, out_dir, "teacher123", seed, progress)
             teacher = cnn_dir(out_dir, "teacher123", seed)
         vt.train_cnn(params, kind, seed, out, teacher, progress)
-    return json.loads(done.read_text())
+
+    return finished_run(out, train)
 
 
 def cnn_grid(params: dict, out_dir, kinds, progress: bool = False) -> list[dict]:
@@ -59,21 +63,22 @@ def gru_tracks(params: dict, out_dir, seed: int) -> dict:
     videos = {s: read_split(params["data"]["root"], s, tasks=("VA", "EXPR")) for s in SPLITS}
     caches = vt.extract_features(params, source, Path(out_dir) / "gru" / "features",
                                  [v for s in SPLITS for v in videos[s]])
-    return {s: [vt.Track(v, caches) for v in videos[s]] for s in SPLITS}
+    return {s: [vd.Track(v, caches) for v in videos[s]] for s in SPLITS}
 
 
 def gru_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False) -> dict:
     """result.json of one GRU run (kind teacher or student) plus the CNN it reads, scored alike."""
     out = Path(out_dir) / "gru" / f"{kind}-seed{seed}"
-    done = out / "result.json"
-    if not done.exists():
+
+    def train():
         tracks = gru_tracks(params, out_dir, seed)
         teacher = None
         if kind == "student":
             gru_run(params, out_dir, "teacher", seed, progress)
             teacher = Path(out_dir) / "gru" / f"teacher-seed{seed}"
         vt.train_gru(params, kind, seed, tracks, out, teacher, progress)
-    return json.loads(done.read_text())
+
+    return finished_run(out, train)
 
 
 def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
@@ -86,8 +91,8 @@ def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
         model = vt.load_model(vt.build_cnn(params["vu2021"]["cnn"]),
                               cnn_dir(out_dir, "student_sharing", seed) / "best.pt")
         length = int(params["vu2021"]["gru"]["seq_len"])
-        vt._write_json(out, {s: vt.track_score(model, tracks[s], length, params["vu2021"], gru=False)
-                             for s in ("validation", "test")})
+        atomic_write_json(out, {s: vt.track_score(model, tracks[s], length, params["vu2021"], gru=False)
+                                for s in ("validation", "test")})
     return json.loads(out.read_text())
 
 

@@ -3,7 +3,7 @@
 (a) A ResNet spatial feature extractor, then the official code's head: BN - FC -> 128 - ReLU -
     BN - dropout 0.5 - two outputs, EXPR (7 logits; the ABAW3 class Other is not used) and VA
     (valence and arousal, each a distribution over `n_bins` bins on [-1, 1], Eq. 2; the
-    prediction is the expectation over the bins, `common.losses.bins_expectation`).
+    prediction is the expectation over the bins, `papers/vu2021/losses.py: bins_expectation`).
     The ResNet is `common.backbones.resnet.ResNet` (its embedding layer ends in BN, the first BN
     of the head); the paper profile builds ResNet-50 (bottleneck [3, 4, 6, 3], width 64).
 (b) The 128-d features of the frozen CNN for 32-frame sequences -> bidirectional GRU (64 per

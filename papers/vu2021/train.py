@@ -1,20 +1,17 @@
-"""Vu et al. 2021 Sec. 3.2: teacher and student losses, CNN and GRU training with common.train.fit.
+"""Vu et al. 2021 Sec. 3.2-3.4: CNN and GRU training with common.train.fit, scoring, CNN features.
 
-Losses (one batch holds N samples of every training set; outputs of all sets in one forward pass):
-    supervision  L^(1) = CE (Eq. 1); L^(2) = sum over V, A of CE on the bin + w (1 - CCC) (Eq. 2,
-                 `common.losses.vu_va_loss`); L^(3) = L^(1) + L^(2) on the EXPR_VA set (Eq. 3)
-    distillation H = KL(SF(t, T) || SF(s, T)) per output (Eqs. 4-6, `common.losses.vu_kd_loss`)
-    teacher      F_t = sum of L^(i) over the sets in use (Eq. 7; T in {1, 2} or {1, 2, 3})
-    student      G_i = lambda L^(i) + (1 - lambda) H^(i) on each set's own task(s) (Eq. 8), and
-                 for the other task j of sets 1 and 2: H^(j) (Eq. 9, no sharing), or, frame by
-                 frame, H^(j) where the frame has no label for j and G_j where it has (Eq. 10).
-Sums over the N samples are means here (the same minimiser; the learning rate absorbs N).
-The teacher of a student is the teacher trained with T in {1, 2, 3} with the same seed, run in
-eval mode on the same (augmented) inputs.
+* The CNN (Sec. 3.2-3.3): teachers on the mixed training sets (Eq. 7) and students distilled from
+  the teacher trained with T in {1, 2, 3} with the same seed, run in eval mode on the same
+  (augmented) inputs (Eqs. 9, 10). The losses are in `papers/vu2021/losses.py`, the training sets
+  in `papers/vu2021/data.py`.
+* Scoring (Sec. 4.2): CCC per dimension and the EXPR criterion 0.67 F1 + 0.33 accuracy.
+* Features for the GRU stage (Sec. 3.4): every frame through the frozen CNN, as is and mirrored,
+  into a feature cache keyed by the CNN's weights.
+* The GRU (Sec. 3.4): teacher (Eq. 7) and student (Eq. 10) over 32-frame sequences of those
+  features (`data.Track`, `data.SequenceStreams`).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,18 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.data.sequences import window_starts
 from common.features.cache import FeatureCache
-from common.features.visual import file_sha256, frozen_for_inference
-from common.losses import EXPR_INVALID, VA_INVALID, bins_expectation, masked_cross_entropy, \
-    vu_kd_loss, vu_va_loss
+from common.features.visual import frozen_for_inference
+from common.files import atomic_write_json, file_sha256
 from common.metrics import abaw2_expr_criterion, expr_metrics, va_metrics
 from common.train import TrainConfig, fit
 from common.weights import UnreadableWeights, load_weights_file
 from papers.vu2021 import data as vd
+from papers.vu2021.losses import bins_expectation, student_loss, teacher_loss
 from papers.vu2021.model import MultitaskCNN, MultitaskGRU, build_cnn
 
-PRIMARY = {"expr": ("expr",), "va": ("va",), "both": ("expr", "va")}     # each set's own task(s)
-SECONDARY = {"expr": ("va",), "va": ("expr",), "both": ()}               # the task it lacks
 CNN_KINDS = {  # run kind -> (training sets, student loss or None for a teacher)
     "teacher12": (("expr", "va"), None),
     "teacher123": (("expr", "va", "both"), None),
@@ -66,66 +62,7 @@ def load_model(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-# ------------------------------------------------------------------------------------- losses
-
-def _flat(expr_logits, va_logits, expr, va):
-    """(..., 7), (..., 2, K), (...), (..., 2) -> rows: a GRU's frames become samples."""
-    k = va_logits.shape[-1]
-    return (expr_logits.reshape(-1, expr_logits.shape[-1]), va_logits.reshape(-1, 2, k),
-            expr.reshape(-1), va.reshape(-1, 2))
-
-
-def supervision(task: str, expr_logits, va_logits, expr, va, vp: dict) -> torch.Tensor:
-    """L^(1) (Eq. 1) or L^(2) (Eq. 2); rows without a label for `task` are left out."""
-    if task == "expr":
-        return masked_cross_entropy(expr_logits, expr, ignore=EXPR_INVALID)          # Eq. 1
-    return vu_va_loss(va_logits, va, ccc_weight=vp["ccc_weight"], support=vp["bin_support"])  # Eq. 2
-
-
-def distillation(task: str, s_expr, s_va, t_expr, t_va, vp: dict, mask=None) -> torch.Tensor:
-    """H^(1) (Eq. 4) or H^(2) (Eq. 5) at temperature T."""
-    T = float(vp["temperature"])
-    if task == "expr":
-        return vu_kd_loss(s_expr, t_expr, temperature=T, mask=mask)                   # Eq. 4
-    return vu_kd_loss(student_va=s_va, teacher_va=t_va, temperature=T, mask=mask)      # Eq. 5
-
-
-def teacher_loss(outputs: dict, batch: dict, vp: dict) -> torch.Tensor:
-    """Eq. 7: the sum over the training sets of their supervision losses (Eq. 3 = both on set 3)."""
-    total = 0.0
-    for name, (expr_logits, va_logits) in outputs.items():
-        e, v, expr, va = _flat(expr_logits, va_logits, batch[name]["expr"], batch[name]["va"])
-        for task in PRIMARY[name]:
-            total = total + supervision(task, e, v, expr, va, vp)
-    return total
-
-
-def student_loss(outputs: dict, teacher_outputs: dict, batch: dict, vp: dict, sharing: bool) -> torch.Tensor:
-    """Eq. 9 (sharing=False) or Eq. 10 (sharing=True)."""
-    lam = float(vp["lam"])
-    total = 0.0
-    for name, (s_e, s_v) in outputs.items():
-        t_e, t_v = teacher_outputs[name]
-        s_e, s_v, expr, va = _flat(s_e, s_v, batch[name]["expr"], batch[name]["va"])
-        t_e, t_v = t_e.reshape(s_e.shape), t_v.reshape(s_v.shape)
-        for task in PRIMARY[name]:                                            # Eq. 8: G_i
-            total = total + lam * supervision(task, s_e, s_v, expr, va, vp) \
-                + (1 - lam) * distillation(task, s_e, s_v, t_e, t_v, vp)
-        for task in SECONDARY[name]:
-            if not sharing:                                                   # Eq. 9: H^(j)
-                total = total + distillation(task, s_e, s_v, t_e, t_v, vp)
-                continue
-            # Eq. 10, frame by frame: H^(j) if y^(j) is NA, G_j otherwise. The two masked means
-            # are weighted by their share of the rows, so this is the mean over rows of the
-            # per-row loss (the CCC term of G_j is a statistic over the labelled rows).
-            labelled = (expr != EXPR_INVALID) if task == "expr" else (va[:, 0] != VA_INVALID)
-            share = labelled.float().mean()
-            na = distillation(task, s_e, s_v, t_e, t_v, vp, mask=~labelled)
-            g = lam * supervision(task, s_e, s_v, expr, va, vp) \
-                + (1 - lam) * distillation(task, s_e, s_v, t_e, t_v, vp, mask=labelled)
-            total = total + (1 - share) * na + (share * g if bool(labelled.any()) else 0.0)
-    return total
-
+# ------------------------------------------------------------------------------------- training
 
 def forward_sets(model: nn.Module, batch: dict, key: str = "image") -> dict:
     """Every set's outputs from ONE forward pass (BatchNorm sees the whole mixed batch)."""
@@ -241,7 +178,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
         logits, va = predict_frames(model, frames, cfg, vp)
         result[split] = score(frames.expr, logits, frames.va, va)
     result["seconds"] = round(time.perf_counter() - started, 2)
-    _write_json(out / "result.json", result)
+    atomic_write_json(out / "result.json", result)
     return result
 
 
@@ -250,11 +187,6 @@ def epochs_done(out: Path) -> int:
     path = Path(out) / "metrics.csv"
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- features for the GRU stage
@@ -312,71 +244,6 @@ def extract_features(params: dict, cnn_dir: Path, root: Path, videos: list) -> d
 
 # ------------------------------------------------------------------------------ the GRU stage
 
-def windows(n_frames: int, length: int, hop: int) -> list[int]:
-    """Start frames of `length`-frame windows every `hop` frames; the last one ends at the end."""
-    if n_frames <= length:
-        return [0]
-    starts = list(range(0, n_frames - length + 1, hop))
-    if starts[-1] != n_frames - length:
-        starts.append(n_frames - length)
-    return starts
-
-
-class Track:
-    """One video's cached features (as is, mirrored) and its labels in the paper's 7 classes."""
-
-    def __init__(self, v, caches: dict):
-        self.video, self.n = v.video, v.n_frames
-        self.features = {flip: c.get(v.video, v.n_frames) for flip, c in caches.items()}
-        self.expr = vd.seven_classes(v.expr, v.expr_mask)
-        self.va = vd.va_or_na(v.va, v.va_mask)
-
-    def window(self, start: int, length: int, flip: bool = False):
-        sl = slice(start, start + length)
-        x = torch.from_numpy(np.asarray(self.features[flip][sl], np.float32))
-        expr, va = torch.from_numpy(self.expr[sl]), torch.from_numpy(self.va[sl])
-        if len(x) < length:                      # a video shorter than one sequence: pad, unlabelled
-            pad = length - len(x)
-            x = torch.cat([x, x[-1:].expand(pad, -1)])
-            expr = torch.cat([expr, torch.full((pad,), EXPR_INVALID)])
-            va = torch.cat([va, torch.full((pad, 2), VA_INVALID)])
-        return x, expr, va
-
-
-class SequenceStreams(torch.utils.data.Dataset):
-    """Item i = one 32-frame sequence from each set: {set: {"x": (T, D), "expr", "va"}}.
-
-    The GRU stage uses the Aff-Wild2 sets only, as the official code (its CNN-RNN loaders are
-    Mixed_EXPR and Mixed_VA over Aff-Wild2 videos): stills make no sequences. Training windows
-    overlap by half (hop T/2, official code); each epoch draws `samples_per_epoch` windows of each
-    set uniformly (seeded by seed, epoch); each sequence is mirrored as a whole with probability 1/2.
-    """
-
-    def __init__(self, tracks: list, length: int, seed: int, samples_per_epoch: int):
-        self.length, self.seed = length, seed
-        self.items = {}
-        for name, task in (("expr", "expr"), ("va", "va")):
-            labelled = [t for t in tracks if ((t.expr != EXPR_INVALID) if task == "expr" else (t.va[:, 0] != VA_INVALID)).any()]
-            self.items[name] = [(t, s) for t in labelled for s in windows(t.n, length, length // 2)]
-        self.n = samples_per_epoch
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        rng = np.random.default_rng([self.seed, epoch])
-        self.draws = {k: rng.integers(0, len(v), self.n) for k, v in self.items.items()}
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        out = {}
-        for name, items in self.items.items():
-            track, start = items[self.draws[name][i]]
-            x, expr, va = track.window(start, self.length, flip=bool(torch.rand(()) < 0.5))
-            out[name] = {"x": x, "expr": expr, "va": va}
-        return out
-
-
 @torch.no_grad()
 def predict_tracks(model: nn.Module, tracks: list, length: int, vp: dict, gru: bool = True):
     """Per-frame (EXPR logits, VA) of every track: non-overlapping windows, the last end-aligned
@@ -390,7 +257,7 @@ def predict_tracks(model: nn.Module, tracks: list, length: int, vp: dict, gru: b
     device = next(model.parameters()).device
     logits, va = [], []
     for t in tracks:
-        starts = windows(t.n, length, length)
+        starts = window_starts(t.n, length, length)
         x = torch.stack([t.window(s, length)[0] for s in starts]).to(device)   # (W, T, D)
         e, v = model(x) if gru else model.heads(x)
         e, v = e.float().cpu(), va_prediction(v.float(), vp).cpu()
@@ -422,7 +289,7 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
     vp, g = params["vu2021"], params["vu2021"]["gru"]
     started = time.perf_counter()
     length = int(g["seq_len"])
-    dataset = SequenceStreams(tracks["train"], length, seed, int(g["samples_per_epoch"]))
+    dataset = vd.SequenceStreams(tracks["train"], length, seed, int(g["samples_per_epoch"]))
     torch.manual_seed(seed)
     model = build_gru(params)
     if kind == "teacher":
@@ -448,5 +315,5 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
     for split in ("validation", "test"):
         result[split] = track_score(model, tracks[split], length, vp)
     result["seconds"] = round(time.perf_counter() - started, 2)
-    _write_json(out / "result.json", result)
+    atomic_write_json(out / "result.json", result)
     return result
