@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.files import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ("zhang2021", "jeong2022", "vu2021", "liu2023")
 
@@ -116,11 +118,7 @@ def main(argv=None) -> int:
     result = {"profile": profile, "exit_code": code, "total_s": total, "stages": dict(stages), "groups": groups,
               "cpus": os.cpu_count(), "load_after": [round(x, 2) for x in load],
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = ROOT / "reports" / "benchmarks" / f"pipeline_{profile}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(ROOT / "reports" / "benchmarks" / f"pipeline_{profile}.json", result)
     print_table(result)
     return code
 

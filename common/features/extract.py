@@ -19,6 +19,7 @@ from pathlib import Path
 from common.data.affwild2 import SPLITS, audio_path, read_split
 from common.features import audio as audio_features
 from common.features.cache import FeatureCache, align_to_frames
+from common.files import atomic_write_json
 from common.params import ParamsError, load_params
 
 
@@ -68,10 +69,7 @@ def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = Tr
                "audio_files": len(groups), "computed": len(todo),
                "tracks": sum(len(t) for t in groups.values()),
                "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
-    out = Path(cache_root) / f"{name}.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(Path(cache_root) / f"{name}.json", summary)
     return summary
 
 
