@@ -67,6 +67,41 @@ def test_both_liu_stages_depend_on_every_bank_feature_and_network():
     for name in ("liu2023_validation", "liu2023_submissions"):
         assert wanted <= set(stages[name]["deps"]), (name, sorted(wanted - set(stages[name]["deps"])))
 
+
+def _paper_imports(path: Path) -> set:
+    """The modules of the same paper that papers/<paper>/<module>.py imports, as paths."""
+    import ast
+    paper = path.parent.name
+    found = set()
+    if path.suffix == ".ipynb":
+        source = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    else:
+        source = path.read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == f"papers.{paper}":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"papers.{paper}."):
+            found.add(node.module.split(".")[2])
+    return {f"papers/{paper}/{m}.py" for m in found if (ROOT / "papers" / paper / f"{m}.py").is_file()}
+
+
+def test_paper_stages_depend_on_every_paper_module_their_code_imports():
+    """A stage that names a paper's notebook or module (e.g. train.py) names the modules of that
+    paper they import in turn (e.g. losses.py, data.py), so moving code between a paper's files
+    never leaves a stage stale."""
+    missing = {}
+    for name, stage in _stages().items():
+        deps = {str(d) for d in stage.get("deps", [])}
+        todo = [d for d in deps if d.startswith("papers/") and d.endswith((".py", ".ipynb"))]
+        needed = set()
+        while todo:
+            for module in _paper_imports(ROOT / todo.pop()) - needed:
+                needed.add(module)
+                todo.append(module)
+        if needed - deps:
+            missing[name] = sorted(needed - deps)
+    assert not missing, missing
+
 def test_resolved_sections_carry_the_profile_and_keep_untouched_bytes(tmp_path):
     default = params_module.write_resolved(params_module.load_params(ROOT / "params.yaml", "default"),
                                            tmp_path / "default")
