@@ -36,7 +36,7 @@ from torch.utils.data import TensorDataset
 
 from common.backbones.ecapa_tdnn import EcapaWeightsError, build_ecapa, load_ecapa_weights
 from common.data.affwild2 import audio_base, audio_path, read_split
-from common.device import inference_device, module_device
+from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
@@ -113,40 +113,27 @@ def batch_outputs(net: nn.Module, windows: torch.Tensor, batch: int = 256) -> to
 
 def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Path:
     """Write <model_dir>/ecapatdnn.pt (+ .json): loaded from ecapatdnn.weights, or pre-trained here."""
-    from common.train import TrainConfig, fit
-    cfg, p = params[NAME], params[NAME]["pretrain"]
-    out_dir = Path(cfg["model_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started, before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(int(p["seed"]))
-        backbone = build_ecapa(cfg)
-        summary = {"architecture": backbone.config}
-        if cfg["weights"]:
-            load_ecapa_weights(backbone, cfg["weights"])
-            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]))
-        else:
-            train, (vx, vy), speakers = _speaker_crops(params)
-            model = SpeakerClassifier(backbone, len(speakers))
-            ce = nn.CrossEntropyLoss()
+    return pretraining.pretrain_or_load(params, NAME, lambda: build_ecapa(params[NAME]), load_ecapa_weights,
+                                        lambda net, out_dir: _train_speakers(params, net, out_dir, progress), threads)
 
-            def evaluate(net):
-                logits = batch_outputs(net, vx)                 # on the CPU, where vy is
-                return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
-            result = fit(model, train, training_loss, evaluate,
-                         TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                                     weight_decay=float(p["weight_decay"]), seed=int(p["seed"]),
-                                     monitor="val_accuracy", mode="max"),
-                         out_dir / "train", progress=progress)
-            summary.update(source="pre-trained in pipeline on speaker identity (training subjects)",
-                           speakers=len(speakers), crops=len(train), validation=result["best"])
-        atomic_torch_save(backbone.state_dict(), model_path(params))
-    finally:
-        torch.set_num_threads(before)
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    atomic_write_json(out_dir / "ecapatdnn.json", summary)
-    return model_path(params)
+
+def _train_speakers(params: dict, backbone: nn.Module, out_dir: Path, progress: bool) -> dict:
+    from common.train import TrainConfig, fit
+    p = params[NAME]["pretrain"]
+    train, (vx, vy), speakers = _speaker_crops(params)
+    model = SpeakerClassifier(backbone, len(speakers))
+    ce = nn.CrossEntropyLoss()
+
+    def evaluate(net):
+        logits = batch_outputs(net, vx)                 # on the CPU, where vy is
+        return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
+    result = fit(model, train, training_loss, evaluate,
+                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                             weight_decay=float(p["weight_decay"]), seed=int(p["seed"]),
+                             monitor="val_accuracy", mode="max"),
+                 out_dir / "train", progress=progress)
+    return {"source": "pre-trained in pipeline on speaker identity (training subjects)",
+            "speakers": len(speakers), "crops": len(train), "validation": result["best"]}
 
 
 # --------------------------------------------------------------------------- extract
@@ -174,12 +161,11 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
     model = build_ecapa(cfg)
     load_ecapa_weights(model, model_path(params))
     model.eval().to(inference_device())
-    started, before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
+    started = time.perf_counter()
     length, hop = int(cfg["window_s"] * FBANK_RATE), float(cfg["hop_s"])
     groups = audio_tracks(params["data"]["root"])
     embedded = 0
-    try:
+    with torch_threads(threads):
         for wav, tracks in groups.items():
             if all(cache.has(t.video) for t in tracks):
                 continue
@@ -189,8 +175,6 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
             embedded += len(emb)
             for t in tracks:
                 cache.put(t.video, align_to_frames(emb, 1.0 / hop, t.n_frames, t.fps))
-    finally:
-        torch.set_num_threads(before)
     summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["embed_dim"]), "hop_s": hop,
                "audio_files": len(groups), "windows": embedded, "seconds": round(time.perf_counter() - started, 2),
                "folder": str(cache.folder)}

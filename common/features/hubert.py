@@ -31,7 +31,7 @@ from torch.utils.data import TensorDataset
 
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.data.affwild2 import AffWild2Error, audio_path, read_split
-from common.device import inference_device, module_device
+from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
@@ -152,12 +152,11 @@ def extract_frames(params: dict, name: str, version: str, frames_of, cache: Feat
     every audio file; aligned to each face track's label frames. Writes <features root>/<name>.json.
     `device`: where frames_of's network is; the chunks are sent there."""
     import time
-    started, before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
+    started = time.perf_counter()
     chunk = int(chunk_s * RATE)
     groups = audio_tracks(params["data"]["root"])
     frames = 0
-    try:
+    with torch_threads(threads):
         for wav, tracks in groups.items():
             if all(cache.has(t.video) for t in tracks):
                 continue
@@ -165,8 +164,6 @@ def extract_frames(params: dict, name: str, version: str, frames_of, cache: Feat
             frames += len(out)
             for t in tracks:
                 cache.put(t.video, align_to_frames(out, FRAME_RATE, t.n_frames, t.fps))
-    finally:
-        torch.set_num_threads(before)
     summary = {"extractor": name, "version": version, "dim": dim, "rate_hz": FRAME_RATE,
                "audio_files": len(groups), "frames": frames, "seconds": round(time.perf_counter() - started, 2),
                "folder": str(cache.folder)}

@@ -15,13 +15,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from common.device import torch_threads
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.weights import weights_provenance
 
 
-def model_path(params: dict, name: str) -> Path:
-    return Path(params[name]["model_dir"]) / f"{name}.pt"
+def model_path(params: dict, name: str, section: str | None = None) -> Path:
+    """<model_dir of params section `section` (default: `name`)>/<name>.pt."""
+    return Path(params[section or name]["model_dir"]) / f"{name}.pt"
 
 
 def network_cache(params: dict, name: str, version: str, settings: dict, dim: int,
@@ -36,30 +38,46 @@ def network_cache(params: dict, name: str, version: str, settings: dict, dim: in
     return FeatureCache(params["features"]["root"], name, version, {"weights": file_sha256(path), **settings}, dim)
 
 
-def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module], load: Callable[[nn.Module, str], None],
-                     train: Callable[[nn.Module, Path], dict], threads: int = 1) -> Path:
-    """build() -> the backbone; load(backbone, file) fills it from `<name>.weights`; otherwise
-    train(backbone, out_dir) trains it in place and returns what to record (source, validation...)."""
-    cfg = params[name]
+def _architecture(backbone: nn.Module) -> dict:
+    return {"architecture": getattr(backbone, "config", {})}
+
+
+def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module],
+                     load: Callable[[nn.Module, str], dict | None], train: Callable[[nn.Module, Path], dict],
+                     threads: int = 1, *, section: str | None = None, seed: int | None = None,
+                     record: Callable[[nn.Module], dict] = _architecture,
+                     record_file: Callable[[nn.Module, Path], dict] | None = None) -> Path:
+    """Write <model_dir>/<name>.pt (the backbone's state dict) and <name>.json (what it is), with
+    `threads` torch threads (0 = as they are) and torch seeded first (the initial weights are part
+    of the run). build() -> the backbone; load(backbone, file) fills it from `<section>.weights`
+    and may return more to record about the file; otherwise train(backbone, out_dir) trains it in
+    place and returns what to record (source, validation...).
+
+    section: the params section (default `name`); seed: default <section>.pretrain.seed;
+    record(backbone): the record's first entries (default its architecture);
+    record_file(backbone, pt_path): entries after the written file's, before `seconds`.
+    """
+    cfg = params[section or name]
     out_dir = Path(cfg["model_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    started, before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(int(cfg["pretrain"]["seed"]))
+    path = model_path(params, name, section)
+    started = time.perf_counter()
+    with torch_threads(threads):
+        torch.manual_seed(int(cfg["pretrain"]["seed"] if seed is None else seed))
         backbone = build()
-        summary = {"architecture": getattr(backbone, "config", {})}
+        summary = record(backbone)
         if cfg["weights"]:
-            load(backbone, cfg["weights"])
-            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]))
+            more = load(backbone, cfg["weights"])
+            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]),
+                           **(more or {}))
         else:
             summary.update(train(backbone, out_dir))
-        atomic_torch_save(backbone.state_dict(), model_path(params, name))
-    finally:
-        torch.set_num_threads(before)
+        atomic_torch_save(backbone.state_dict(), path)
+    if record_file is not None:
+        summary.update(record_file(backbone, path))
     summary["seconds"] = round(time.perf_counter() - started, 2)
     atomic_write_json(out_dir / f"{name}.json", summary)
-    return model_path(params, name)
+    return path
 
 
 def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable, errors: tuple) -> int:
@@ -80,32 +98,29 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (0 = torch's default); narrow networks gain nothing from a second one")
     args = ap.parse_args(argv)
-    before = torch.get_num_threads()
     # Under torchrun (one process per GPU) the pre-training is data-parallel: common.train.fit
     # wraps the network in DistributedDataParallel (nccl), every rank ends with the same weights.
     # Extraction is inference over every track, so rank 0 does it alone once all ranks are done.
     rank, world = distributed()
     try:
         params = load_params(args.params, args.profile)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        for step in args.steps:
-            if step == "pretrain":
-                pretrain(params)
-                result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
-            else:
-                if world > 1:
-                    torch.distributed.barrier()
-                    if rank != 0:
-                        break
-                result = extract(params)
-            if rank == 0:
-                print(json.dumps({step: result}, indent=2, default=str), flush=True)
+        with torch_threads(args.threads):
+            for step in args.steps:
+                if step == "pretrain":
+                    pretrain(params)
+                    result = json.loads((Path(params[name]["model_dir"]) / f"{name}.json").read_text())
+                else:
+                    if world > 1:
+                        torch.distributed.barrier()
+                        if rank != 0:
+                            break
+                    result = extract(params)
+                if rank == 0:
+                    print(json.dumps({step: result}, indent=2, default=str), flush=True)
     except (ParamsError, ValueError, FileNotFoundError, *errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        torch.set_num_threads(before)
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
@@ -161,20 +176,17 @@ def extract_face_feature(params: dict, name: str, encoder: nn.Module, cache, cro
     from common.features.visual import encode_faces, track_features
     from common.parallel import run_parallel
     faces = face_cache(params)
-    started, before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
+    started = time.perf_counter()
     tracks = [v for split in SPLITS for v in read_split(params["data"]["root"], split)]
 
     def encode(t) -> int:
         face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
         cache.put(t.video, track_features(encode_faces(encoder, face_rows, crop, batch_size, dim), t.has_image, dim))
         return len(face_rows)
-    try:
+    with torch_threads(threads):
         # longest tracks first, so neither worker is left with one long track at the end
         todo = sorted((t for t in tracks if not cache.has(t.video)), key=lambda t: -t.n_frames)
         encoded = sum(run_parallel(encode, todo, workers))
-    finally:
-        torch.set_num_threads(before)
     summary = {"extractor": name, "dim": dim, "tracks": len(tracks), "face_frames": encoded, "workers": workers,
                "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
     atomic_write_json(Path(params["features"]["root"]) / f"{name}.json", summary)

@@ -31,7 +31,6 @@ import multiprocessing as mp
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +40,13 @@ from torch.utils.data import Dataset
 
 from common.backbones import vggish as vg
 from common.data.affwild2 import SPLITS, audio_base, audio_path, read_split
-from common.device import module_device
+from common.device import module_device, torch_threads
+from common.features import pretraining
 from common.features.audio import SAMPLE_RATE, load_mono
 from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.features.extract import audio_tracks
 from common.params import ParamsError, load_params
-from common.weights import weights_provenance
 
 NAME = "vggish"
 VERSION = "1"                 # bump when the extraction output changes
@@ -204,45 +203,21 @@ def _train_config(params: dict):
                        monitor="val_balanced_accuracy", mode="max", early_stop=int(p["early_stop"]))
 
 
-@contextmanager
-def _torch_threads(n: int):
-    """Run with n torch threads (0 = leave as is). The default network is so narrow that a second
-    intra-op thread does the same work in twice the CPU time (measured: one epoch 6.8 CPU-s with one
-    thread, 13.6 with two, no faster), and on a shared machine the spinning threads slow it 4x."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def pretrain_vggish(params: dict, progress: bool = True) -> Path:
-    """Write <vggish.model_dir>/vggish.pt (+ vggish.json): loaded from vggish.weights, or pre-trained here."""
-    cfg = params["vggish"]
-    out_dir = Path(cfg["model_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    # Seed before building: the initial weights are part of the run (fit() seeds only its loop).
-    torch.manual_seed(int(cfg["pretrain"]["seed"]))
-    backbone = vg.build_vggish(cfg)
-    summary = {"architecture": backbone.config, "parameters": vg.n_parameters(backbone)}
+    """Write <vggish.model_dir>/vggish.pt (+ vggish.json): loaded from vggish.weights, or pre-trained
+    here with `vggish.threads` torch threads (a narrow network gains nothing from a second one)."""
+    cfg = params[NAME]
+    return pretraining.pretrain_or_load(
+        params, NAME, lambda: vg.build_vggish(cfg), lambda net, path: _load_file(net, path, Path(cfg["model_dir"])),
+        lambda net, out_dir: {"source": SOURCE_PRETRAINED, **_pretrain(params, net, out_dir, progress)},
+        int(cfg["threads"]), record=lambda net: {"architecture": net.config, "parameters": vg.n_parameters(net)})
 
-    if cfg["weights"]:
-        vg.load_vggish_weights(backbone, cfg["weights"])
-        summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]),
-                       weights_sha256=file_sha256(Path(cfg["weights"])), validation=None, test=None)
-        # An events head left by an earlier in-pipeline run belongs to other weights.
-        (out_dir / "events_head.pt").unlink(missing_ok=True)
-    else:
-        with _torch_threads(int(cfg["threads"])):
-            summary.update(source=SOURCE_PRETRAINED, **_pretrain(params, backbone, out_dir, progress))
 
-    atomic_torch_save(backbone.state_dict(), out_dir / "vggish.pt")
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    atomic_write_json(out_dir / "vggish.json", summary)
-    return out_dir / "vggish.pt"
+def _load_file(backbone: vg.VGGish, path: str, out_dir: Path) -> dict:
+    vg.load_vggish_weights(backbone, path)
+    # An events head left by an earlier in-pipeline run belongs to other weights.
+    (out_dir / "events_head.pt").unlink(missing_ok=True)
+    return {"weights_sha256": file_sha256(Path(path)), "validation": None, "test": None}
 
 
 def _pretrain(params: dict, backbone: vg.VGGish, out_dir: Path, progress: bool) -> dict:
@@ -384,10 +359,10 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
         results = pool.imap(_embed_wav, jobs)
     else:
         pool = None
-        _init_worker(params, 0, device)      # in this process, `_torch_threads` below sets the threads
+        _init_worker(params, 0, device)      # in this process, `torch_threads` below sets the threads
         results = map(_embed_wav, jobs)
     try:
-        with _torch_threads(threads):
+        with torch_threads(threads):
             for wav, (emb, rate) in zip(todo, results):
                 patches += len(emb)
                 for track in groups[wav]:

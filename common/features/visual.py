@@ -45,11 +45,12 @@ from common.backbones.irnet import build_irnet
 from common.backbones.resnet import ResNet
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
-from common.device import module_device
+from common.device import module_device, torch_threads
+from common.features import pretraining
 from common.features.cache import FeatureCache, params_key
-from common.files import atomic_torch_save, atomic_write_text, file_sha256
+from common.files import atomic_write_text, file_sha256
 from common.params import ParamsError, load_params
-from common.weights import UnreadableWeights, detect_layout, read_state_dict, state_dict_problems, weights_provenance
+from common.weights import UnreadableWeights, detect_layout, read_state_dict, state_dict_problems
 
 EXTRACTOR = "frame_encoder"
 VERSION = "1"             # bump when the extraction itself changes (not the weights: they are hashed)
@@ -290,6 +291,7 @@ def _pretrain_in_pipeline(params: dict, encoder: ResNet, progress: bool) -> dict
     run_key = params_key({**vp, "side_set_sha256": data.hexdigest()})
     out_dir = Path(vp["model_dir"]) / "frame_encoder_train" / run_key
     result = fit(net, train_set, pretrain_loss, evaluate, cfg, out_dir, progress=progress)
+    net.cpu()                                  # fit() may have moved it to a GPU
     best = result["best"]
     return {"metrics": {k: best[k] for k in ("expr_f1", "expr_accuracy", "ccc_valence",
                                              "ccc_arousal", "ccc_mean")},
@@ -338,52 +340,21 @@ def _probe_loaded(params: dict, encoder: ResNet) -> dict:
             "majority_accuracy": _majority_rate(side.expression[val_idx])}
 
 
-class _Threads:
-    """Run a block with torch using `n` CPU threads, then restore the previous count.
-
-    One thread by default. torch's OpenMP threads meet at a barrier after every operation, so
-    when another process holds one of the two cores the second thread stalls them all. On the
-    shared 2-core machine this project was built on, the default profile measured: pre-training
-    43 s with 1 thread vs 246 s with 2; extraction 29 s vs 72 s (a single training step up to
-    66x slower). The second core still works during extraction: the DataLoader workers decode
-    JPEGs there. On an otherwise idle machine try --threads 2.
-    """
-
-    def __init__(self, n: int):
-        self.n, self.before = n, torch.get_num_threads()
-
-    def __enter__(self):
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
-        return False
-
-
 def pretrain_frame_encoder(params: dict, progress: bool = True, threads: int = 1) -> Path:
     """Load or pre-train the frame encoder; write <model_dir>/frame_encoder.pt (+ .json). Returns the .pt path."""
-    with _Threads(threads):
-        return _pretrain_frame_encoder(params, progress)
-
-
-def _pretrain_frame_encoder(params: dict, progress: bool) -> Path:
     vp = params["visual_encoder"]
-    started = time.perf_counter()
-    torch.manual_seed(int(vp["seed"]))          # the same initial weights every run
-    encoder = build_encoder(vp)
-    if vp["weights"]:
-        load_encoder_weights(encoder, vp["weights"])
-        report = {"source": weights_provenance(encoder, vp["weights"]), "weights_file": str(vp["weights"]),
-                  "weights_file_sha256": file_sha256(vp["weights"]), **_probe_loaded(params, encoder)}
-    else:
-        report = {"source": "pretrained_in_pipeline", "side_set": "affectnet",
-                  **_pretrain_in_pipeline(params, encoder, progress)}
-    out = encoder_path(params)
-    atomic_torch_save(encoder.cpu().state_dict(), out)
-    report = {**report, "config": encoder_config(vp), "file": str(out), "sha256": file_sha256(out),
-              "seconds": round(time.perf_counter() - started, 2)}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    return out
+    return pretraining.pretrain_or_load(
+        params, EXTRACTOR, lambda: build_encoder(vp), lambda encoder, path: _load_file(params, encoder, path),
+        lambda encoder, _: {"source": "pretrained_in_pipeline", "side_set": "affectnet",
+                            **_pretrain_in_pipeline(params, encoder, progress)},
+        threads, section="visual_encoder", seed=int(vp["seed"]), record=lambda _: {},
+        record_file=lambda _, path: {"config": encoder_config(vp), "file": str(path), "sha256": file_sha256(path)})
+
+
+def _load_file(params: dict, encoder: nn.Module, path: str) -> dict:
+    """Fill the encoder from visual_encoder.weights; what to record: the file's hash and a linear probe."""
+    load_encoder_weights(encoder, path)
+    return {"weights_file_sha256": file_sha256(path), **_probe_loaded(params, encoder)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +441,7 @@ def extract_visual(params: dict, workers: int = 2, progress: bool = True, thread
     `workers` processes decode JPEGs (PIL, once per frame) while `threads` torch threads run
     the encoder on batches of `extract_batch` frames.
     """
-    with _Threads(threads):
+    with torch_threads(threads):
         return _extract_visual(params, workers, progress)
 
 
@@ -537,7 +508,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     ap.add_argument("--workers", type=int, default=2, help="JPEG-decoding processes for extract")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads; 2 only helps on an otherwise idle machine (see _Threads)")
+                    help="torch CPU threads; 2 only helps on an otherwise idle machine (see common.device.torch_threads)")
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params, args.profile)
