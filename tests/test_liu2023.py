@@ -17,6 +17,7 @@ from papers.liu2023 import experiment as ex
 from common.data.sequences import Normalizer, split_ccc
 from papers.liu2023.data import ChunkDataset, Clip, pad_to_segments
 from papers.liu2023.model import ENCODERS, LiuModel, TemporalEncoder
+from tests.helpers.weights import check_weights_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "papers" / "liu2023" / "published.csv"
@@ -82,20 +83,12 @@ def test_ecapa_tdnn_embeds_a_window_and_loads_only_fitting_weights(tmp_path):
     out = net(x)
     assert out.shape == (3, 8) and torch.isfinite(out).all()
     assert torch.allclose(net(x[:1]), out[:1], atol=1e-5)            # eval mode: each window on its own
-    good = tmp_path / "good.pt"
-    torch.save(net.state_dict(), good)
-    other = EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=8, scale=4, se_bottleneck=8, attention_bottleneck=8).eval()
-    load_ecapa_weights(other, good)
+    other = check_weights_loader(
+        load_ecapa_weights, net,
+        EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=8, scale=4, se_bottleneck=8, attention_bottleneck=8).eval(),
+        EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=12, scale=4, se_bottleneck=8, attention_bottleneck=8),
+        EcapaWeightsError, "embed", "ecapatdnn", tmp_path)
     assert torch.allclose(other(x), out)
-    wrong = tmp_path / "wrong.pt"
-    torch.save(EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=12, scale=4, se_bottleneck=8,
-                         attention_bottleneck=8).state_dict(), wrong)
-    with pytest.raises(EcapaWeightsError, match=r"wrong\.pt.*embed"):
-        load_ecapa_weights(other, wrong)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(EcapaWeightsError, match=r"junk\.pt.*ecapatdnn\.weights"):
-        load_ecapa_weights(other, junk)
 
 
 def test_ecapa_windows_are_centred_edge_padded_and_mean_normalised():

@@ -14,6 +14,7 @@ from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
 from common.features import bank, fau, hubert, mae, pretraining, wav2vec
+from tests.helpers.weights import check_weights_loader
 
 torch.set_num_threads(1)
 
@@ -29,19 +30,10 @@ def test_mobilenet_embeds_faces_and_loads_only_fitting_weights(tmp_path):
     assert out.shape == (3, 24) and torch.isfinite(out).all()
     assert torch.allclose(net(x[:1]), out[:1], atol=1e-5)            # eval mode: each face on its own
     assert (out >= 0).all() and (out <= 6).all()                      # pooled ReLU6 activations
-    good = tmp_path / "good.pt"
-    torch.save(net.state_dict(), good)
-    other = MobileNet(8, stages, 24).eval()
-    load_mobilenet_weights(other, good, "ms_va")
+    other = check_weights_loader(lambda model, path: load_mobilenet_weights(model, path, "ms_va"), net,
+                                 MobileNet(8, stages, 24).eval(), MobileNet(8, stages, 32), MobileNetWeightsError,
+                                 r"features\.\d+\.0\.weight.*ms_va\.stem", "ms_va", tmp_path)
     assert torch.allclose(other(x), out)
-    wrong = tmp_path / "wrong.pt"
-    torch.save(MobileNet(8, stages, 32).state_dict(), wrong)
-    with pytest.raises(MobileNetWeightsError, match=r"wrong\.pt.*features\.\d+\.0\.weight.*ms_va\.stem"):
-        load_mobilenet_weights(other, wrong, "ms_va")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(MobileNetWeightsError, match=r"junk\.pt.*ms_va\.weights"):
-        load_mobilenet_weights(other, junk, "ms_va")
 
 
 def test_random_crop_flip_takes_one_window_and_flips_about_half_of_the_faces():
@@ -101,19 +93,10 @@ def test_mae_patchify_masks_the_asked_share_and_loads_only_fitting_weights(tmp_p
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     keep = torch.tensor([[2], [2], [2]])
     assert net.encode(x, keep).shape == (3, 2, 16)                      # CLS + the one kept patch
-    good = tmp_path / "good.pt"
-    torch.save(net.state_dict(), good)
-    other = MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1, 2).eval()
-    load_mae_weights(other, good)
+    other = check_weights_loader(load_mae_weights, net, MaskedAutoencoderViT(16, 8, 16, 1, 2, 8, 1, 2).eval(),
+                                 MaskedAutoencoderViT(16, 8, 24, 1, 2, 8, 1, 2), MAEWeightsError,
+                                 r"shape mismatch.*mae\.crop", "mae", tmp_path)
     assert torch.allclose(other(x), out)
-    wrong = tmp_path / "wrong.pt"
-    torch.save(MaskedAutoencoderViT(16, 8, 24, 1, 2, 8, 1, 2).state_dict(), wrong)
-    with pytest.raises(MAEWeightsError, match=r"wrong\.pt.*shape mismatch.*mae\.crop"):
-        load_mae_weights(other, wrong)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(MAEWeightsError, match=r"junk\.pt.*mae\.weights"):
-        load_mae_weights(other, junk)
 
 
 def test_mae_positions_are_fixed_sine_cosine_tables():
@@ -182,17 +165,8 @@ def test_hubert_frames_are_50_hz_and_weights_load_only_when_they_fit(tmp_path):
     assert torch.equal(y[1], torch.from_numpy(np.arange(50, 149) % 5))  # labels of the crop's own frames
     logit_m, _, penalty = net.train()(x, y)
     assert logit_m.shape[1] == 5 + 1 and torch.isfinite(penalty)        # target column 0 + one per cluster
-    good = tmp_path / "good.pt"
-    torch.save(net.state_dict(), good)
-    load_hubert_weights(build_hubert(HUBERT_TINY), good)
-    wrong = tmp_path / "wrong.pt"
-    torch.save(build_hubert({**HUBERT_TINY, "clusters": 7}).state_dict(), wrong)
-    with pytest.raises(HubertWeightsError, match=r"wrong\.pt.*label_embeddings.*hubert\.conv"):
-        load_hubert_weights(net, wrong)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(HubertWeightsError, match=r"junk\.pt.*hubert\.weights"):
-        load_hubert_weights(net, junk)
+    check_weights_loader(load_hubert_weights, net, build_hubert(HUBERT_TINY), build_hubert({**HUBERT_TINY, "clusters": 7}),
+                         HubertWeightsError, r"label_embeddings.*hubert\.conv", "hubert", tmp_path)
 
 
 def test_hubert_pretraining_beats_the_majority_cluster_and_fills_the_cache(tiny_features):
@@ -229,17 +203,9 @@ def test_wav2vec_contrastive_logits_and_weights(tmp_path):
     assert net.quantizer.codebook.grad is not None                      # straight-through Gumbel gradients
     with torch.no_grad():
         assert net.eval()(wave).shape == (2, 16000 // 320 - 1, 16)
-    good = tmp_path / "good.pt"
-    torch.save(net.state_dict(), good)
-    load_wav2vec_weights(Wav2Vec2Pretrain(WAV2VEC_TINY), good)
-    wrong = tmp_path / "wrong.pt"
-    torch.save(Wav2Vec2Pretrain({**WAV2VEC_TINY, "entries": 6}).state_dict(), wrong)
-    with pytest.raises(Wav2VecWeightsError, match=r"wrong\.pt.*quantizer.*wav2vec\.conv"):
-        load_wav2vec_weights(net, wrong)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(Wav2VecWeightsError, match=r"junk\.pt.*wav2vec\.weights"):
-        load_wav2vec_weights(net, junk)
+    check_weights_loader(load_wav2vec_weights, net, Wav2Vec2Pretrain(WAV2VEC_TINY),
+                         Wav2Vec2Pretrain({**WAV2VEC_TINY, "entries": 6}), Wav2VecWeightsError,
+                         r"quantizer.*wav2vec\.conv", "wav2vec", tmp_path)
 
 
 def test_wav2vec_pretraining_runs_and_fills_the_cache(tiny_features):
