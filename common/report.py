@@ -133,6 +133,137 @@ def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
     return out
 
 
+# ---- what the notebooks share ------------------------------------------------------------------
+# Every paper notebook ends the same way: result rows, judged claims, the differences from the paper,
+# one summary JSON. These helpers are that code, written once.
+
+def result_rows(table: str, cells, split: str) -> list[dict]:
+    """result_row for each (row, column, values) of `cells`, in order."""
+    return [result_row(table, row, column, values, split) for row, column, values in cells]
+
+
+def claim(id: str, table: str, text: str, a, b=None, explanation: str | None = None, **judge) -> dict:
+    """A judged claim as the summary JSON holds it: judge_claim(a, b, **judge) plus its id, table and
+    text (and the explanation shown under it, when given)."""
+    out = {**judge_claim(a, b, **judge), "id": id, "table": table, "text": text}
+    if explanation is not None:
+        out["explanation"] = explanation
+    return out
+
+
+def show_claims(claims: list[dict]) -> None:
+    """One line per claim: verdict, effect with its 95 % interval, number of runs, the claim."""
+    for c in claims:
+        print(f"{c['verdict']:>15}  effect {c['effect']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]  n={c['n']}  {c['text']}")
+
+
+def show_differences(differences: list[dict]) -> None:
+    """One line per difference from the paper: what, the paper's choice, this run's."""
+    for d in differences:
+        print(f"- {d['what']}: paper {d['paper']}; here {d['here']}")
+
+
+def notebook_summary(paper: str, notebook: str, title: str, params, started: float, **fields) -> dict:
+    """The summary JSON of one notebook (the format in this module's docstring): paper, notebook, title,
+    the profile and data source of `params`, the seconds since `started` (time.perf_counter()), then
+    `fields` in the order given (results, claims, leaderboard, differences, anything else)."""
+    import time
+    return {"paper": paper, "notebook": notebook, "title": title, "profile": params["profile"],
+            "data": params["data"]["source"], "seconds": round(time.perf_counter() - started, 1), **fields}
+
+
+def write_notebook_summary(out_dir: str | Path, paper: str, notebook: str, title: str, params, started: float,
+                           **fields) -> Path:
+    """notebook_summary(...) written to <out_dir>/<notebook>.json by write_summary; prints where."""
+    summary = notebook_summary(paper, notebook, title, params, started, **fields)
+    path = write_summary(out_dir, notebook, summary)
+    print(f"written {path} after {summary['seconds']} s")
+    return path
+
+
+# ---- what differs from the paper: papers/<paper>/differences.yaml -------------------------------
+# A list of rows {group, what, paper, here, why, when?}. `group` names the set a notebook asks for
+# (e.g. "cnn", "table2"); `what`/`paper`/`here`/`why` may hold {placeholders}: {params.a.b} reads
+# params["a"]["b"], {name} (or {name.key}) a value the caller passes. `when` keeps a row only if
+# its condition holds: `name`, `not name`, or `name OP literal` with OP one of == != > < >= <=
+# (name as in a placeholder; the literal read as YAML: 1, code, true). Rows keep the file's order.
+
+DIFFERENCE_FIELDS = ("what", "paper", "here", "why")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+_CONDITION = re.compile(r"^\s*(not\s+)?([A-Za-z_][\w.]*)\s*(?:(==|!=|>=|<=|>|<)\s*(.+?))?\s*$")
+
+
+def differences_path(paper: str) -> Path:
+    return ROOT / "papers" / paper / "differences.yaml"
+
+
+def _lookup(context: dict, dotted: str):
+    value = context
+    for key in dotted.split("."):
+        try:
+            value = value[key]
+        except (KeyError, TypeError, IndexError):
+            if not hasattr(value, key):
+                raise KeyError(f"{dotted!r}: no {key!r}") from None
+            value = getattr(value, key)
+    return value
+
+
+def fill(template: str, context: dict) -> str:
+    """`template` with each {name.key} replaced by str() of its value in `context`."""
+    return _PLACEHOLDER.sub(lambda m: str(_lookup(context, m.group(1))), template)
+
+
+def holds(condition, context: dict) -> bool:
+    """Whether a row's `when` holds (None or "" always holds)."""
+    if condition in (None, ""):
+        return True
+    m = _CONDITION.match(str(condition))
+    if not m:
+        raise ValueError(f"when: {condition!r} is not 'name', 'not name' or 'name OP literal'")
+    negate, name, op, literal = m.groups()
+    value = _lookup(context, name)
+    if op is None:
+        result = bool(value)
+    else:
+        import operator
+        import yaml
+        other = yaml.safe_load(literal)
+        result = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+                  ">=": operator.ge, "<=": operator.le}[op](value, other)
+    return not result if negate else bool(result)
+
+
+def read_differences(paper: str) -> list[dict]:
+    """Every row of papers/<paper>/differences.yaml, checked: a group, the four fields, nothing else."""
+    import yaml
+    path = differences_path(paper)
+    rows = yaml.safe_load(path.read_text()) or []
+    for i, row in enumerate(rows):
+        extra = set(row) - {"group", "when", *DIFFERENCE_FIELDS}
+        missing = {"group", *DIFFERENCE_FIELDS} - set(row)
+        if extra or missing:
+            raise ValueError(f"{path}, row {i + 1} ({row.get('what', '?')}): "
+                             + (f"unknown key(s) {sorted(extra)} " if extra else "")
+                             + (f"missing {sorted(missing)}" if missing else ""))
+    return rows
+
+
+def differences(paper: str, *groups: str, params=None, **context) -> list[dict]:
+    """The rows of papers/<paper>/differences.yaml in `groups` (in the groups' order, each in file
+    order) whose `when` holds, their placeholders filled from params (as `params`) and `context`:
+    [{what, paper, here, why}], what a notebook's summary lists under "differences"."""
+    context = {"params": params, **context}
+    rows = read_differences(paper)
+    out = []
+    for group in groups:
+        mine = [r for r in rows if r["group"] == group]
+        if not mine:
+            raise KeyError(f"{differences_path(paper)}: no rows in group {group!r}")
+        out += [{k: fill(str(r[k]), context) for k in DIFFERENCE_FIELDS} for r in mine if holds(r.get("when"), context)]
+    return out
+
+
 def read_csv_rows(path: Path, expected: list[str]) -> list[tuple[int, dict]]:
     """(line number, row) of a CSV file whose header must be `expected`; [] when it does not exist."""
     if not path.exists():

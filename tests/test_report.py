@@ -177,3 +177,44 @@ def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
     assert index.count("data:image/png;base64,") == 2          # verdict counts and stage times (no leaderboard)
     assert page.count("data:image/png;base64,") == 1           # the claims chart
     assert report.external_references(index) == [] and report.external_references(page) == []
+
+
+# ---- the notebooks' shared helpers -------------------------------------------------------------
+
+def test_every_paper_differences_file_reads_and_fills(tmp_path):
+    """papers/<paper>/differences.yaml: every row has a group and the four fields, and each `when`
+    parses; the loader fills {params.a.b} and {name} placeholders and keeps rows whose `when` holds."""
+    for paper in report.PAPERS:
+        rows = report.read_differences(paper)
+        assert rows and all(r["group"] for r in rows)
+        for r in rows:
+            if r.get("when"):
+                assert report._CONDITION.match(str(r["when"])), (paper, r)
+    ctx = {"params": {"a": {"n": 3, "mode": "code"}}, "flag": False, "label": "x"}
+    assert report.fill("n={params.a.n}, {label}; {1, 2} kept", ctx) == "n=3, x; {1, 2} kept"
+    assert report.holds("params.a.n > 1", ctx) and report.holds("not flag", ctx)
+    assert report.holds("params.a.mode == code", ctx) and not report.holds("params.a.mode != code", ctx)
+    assert report.holds(None, ctx) and not report.holds("flag", ctx)
+    with pytest.raises(KeyError, match="no rows in group"):
+        report.differences("vu2021", "no such group")
+    rows = report.differences("liu2023", "validation", skipped_configs="")
+    assert [r["what"] for r in rows] == ["Tables 1-3 rows"]
+    rows = report.differences("liu2023", "validation", skipped_configs="a; b")
+    assert rows[-1] == {"what": "skipped configurations", "paper": "run", "here": "a; b",
+                        "why": "they name features whose cache is not built for these params"}
+
+
+def test_notebook_summary_keeps_the_field_order_and_claims_carry_their_ids(tmp_path, capsys):
+    import time
+    params = {"profile": "smoke", "data": {"source": "synthetic"}}
+    rows = report.result_rows("1", [("A", "Valence", [0.1, 0.3]), ("A", "Arousal", [0.5])], "validation")
+    assert rows[0]["value"] == pytest.approx(0.2) and rows[1]["spread"] is None and rows[1]["n"] == 1
+    c = report.claim("x_beats_y", "1", "x beats y", [0.5, 0.6, 0.7], [0.1, 0.2, 0.2], explanation="why")
+    assert c["verdict"] == "reproduced" and (c["id"], c["table"], c["explanation"]) == ("x_beats_y", "1", "why")
+    report.show_claims([c])
+    assert "reproduced" in capsys.readouterr().out
+    path = report.write_notebook_summary(tmp_path, "zhang2021", "table9", "T", params, time.perf_counter(),
+                                         results=rows, claims=[c], extra={"k": 1})
+    data = json.loads(path.read_text())
+    assert list(data) == ["paper", "notebook", "title", "profile", "data", "seconds", "results", "claims", "extra"]
+    assert data["profile"] == "smoke" and data["data"] == "synthetic" and data["extra"] == {"k": 1}

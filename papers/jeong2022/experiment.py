@@ -13,6 +13,7 @@ import numpy as np
 
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.parallel import finished_run
+from common.report import differences as report_differences
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from common.weights import PIPELINE, recorded_provenance
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
@@ -81,49 +82,10 @@ def fer_provenance(params: dict) -> str:
 
 
 def differences(params: dict) -> list[dict]:
-    """Every place where this run differs from the paper, and why (the report's table)."""
-    jp, fp, sp = params["jeong2022"], params["fer"], params["soundnet"]
-    fer_here = fer_provenance(params)
+    """Every place where this run differs from the paper, and why (the report's table): the rows of
+    papers/jeong2022/differences.yaml, filled in from params and the networks' records."""
     sound_here = soundnet_provenance(params)
-    return [
-        {"what": "FER backbone", "paper": "DRER FER model (ResNeXt + SE), pre-trained on AffectNet for VA, frozen, 112 px",
-         "here": f"ResNeXt-SE layers {fp['layers']} width {fp['width']} cardinality {fp['cardinality']}, "
-                 f"{fp['input_size']} px, {fer_here}, frozen, features cached",
-         "why": "the authors' DRER FER model is not published, AffectNet weights cannot be downloaded; a CPU budget of minutes"},
-        {"what": "SoundNet", "paper": "published SoundNet-8 (Aytar et al. 2016, 2 M unlabelled Flickr videos, ImageNet/Places teachers)",
-         "here": f"SoundNet-8 at width {sp['width']}, {sound_here}",
-         "why": "as the paper" if sound_here.startswith("published weights") else
-                "a local file named by soundnet.weights" if sound_here.startswith("weights loaded") else
-                "chosen in params.yaml (soundnet.weights \"\"): the same visual-to-sound transfer, on this corpus"},
-        {"what": "audio window", "paper": "the T_aud = 10 s before the frame, one SoundNet pass per sample",
-         "here": "one fully convolutional pass per track, conv8 at every conv7 step; each frame takes the latest "
-                 "11.9 s window ending before it (0-1.5 s before the frame); the first frames see left-padded silence",
-         "why": "one pass per track instead of one per frame (10^4 x fewer SoundNet passes)"},
-        {"what": "C_aud", "paper": "2 (stereo)", "here": f"{params['corpus']['audio_channels']} (channels through SoundNet one by one, outputs averaged)",
-         "why": "the embedded corpus is 16 kHz mono (paper profile: stereo), resampled to 22.05 kHz"},
-        {"what": "LSTM / trunk / task networks", "paper": "512 / [1024, 512] / [256, 128]",
-         "here": f"{jp['lstm']} / {jp['trunk']} / {jp['heads']}", "why": "CPU budget (paper profile: the paper's sizes)"},
-        {"what": "epochs / early stop", "paper": "20 / 5", "here": f"{jp['epochs']} / {jp['early_stop']}", "why": "CPU budget"},
-        {"what": "epoch", "paper": "a full pass over every task set",
-         "here": (f"{jp['steps_per_epoch']} round-robin steps of randomly drawn frames" if jp["steps_per_epoch"] else "a full pass"),
-         "why": "CPU budget; neighbouring 30 fps frames are near-duplicates"},
-        {"what": "learning rate", "paper": "1e-4", "here": str(jp["lr"]), "why": "~20 k training frames instead of ~2.6 M per task: 1e-4 barely moves in the budget"},
-        {"what": "per-epoch validation", "paper": "every validation frame",
-         "here": f"every {jp['eval_stride']}-th frame for model selection, early stop and gamma; every frame for the reported metrics",
-         "why": "CPU budget"},
-        {"what": "feature scaling", "paper": "not stated (raw backbone outputs)",
-         "here": "z-scored with training statistics" if jp["zscore"] else "raw backbone outputs",
-         "why": "as the paper" if not jp["zscore"] else "chosen in params.yaml (jeong2022.zscore)"},
-        {"what": "metric", "paper": "ABAW3 P_MTL (Sec. 5.1); the authors' code (REFERENCE_FACTS) drops rows with a -1 / -5 label, "
-                                    "shuffles each validation set, cuts it into batches proportional to the set (max_iter = "
-                                    "ceil(largest set / 256), batch = floor(set / max_iter): 13 frames for ABAW3's MTL set), scores "
-                                    "F1 with zero_division = 1 (EXPR macro over the classes present in the batch) and averages over batches",
-         "here": "ABAW3 over whole splits for every table; Table 4 adds the authors' procedure on the same predictions "
-                 "(common.metrics.jeong_code_metric) with this corpus's set sizes and with the ABAW3 sizes, and, for comparison "
-                 "only, a mean over 256 consecutive frames, which is not the authors' procedure (their code shuffles first)",
-         "why": "the paper's definition; the code's version is computed to show where the paper's validation 2.40 comes from"},
-        {"what": "samples without 10 s of audio history", "paper": "dropped (official code)", "here": "kept (left-padded silence)",
-         "why": "the embedded videos are 30-50 s long; dropping would lose a third of the frames"},
-        {"what": "data", "paper": "Aff-Wild2 (ABAW3), MTL test set hidden", "here": f"{params['data']['source']} corpus with a labelled MTL test split",
-         "why": "Aff-Wild2 needs a licence; results are judged by direction and effect size"},
-    ]
+    sound = ("published" if sound_here.startswith("published weights") else
+             "local" if sound_here.startswith("weights loaded") else "pipeline")
+    return report_differences("jeong2022", "all", params=params, fer_here=fer_provenance(params),
+                              sound_here=sound_here, sound=sound)

@@ -309,48 +309,25 @@ def network_provenance(params: dict, name: str) -> str:
 
 def feature_differences(params: dict | None = None) -> list[dict]:
     """One row per bank feature: the paper's extractor, this pipeline's (with, given params, what this
-    run's network is and how it scores on held-out data), and why they differ."""
+    run's network is and how it scores on held-out data), and why they differ (the "feature" rows of
+    papers/liu2023/differences.yaml)."""
     from common.features import bank
     low_level = ("fbank", "egemaps", "compare")
     rows = []
     for r in bank.table():
         run = network_provenance(params, r["feature"]) if params else ""
-        rows.append({"what": f"feature {r['feature']}", "paper": r["paper"], "here": r["here"] + (f". {run}" if run else ""),
-                     "why": "extractor not built; configurations naming it are skipped" if bank.get(r["feature"]).cache is None else
-                            "real low-level descriptor, computed as the paper does" if r["feature"] in low_level else
-                            "as the paper: a published network's weights" if run.startswith("this run: published weights") else
-                            "published weights and data cannot ship; a narrow network pre-trained in the pipeline on the corpus"})
+        kind = ("not built" if bank.get(r["feature"]).cache is None else "low level" if r["feature"] in low_level else
+                "published" if run.startswith("this run: published weights") else "pipeline")
+        rows += report.differences("liu2023", "feature", params=params, feature=r["feature"], bank_paper=r["paper"],
+                                   here=r["here"] + (f". {run}" if run else ""), kind=kind)
     return rows
 
 
 def setting_differences(params: dict, pool, n_clips: int) -> list[dict]:
-    """The training settings of this run beside the paper's (Sec. 3.3-3.5, 4.2)."""
-    lp = params["liu2023"]
-    return [{"what": "temporal model size", "paper": "affine 1024, 4 layers, 4 heads, dropout 0.3, heads {512, 256}, 30 epochs",
-             "here": f"affine {lp['dim']}, {lp['layers']} layer(s), {lp['heads']} heads, dropout {lp['dropout']}, "
-                     f"heads {lp['head_hidden']}, {lp['epochs']} epochs, lr {lp['lr']}",
-             "why": "CPU budget of the default profile; the paper profile uses the paper's values"},
-            {"what": "configurations", "paper": "about 30 feature x encoder configurations (Tables 1-5)",
-             "here": f"{len(pool)} configurations: " + "; ".join(row_label(c) for c in pool),
-             "why": "CPU budget: the default profile runs Table 1's five rows, seven of Tables 2-3, three of Table 5 "
-                    "and the references of the judged claims; the paper profile runs every configuration"},
-            {"what": "checkpoint selection", "paper": "not stated (team's code: best validation epoch per task)",
-             "here": "valence from the best-valence epoch, arousal from the best-arousal epoch", "why": "as the team's code"},
-            {"what": "segments", "paper": "150-frame segments; the recurrent state of segment i-1 initialises segment i",
-             "here": f"{lp['segment']}-frame segments; state carried within training chunks of {lp['chunk_segments']} "
-                     "segments and through whole videos at inference, detached between segments",
-             "why": "truncated back-propagation keeps each step's memory to one segment, as a segment-at-a-time loop does"},
-            {"what": "GRU encoder", "paper": "GRU whose last hidden state feeds the next segment (Eq. 4); team's code: "
-                                             "4-layer bidirectional GRU, hidden 512",
-             "here": f"unidirectional GRU, {lp['layers']} layer(s), hidden {lp['dim']}, state carried across segments",
-             "why": "a bidirectional GRU cannot carry its backward state into the next segment; Eq. 4 as written"},
-            {"what": "loss and optimiser", "paper": "Eq. 10 with alpha = beta = 1; Adam, 30 epochs (team's code lr 5e-5, StepLR at 20)",
-             "here": f"Eq. 10 with alpha = {lp['alpha']}, beta = {lp['beta']}; Adam lr {lp['lr']}, "
-                     f"StepLR at {lp['step_lr_epochs']}, {lp['epochs']} epochs",
-             "why": "a small model trained from scratch on cached features converges at a higher rate in few epochs"},
-            {"what": "corpus", "paper": "Aff-Wild2 (ABAW5), 594 videos",
-             "here": f"{params['data']['source']} corpus, {n_clips} VA tracks",
-             "why": "Aff-Wild2 needs a licence; the embedded synthetic corpus has its layout"}]
+    """The training settings of this run beside the paper's (Sec. 3.3-3.5, 4.2): the "settings" rows of
+    papers/liu2023/differences.yaml."""
+    return report.differences("liu2023", "settings", params=params, n_configs=len(pool),
+                              configurations="; ".join(row_label(c) for c in pool), n_clips=n_clips)
 
 
 def write_summary(out_dir, params: dict, name: str, title: str, started: float, results, claims, leaderboard,

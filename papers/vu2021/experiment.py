@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import report
 from common.data.affwild2 import read_split
 from common.files import atomic_write_json
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
@@ -115,54 +116,18 @@ def cnn_provenance(params: dict) -> str:
 
 
 def differences(params: dict) -> list[dict]:
-    """Where every run of this paper differs from the paper, and why (the report's table)."""
-    v, c = params["vu2021"], params["vu2021"]["cnn"]
-    size = int(params["faces"]["size"])
-    pixels = int(c["crop"]) // int(c["downsample"])
-    return [
-        {"what": "CNN backbone", "paper": "ResNet-50 pre-trained on FER+ (official code), 112 px faces",
-         "here": f"{c['block']} ResNet {c['layers']} width {c['width']} (embedding {c['embed_dim']}), "
-                 f"{cnn_provenance(params)}, on {pixels} px inputs ({c['crop']} px windows of {size} px faces"
-                 + (f", average-pooled x{c['downsample']})" if int(c["downsample"]) > 1 else ")"),
-         "why": "no FER+ weights offline, and this ResNet could not hold the FER+ conversion; a ResNet-50 on 112 px "
-                "faces does not fit the 2-core CPU budget (paper profile builds it)"},
-        {"what": "CNN training", "paper": "Adam 1e-4, up to 40 epochs over the sets, early stop 5, batch 64 per set",
-         "here": f"Adam {c['lr']} betas {c['betas']}, {c['epochs']} epochs of {c['samples_per_epoch']} balanced draws per set, "
-                 f"early stop {c['early_stop']}, batch {c['batch_size']} per set",
-         "why": "CPU budget; a higher rate for a network trained from scratch"},
-        {"what": "dataset balancing (Deng et al.)", "paper": "the balancing protocol of Deng et al. 2020 (not detailed)",
-         "here": "sampling with replacement, weight 1/class size (Mixed EXPR, Affect EXPR_VA) or 1/(20x20 valence-arousal "
-                 "histogram cell count) (Mixed VA), as the official code's samplers; redrawn every epoch",
-         "why": "the protocol as the official code implements it"},
-        {"what": "training sets", "paper": "Aff-Wild2 + ExpW, Aff-Wild2 + AFEW-VA, AffectNet",
-         "here": "the corpus's train split + its ExpW-like, AFEW-VA-like and AffectNet-like still side sets",
-         "why": "no licensed data can ship; the embedded corpus has the same structure"},
-        {"what": "runs per result", "paper": "mean of 10 runs", "here": f"mean of {len(v['seeds'])} seeds (spread = std)",
-         "why": "CPU budget (paper profile: 10)"},
-        {"what": "evaluated frames (CNN)", "paper": "every annotated validation frame",
-         "here": f"every {v['eval_stride']}th annotated frame" if int(v["eval_stride"]) > 1 else "every annotated frame",
-         "why": "30 fps neighbours are near-duplicates; CPU budget"},
-        {"what": "Eq. 2 CCC weight", "paper": "1/B (as printed)", "here": str(v["ccc_weight"]) + (" (w = 1, official code)" if v["ccc_weight"] == "code" else ""),
-         "why": "the official code weighs the CCC term 1; with 1/B it would vanish"},
-        {"what": "KD temperature", "paper": "T not given", "here": f"T = {v['temperature']}, KL times T^2", "why": "official code"},
-        {"what": "EXPR classes", "paper": "7 basic expressions", "here": "7; frames labelled Other (ABAW3 class 7) are left out of training and scoring",
-         "why": "the corpus uses the ABAW3 labels with Other"},
-    ]
+    """Where every run of this paper differs from the paper, and why (the report's table): the "cnn"
+    rows of papers/vu2021/differences.yaml, filled in from params."""
+    return _differences(params, "cnn")
 
 
 def gru_differences(params: dict) -> list[dict]:
-    g = params["vu2021"]["gru"]
-    return [
-        {"what": "GRU stage inputs", "paper": "CNN features of 32-frame sequences, image augmentation per sequence",
-         "here": "cached 128-d features of the frozen student CNN (Eq. 10); sequence-level flip via a cached mirrored copy, "
-                 "no translation", "why": "features extracted once (CPU budget); a translation would need a pass per offset"},
-        {"what": "GRU training sets", "paper": "T in {1, 2, 3}",
-         "here": "the Aff-Wild2 parts of Mixed EXPR and Mixed VA (as the official CNN-RNN code); stills make no sequences",
-         "why": "the official code's GRU loaders"},
-        {"what": "GRU training", "paper": "Adam 1e-4, up to 40 epochs, early stop 5, batch 16",
-         "here": f"Adam {g['lr']}, {g['epochs']} epochs of {g['samples_per_epoch']} sequences per set, early stop {g['early_stop']}, batch {g['batch_size']} per set",
-         "why": "CPU budget"},
-        {"what": "GRU input dropout", "paper": "none (official code)", "here": str(g["dropout"]),
-         "why": "the frozen CNN has seen the training frames: without it the GRU overfits in 1-2 epochs (seed 0: "
-                "criterion 0.379 -> 0.399, valence CCC 0.150 -> 0.195 with 0.5)"},
-    ]
+    """The GRU stage's rows (Tables 3-4) of papers/vu2021/differences.yaml."""
+    return _differences(params, "gru")
+
+
+def _differences(params: dict, *groups: str) -> list[dict]:
+    c = params["vu2021"]["cnn"]
+    return report.differences("vu2021", *groups, params=params, cnn_provenance=cnn_provenance(params),
+                              pixels=int(c["crop"]) // int(c["downsample"]), size=int(params["faces"]["size"]),
+                              n_seeds=len(params["vu2021"]["seeds"]))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import report
 from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
@@ -43,6 +44,18 @@ def network_provenance(params: dict) -> dict:
     detail = {"frame encoder": " on the AffectNet-like side set (VA + expression)",
               "VGGish": " on the corpus's speech / other-voice audio events"}
     return {k: PIPELINE + detail[k] if t.startswith(PIPELINE) else t for k, t in texts.items()}
+
+
+def differences(params: dict, group: str) -> list[dict]:
+    """Where this run differs from the paper, and why (the report's table): the rows of group
+    "table1" (the training set-up) or "table2" (the merge, the test set) of
+    papers/zhang2021/differences.yaml, filled in from params and the networks' records."""
+    provenance = network_provenance(params)
+    return report.differences("zhang2021", group, params=params, frame_encoder=provenance["frame encoder"],
+                              vggish=provenance["VGGish"],
+                              frame_published=provenance["frame encoder"].startswith("published weights"),
+                              vggish_published=provenance["VGGish"].startswith("published weights"),
+                              tcn_visual=" x ".join(map(str, params["zhang2021"]["tcn"]["visual"])))
 
 
 def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | None = None) -> str:
