@@ -1,15 +1,19 @@
-"""params.yaml: one file, three profiles.
+"""params.yaml and its profile files: a plain base and small overrides, as nanoGPT's config/*.py.
 
-The base sections of params.yaml are the `default` profile. `profiles.<name>` holds only the
-keys a profile changes; `load_params` lays them over the base. Every key a profile or a
-command-line override names must already exist in the base with a value of the same kind, so
-a typo stops the run with the key's full path instead of being silently ignored.
+The sections of params.yaml are the `default` profile. Each other profile is a small file beside
+it, `params/<profile>.yaml` (params/smoke.yaml, params/paper.yaml), that holds only the keys the
+profile changes, in the base's order; `load_params` lays it over the base. Every key a profile
+file or a command-line override names must already exist in the base with a value of the same
+kind, so a typo stops the run with the file and the key's full path instead of being silently
+ignored. params.yaml's own `profile:` key picks the profile (`dvc exp run -S profile=smoke`); a
+command's `--profile` overrides it.
 
-`python -m common.params` (the first DVC stage) writes each section as the active profile sees
-it to data/params/<section>.yaml. Every stage depends on the files of the sections it reads, so
-editing an override (`profiles.paper.liu2023.epochs`) re-runs exactly the stages that read
-`liu2023` under that profile, and editing another profile's override re-runs nothing. DVC's own
-`params:` lists can only name fixed keys of params.yaml, which would miss the overrides.
+`python -m common.params` (the first DVC stage, which tracks params.yaml and depends on the
+profile files) writes each section as the active profile sees it to data/params/<section>.yaml.
+Every stage depends on the files of the sections it reads, so editing an override
+(`liu2023.epochs` in params/paper.yaml) re-runs exactly the stages that read `liu2023` under that
+profile, and editing another profile's file re-runs nothing. DVC's own `params:` lists can only
+name fixed keys of params.yaml, which would miss the overrides.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import yaml
 from common.files import atomic_write_text
 
 PROFILES = ("smoke", "default", "paper")
+PROFILE_DIR = "params"          # params/<profile>.yaml beside params.yaml; `default` is the base itself
 
 
 class ParamsError(ValueError):
@@ -66,32 +71,50 @@ def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dic
     return merged
 
 
+def profile_file(path: str | Path, profile: str) -> Path | None:
+    """The file of `profile`'s overrides beside the params file `path`; None for `default` (the base)."""
+    return None if profile == "default" else Path(path).parent / PROFILE_DIR / f"{profile}.yaml"
+
+
+def _read_mapping(path: Path, what: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of {what}.")
+    return raw
+
+
 def load_params(path: str | Path = "params.yaml", profile: str | None = None,
                 overrides: dict | None = None) -> dict:
     """Read params.yaml and return the merged parameters of one profile.
 
-    `profile` defaults to the file's own `profile` key. `overrides` (same nesting) are applied
-    last, with the same checks, e.g. from a notebook's papermill parameters.
+    `profile` defaults to the file's own `profile` key; its overrides come from
+    `params/<profile>.yaml` beside `path`. `overrides` (same nesting) are applied last, with the
+    same checks, e.g. from a notebook's papermill parameters.
     """
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found. Run from the project root, or pass the path.")
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: the top level must be a mapping of sections.")
-    profiles = raw.pop("profiles", {}) or {}
-    chosen = profile or raw.get("profile", "default")
+    raw = _read_mapping(path, "sections")
+    if "profiles" in raw:
+        raise ParamsError(f"{path}: a `profiles:` section is no longer read; each profile's overrides live in "
+                          f"{path.parent / PROFILE_DIR}/<profile>.yaml (default = the base sections).")
+    chosen = profile or raw.pop("profile", "default")
+    raw.pop("profile", None)                    # the choice is not a section a profile could override
     if chosen not in PROFILES:
         raise ParamsError(f"{path}: profile '{chosen}' is not one of {', '.join(PROFILES)}.")
-    for name in profiles:
-        if name not in PROFILES:
-            raise ParamsError(f"{path}: profiles.{name} is not one of {', '.join(PROFILES)}.")
-    params = merge_checked(raw, profiles.get(chosen) or {}, f"{path} (profiles.{chosen})")
+    params = raw
+    overriding = profile_file(path, chosen)
+    if overriding is not None:
+        if not overriding.is_file():
+            raise ParamsError(f"{overriding}: not found; the {chosen} profile's overrides of {path} live there "
+                              f"(an empty file = the base unchanged).")
+        params = merge_checked(raw, _read_mapping(overriding, "sections"), str(overriding))
     if overrides:
         params = merge_checked(params, overrides, f"{path} (overrides)")
-    params["profile"] = chosen
-    return params
+    return {"profile": chosen, **params}
 
 
 def write_resolved(params: dict, out_dir: str | Path = "data/params") -> list[Path]:

@@ -387,7 +387,7 @@ def resume_check(out_root: Path, deterministic: bool) -> dict:
 def project_papers(P: dict, rows: dict) -> list[dict]:
     """Each paper's full paper-profile training on real-size Aff-Wild2, from the measured steps.
 
-    The step counts follow the paper profile (params.yaml profiles.paper) and these corpus
+    The step counts follow the paper profile (params/paper.yaml) and these corpus
     sizes: Zhang's 6 folds x 2 emotions x 2 modalities x seeds over windows of `window` frames
     every `hop` (Sec. 4.2) across the VA frames (~2.8 M, ~1.9 M of them in training folds);
     Vu's samples_per_epoch x epochs for 2 teachers + 2 students per seed; Liu's configurations

@@ -9,8 +9,8 @@ and epochs only, run end to end on whatever device torch sees.
 1. Writes <work>/params.yaml: the `paper` profile of the project's params.yaml (`--tiny`: the
    `smoke` profile, for a CPU) resolved, with overrides that make it small and short (a corpus of
    5 subjects of 20-30 s at 112 px, small side sets, one epoch of everything, one seed, two folds,
-   one Liu config on features built here). It is written whole, with `profile: paper` and
-   `profiles: {}`, so common.params.load_params reads it unchanged.
+   one Liu config on features built here). It is written whole, with `profile: paper` and an
+   empty params/paper.yaml beside it, so common.params.load_params reads it unchanged.
 2. Runs the DVC stage commands the four papers need, as dvc.yaml runs them plus
    `--params <work>/params.yaml`, with <work> as the working directory (params paths are
    relative: data/affwild2, data/features, data/models) and PYTHONPATH = the repository root.
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from common.files import atomic_write_json  # noqa: E402
-from common.params import load_params  # noqa: E402
+from common.params import load_params, profile_file  # noqa: E402
 
 SEED = 0
 LIU_CONFIG = "transformer early | affectnet | fbank,vggish"   # features built by the stages below
@@ -101,14 +101,15 @@ def write_params(work: Path, tiny: bool) -> dict:
     for section in params.values():   # published weights named relative to the repo (sound8.npy)
         if isinstance(section, dict) and section.get("weights") and not Path(section["weights"]).is_absolute():
             section["weights"] = str(ROOT / section["weights"])
-    params["profile"] = "paper"       # the file reads as the paper profile with no overrides left
-    params["profiles"] = {}
+    params["profile"] = "paper"       # the file reads as the paper profile with no overrides left:
     work.mkdir(parents=True, exist_ok=True)
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+    overrides = profile_file(path, "paper")
+    overrides.parent.mkdir(exist_ok=True)
+    overrides.write_text("{}\n")      # ... an empty params/paper.yaml beside it
     loaded = load_params(path)
-    assert {k: v for k, v in loaded.items() if k != "profiles"} == \
-        {k: v for k, v in params.items() if k != "profiles"}, "params.yaml does not read back unchanged"
+    assert loaded == params, "params.yaml does not read back unchanged"
     return loaded
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated corpus in the exact Aff-Wild2 layout, made once per session."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def tiny_features(tiny_params):
     text = text.replace("model_dir: data/models", f"model_dir: {base}/models")
     path = base / "params.yaml"
     path.write_text(text)
+    shutil.copytree(ROOT / "params", base / "params")     # the profile files beside it
     params = load_params(path, overrides={"corpus": tiny_params["corpus"]})
     faces.extract_faces(params, workers=2, progress=False)
     extract_audio(params, "mfcc", workers=2, progress=False)

@@ -1,7 +1,7 @@
 """The `paper` profile builds the networks the papers name, at their published sizes.
 
 No GPU runs the paper profile in CI, so this is its check: every backbone section of
-`profiles.paper` is built (on the meta device where the module allows it: no memory, no time)
+`params/paper.yaml` is built (on the meta device where the module allows it: no memory, no time)
 and its parameter count is held against the published network's. A wrong depth, width or
 block in the profile moves the count by far more than the tolerance.
 """

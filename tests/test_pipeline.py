@@ -44,6 +44,7 @@ def test_stages_track_resolved_sections_and_only_the_params_stage_reads_params_y
     base = set(yaml.safe_load((ROOT / "params.yaml").read_text())) - {"profile", "profiles"}
     stages = _stages()
     assert stages["params"]["params"] == [{"params.yaml": None}]
+    assert {"params/smoke.yaml", "params/paper.yaml"} <= set(stages["params"]["deps"])   # the profile files
     for name, stage in stages.items():
         if name == "params":
             continue
@@ -109,7 +110,7 @@ def test_resolved_sections_carry_the_profile_and_keep_untouched_bytes(tmp_path):
                                          tmp_path / "smoke")
     assert [p.name for p in default] == [p.name for p in smoke]
     text = {p.parent.name + "/" + p.stem: p.read_text() for p in default + smoke}
-    smoke_raw = yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]["smoke"]
+    smoke_raw = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     assert yaml.safe_load(text["smoke/liu2023"])["seeds"] == smoke_raw["liu2023"]["seeds"]
     assert text["smoke/liu2023"] != text["default/liu2023"]
     for section in ("data", "features"):      # sections the smoke profile leaves alone
@@ -119,11 +120,15 @@ def test_resolved_sections_carry_the_profile_and_keep_untouched_bytes(tmp_path):
 
 def test_params_stage_names_a_bad_override_and_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
-    bad.write_text((ROOT / "params.yaml").read_text().replace("  default: {}", "  default: {liu2023: {epoch: 3}}"))
+    bad.write_text((ROOT / "params.yaml").read_text().replace("profile: default", "profile: smoke", 1))
+    (tmp_path / "params").mkdir()
+    smoke = (ROOT / "params" / "smoke.yaml").read_text()
+    smoke = smoke.replace("  epochs: 2\n  step_lr_epochs", "  epoch: 2\n  step_lr_epochs")    # in liu2023
+    (tmp_path / "params" / "smoke.yaml").write_text(smoke)
     out = tmp_path / "resolved"
     assert params_module.main(["--params", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "profiles.default" in err and "'liu2023.epoch'" in err
+    assert str(tmp_path / "params" / "smoke.yaml") in err and "'liu2023.epoch'" in err
     assert not out.exists()
 
 

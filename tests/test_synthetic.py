@@ -239,8 +239,14 @@ def test_out_of_range_corpus_params_name_the_key(key, value, fragment):
 
 def test_unknown_profile_key_names_its_path(tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text((ROOT / "params.yaml").read_text().replace("two_person_videos: 1", "two_persn_videos: 1"))
-    with pytest.raises(ParamsError, match=r"corpus\.two_persn_videos"):
+    p.write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "params").mkdir()
+    smoke = (ROOT / "params" / "smoke.yaml").read_text()
+    (tmp_path / "params" / "smoke.yaml").write_text(smoke.replace("two_person_videos: 1", "two_persn_videos: 1"))
+    with pytest.raises(ParamsError, match=r"params/smoke\.yaml: unknown key 'corpus\.two_persn_videos'"):
+        load_params(p, "smoke")
+    (tmp_path / "params" / "smoke.yaml").write_text(smoke.replace("subjects: 8", "subjects: eight"))
+    with pytest.raises(ParamsError, match=r"params/smoke\.yaml: 'corpus\.subjects' = 'eight' has the wrong type"):
         load_params(p, "smoke")
     with pytest.raises(ParamsError, match="wrong type"):
         load_params(ROOT / "params.yaml", "smoke", overrides={"corpus": {"subjects": "many"}})

@@ -191,7 +191,7 @@ def test_network_stage_under_torchrun_pretrains_data_parallel_and_extracts_once(
     params["features"]["root"] = str(tmp_path / "features")
     params["ecapatdnn"]["model_dir"] = str(tmp_path / "models")
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({**params, "profiles": {}}))
+    params_file.write_text(yaml.safe_dump({**params, "profile": "default"}))    # resolved: no profile file
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AFFECT_DDP_BACKEND": "gloo", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(HERE.parent)}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

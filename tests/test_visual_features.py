@@ -253,10 +253,13 @@ def test_weights_file_with_arbitrary_objects_is_refused(tiny_params, tmp_path):
 
 
 def test_cli_reports_a_missing_encoder(tmp_path, capsys):
+    import shutil
+
     import yaml
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["visual_encoder"]["model_dir"] = str(tmp_path / "empty")
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
+    shutil.copytree(ROOT / "params", tmp_path / "params")          # the profile files beside it
     assert visual.main(["extract", "--params", str(params_file), "--profile", "smoke"]) == 2
     assert "frame_encoder.pt" in capsys.readouterr().err
