@@ -18,7 +18,6 @@ name fixed keys of params.yaml, which would miss the overrides.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,123 @@ class ParamsError(ValueError):
     """A params.yaml problem; the message names the file, the key and the fix."""
 
 
-def _same_kind(base: Any, new: Any) -> bool:
-    number = (int, float)
+def _read_only(self, *args, **kwargs):
+    raise TypeError(f"{type(self).__name__} is read-only: lay changes over it with "
+                    "common.params.override(params, {...}), or change a copy (copy.deepcopy gives plain "
+                    "dicts and lists)")
+
+
+class Params(dict):
+    """One params section (or all of them), frozen, its keys also readable as attributes.
+
+    `z = params.zhang2021` then `z.epochs`, `z.tcn.visual`, or as before `z["epochs"]`, `"epochs" in z`,
+    `z.get(...)`, iteration, `dict(z)`, json.dumps / yaml.safe_dump. It is a dict, so it equals (and
+    prints as) the plain dict with the same content; nested mappings are Params and lists
+    FrozenList. A value has its base value's type (load_params checks every override against the
+    base), so code needs no int() / float() / bool() / str() around it. Copies are plain and
+    mutable (`p.copy()`, `dict(p)`, `copy.copy`, `copy.deepcopy`); `override` gives a new, checked
+    Params.
+    """
+    __slots__ = ()
+
+    def __init__(self, values=()):
+        dict.__init__(self, ((key, freeze(value)) for key, value in dict(values).items()))
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter '{name}' here; known: {', '.join(sorted(map(str, self)))}") from None
+
+    __setitem__ = __delitem__ = __setattr__ = __delattr__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __copy__(self):
+        return dict(self)
+
+    def __deepcopy__(self, memo):
+        return thaw(self)
+
+    def __reduce__(self):                       # pickled (e.g. to a worker process) as itself, frozen
+        return type(self), (thaw(self),)
+
+
+class FrozenList(list):
+    """A params list, frozen: equals, prints and serialises as the plain list (a tuple would not
+    equal the YAML's list, and torch APIs that want a tuple get `tuple(...)`)."""
+    __slots__ = ()
+
+    def __init__(self, values=()):
+        list.__init__(self, (freeze(value) for value in values))
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = remove = pop = clear = sort = reverse = _read_only
+
+    def __copy__(self):
+        return list(self)
+
+    def __deepcopy__(self, memo):
+        return thaw(self)
+
+    def __reduce__(self):
+        return type(self), (thaw(self),)
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every dict as a Params and every list as a FrozenList."""
+    if isinstance(value, dict):
+        return value if isinstance(value, Params) else Params(value)
+    if isinstance(value, list):
+        return value if isinstance(value, FrozenList) else FrozenList(value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain, mutable deep copy: every mapping a dict, every list a list."""
+    if isinstance(value, dict):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [thaw(item) for item in value]
+    return value
+
+
+for _dumper in (yaml.SafeDumper, yaml.Dumper, getattr(yaml, "CSafeDumper", None), getattr(yaml, "CDumper", None)):
+    if _dumper is not None:
+        _dumper.add_representer(Params, yaml.representer.SafeRepresenter.represent_dict)
+        _dumper.add_representer(FrozenList, yaml.representer.SafeRepresenter.represent_list)
+
+
+def _typed(base: Any, new: Any, where: str, full: str) -> Any:
+    """`new` as a value of `base`'s type: an int where the base is a float becomes that float, a
+    list's items are checked against the base list's first item; any other change of type raises."""
+    if base is None:
+        return thaw(new)
+    if isinstance(base, dict):
+        if not isinstance(new, dict):
+            raise ParamsError(f"{where}: '{full}' must be a mapping, got {new!r}.")
+        return merge_checked(base, new, where, full)
     if isinstance(base, bool) or isinstance(new, bool):
-        return isinstance(base, bool) and isinstance(new, bool)
-    if isinstance(base, number) and isinstance(new, number):
-        return True
-    if base is None or new is None:
-        return True
-    return isinstance(new, type(base))
+        ok = isinstance(base, bool) and isinstance(new, bool)
+    elif isinstance(base, float) and isinstance(new, int):
+        return float(new)
+    else:
+        ok = isinstance(new, list if isinstance(base, list) else type(base))
+    if not ok:
+        raise ParamsError(
+            f"{where}: '{full}' = {new!r} has the wrong type; the base value is "
+            f"{base!r} ({type(base).__name__})."
+        )
+    if isinstance(base, list):
+        template = base[0] if base else None
+        if isinstance(template, (bool, int, float, str, list)) and all(type(b) is type(template) for b in base):
+            return [_typed(template, item, where, f"{full}[{i}]") for i, item in enumerate(new)]
+        return thaw(new)
+    return new
 
 
 def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dict:
-    """Return `base` with `override` laid over it; unknown keys or changed kinds raise."""
-    merged = copy.deepcopy(base)
+    """Return `base` with `override` laid over it (plain dicts); unknown keys or changed types raise."""
+    merged = thaw(base)
     for key, value in override.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in base:
@@ -57,18 +159,25 @@ def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dic
                 f"{where}: unknown key '{full}'. Known keys here: {known}. "
                 "Fix the spelling or add the key to the base section first."
             )
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ParamsError(f"{where}: '{full}' must be a mapping, got {value!r}.")
-            merged[key] = merge_checked(base[key], value, where, full)
-        elif not _same_kind(base[key], value):
-            raise ParamsError(
-                f"{where}: '{full}' = {value!r} has the wrong type; the base value is "
-                f"{base[key]!r} ({type(base[key]).__name__})."
-            )
-        else:
-            merged[key] = copy.deepcopy(value)
+        merged[key] = _typed(base[key], value, where, full)
     return merged
+
+
+def override(params: dict, overrides: dict, where: str = "overrides") -> Params:
+    """`params` with `overrides` (same nesting) laid over it, checked as a profile file is."""
+    return freeze(merge_checked(params, overrides, where))
+
+
+def _shadowed_keys(section: dict, path: str = "") -> list[str]:
+    """Keys that `p.<key>` could not read because a dict method has the name."""
+    found = []
+    for key, value in section.items():
+        full = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and hasattr(dict, key):
+            found.append(full)
+        if isinstance(value, dict):
+            found += _shadowed_keys(value, full)
+    return found
 
 
 def profile_file(path: str | Path, profile: str) -> Path | None:
@@ -87,8 +196,8 @@ def _read_mapping(path: Path, what: str) -> dict:
 
 
 def load_params(path: str | Path = "params.yaml", profile: str | None = None,
-                overrides: dict | None = None) -> dict:
-    """Read params.yaml and return the merged parameters of one profile.
+                overrides: dict | None = None) -> Params:
+    """Read params.yaml and return the merged parameters of one profile, frozen (see Params).
 
     `profile` defaults to the file's own `profile` key; its overrides come from
     `params/<profile>.yaml` beside `path`. `overrides` (same nesting) are applied last, with the
@@ -105,6 +214,10 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None,
     raw.pop("profile", None)                    # the choice is not a section a profile could override
     if chosen not in PROFILES:
         raise ParamsError(f"{path}: profile '{chosen}' is not one of {', '.join(PROFILES)}.")
+    shadowed = _shadowed_keys(raw)
+    if shadowed:
+        raise ParamsError(f"{path}: key(s) {', '.join(shadowed)} have the name of a dict method, so "
+                          "params.<section>.<key> could not read them; rename them.")
     params = raw
     overriding = profile_file(path, chosen)
     if overriding is not None:
@@ -114,7 +227,7 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None,
         params = merge_checked(raw, _read_mapping(overriding, "sections"), str(overriding))
     if overrides:
         params = merge_checked(params, overrides, f"{path} (overrides)")
-    return {"profile": chosen, **params}
+    return Params({"profile": chosen, **params})
 
 
 def write_resolved(params: dict, out_dir: str | Path = "data/params") -> list[Path]:
@@ -130,7 +243,7 @@ def write_resolved(params: dict, out_dir: str | Path = "data/params") -> list[Pa
         if section == "profile":
             continue
         path = out_dir / f"{section}.yaml"
-        atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
+        atomic_write_text(path, yaml.safe_dump(thaw(values), sort_keys=True, default_flow_style=False))
         written.append(path)
     return written
 

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from common.files import atomic_write_json  # noqa: E402
-from common.params import load_params, profile_file  # noqa: E402
+from common.params import load_params, profile_file, thaw  # noqa: E402
 
 SEED = 0
 LIU_CONFIG = "transformer early | affectnet | fbank,vggish"   # features built by the stages below
@@ -96,7 +96,7 @@ def shorten(section, limits: dict):
 
 def write_params(work: Path, tiny: bool) -> dict:
     profile = "smoke" if tiny else "paper"
-    params = load_params(ROOT / "params.yaml", profile, small_overrides(tiny, os.cpu_count() or 1))
+    params = thaw(load_params(ROOT / "params.yaml", profile, small_overrides(tiny, os.cpu_count() or 1)))
     shorten(params, {"frames": 300 if tiny else 1000, "val_frames": 100 if tiny else 300})
     for section in params.values():   # published weights named relative to the repo (sound8.npy)
         if isinstance(section, dict) and section.get("weights") and not Path(section["weights"]).is_absolute():

@@ -601,7 +601,7 @@ def test_audio_path_real_ffmpeg_keeps_channels_and_rate(corpus, tmp_path):
 def test_reads_a_generated_corpus(tmp_path):
     from common.data import synthetic
     from common.params import load_params
-    corpus = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "smoke")["corpus"]
+    corpus = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "smoke")["corpus"].copy()
     corpus.update(subjects=6, two_person_videos=1, seconds=[2, 3], image_size=16, no_face_fraction=0.2,
                   side_sets={"affectnet": 1, "expw": 1, "afew_va": 1}, workers=1)
     root = tmp_path / "affwild2"

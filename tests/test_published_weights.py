@@ -587,8 +587,8 @@ def test_recorded_provenance_words_every_stage_record_one_way(tmp_path):
 
 
 def smoke_params(tmp_path) -> dict:
-    from common.params import load_params
-    params = load_params("params.yaml", "smoke")
+    from common.params import load_params, thaw
+    params = thaw(load_params("params.yaml", "smoke"))                 # plain dicts, to change
     for section in params.values():
         if isinstance(section, dict) and "model_dir" in section:
             section["model_dir"] = str(tmp_path / "models" / section["model_dir"].rsplit("/", 1)[-1])

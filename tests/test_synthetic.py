@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**changes) -> CorpusConfig:
-    corpus = load_params(ROOT / "params.yaml", "smoke")["corpus"]
+    corpus = load_params(ROOT / "params.yaml", "smoke")["corpus"].copy()       # a plain dict to change
     corpus.update(subjects=9, two_person_videos=1, seconds=[20, 24], image_size=32,
                   side_sets={"affectnet": 60, "expw": 40, "afew_va": 40}, workers=2)
     corpus.update(changes)

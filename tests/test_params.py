@@ -1,0 +1,102 @@
+"""common.params: params.yaml + params/<profile>.yaml, and the frozen, typed object it returns."""
+import copy
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.params import FrozenList, Params, ParamsError, load_params, override, thaw, write_resolved
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_params(ROOT / "params.yaml", "smoke")
+
+
+def test_sections_read_as_attributes_and_as_keys(smoke):
+    z = smoke.zhang2021
+    assert z.epochs == z["epochs"] == 2 and z.tcn.visual == [16, 16] and smoke.profile == "smoke"
+    assert "epochs" in z and z.get("nope", 3) == 3 and list(z)[:2] == ["dims", "workers"]
+    assert isinstance(z, dict) and isinstance(z.tcn, Params) and isinstance(z.seeds, FrozenList)
+    with pytest.raises(AttributeError, match="no parameter 'epoch'.*epochs"):
+        z.epoch
+
+
+def test_it_equals_prints_and_serialises_as_the_plain_dict(smoke, tmp_path):
+    plain = thaw(smoke)
+    assert type(plain) is dict and type(plain["zhang2021"]["seeds"]) is list
+    assert smoke == plain and plain == smoke and repr(smoke) == repr(plain)
+    assert json.dumps(smoke) == json.dumps(plain)
+    assert yaml.safe_dump(smoke) == yaml.safe_dump(plain) and yaml.dump(smoke) == yaml.dump(plain)
+    a, b = write_resolved(smoke, tmp_path / "a"), write_resolved(plain, tmp_path / "b")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_it_is_frozen_and_copies_are_plain(smoke):
+    z = smoke.zhang2021
+    for change in (lambda: z.__setitem__("epochs", 3), lambda: z.update(epochs=3), lambda: z.pop("epochs"),
+                   lambda: setattr(z, "epochs", 3), lambda: z.seeds.append(1), lambda: z.tcn.visual.__setitem__(0, 1)):
+        with pytest.raises(TypeError, match="read-only.*override"):
+            change()
+    mine = copy.deepcopy(smoke)
+    mine["zhang2021"]["seeds"].append(1)
+    assert type(mine) is dict and smoke.zhang2021.seeds == [0]
+    assert type(z.copy()) is dict and type(copy.copy(z)) is dict and type({**z}) is dict
+    back = pickle.loads(pickle.dumps(smoke))                   # as a worker process receives it
+    assert back == smoke and type(back.zhang2021.seeds) is FrozenList
+
+
+def test_override_checks_types_and_gives_the_base_type(smoke):
+    changed = override(smoke, {"zhang2021": {"epochs": 5, "tcn": {"visual": [4]}}, "liu2023": {"lr": 1}})
+    assert changed.zhang2021.epochs == 5 and changed.zhang2021.tcn.visual == [4] and smoke.zhang2021.epochs == 2
+    assert type(changed.liu2023.lr) is float                   # an int where the base has a float
+    assert type(changed) is Params and type(changed.zhang2021.tcn.visual) is FrozenList
+    for bad, where in [({"zhang2021": {"epochs": 5.0}}, r"'zhang2021\.epochs' = 5\.0 has the wrong type"),
+                       ({"zhang2021": {"seeds": [0.5]}}, r"'zhang2021\.seeds\[0\]' = 0\.5"),
+                       ({"ms_va": {"stages": [[1, 2.0]]}}, r"'ms_va\.stages\[0\]\[1\]'"),
+                       ({"zhang2021": {"drop_invalid": 1}}, r"'zhang2021\.drop_invalid' = 1"),
+                       ({"zhang2021": {"lr": None}}, r"'zhang2021\.lr' = None"),
+                       ({"zhang2021": {"tcn": 3}}, r"'zhang2021\.tcn' must be a mapping")]:
+        with pytest.raises(ParamsError, match=where):
+            override(smoke, bad)
+
+
+def test_every_value_has_its_base_type_in_every_profile():
+    base = load_params(ROOT / "params.yaml", "default")
+    for profile in ("smoke", "paper"):
+        def same(a, b, where):
+            assert type(a) is type(b), (profile, where, a, b)
+            if isinstance(a, dict):
+                for k in a:
+                    same(a[k], b[k], f"{where}.{k}")
+        same(base, load_params(ROOT / "params.yaml", profile), "")
+
+
+def _copy_tree(tmp_path) -> Path:
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    return tmp_path / "params.yaml"
+
+
+def test_profile_files_are_ordered_like_the_base_and_short():
+    base = list(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        sections = list(yaml.safe_load(path.read_text()))
+        assert sections == [s for s in base if s in sections], path
+        assert max(map(len, path.read_text().splitlines())) <= 110, path
+
+
+def test_a_missing_profile_file_or_an_old_profiles_section_is_named(tmp_path):
+    path = _copy_tree(tmp_path)
+    (tmp_path / "params" / "paper.yaml").unlink()
+    with pytest.raises(ParamsError, match=r"params/paper\.yaml: not found"):
+        load_params(path, "paper")
+    assert load_params(path, "smoke").profile == "smoke"
+    path.write_text(path.read_text() + "profiles:\n  smoke: {}\n")
+    with pytest.raises(ParamsError, match="profiles.*no longer read.*params/<profile>.yaml"):
+        load_params(path, "smoke")
