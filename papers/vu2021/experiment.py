@@ -26,6 +26,7 @@ from common.data.affwild2 import read_split
 from common.files import atomic_write_json
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.parallel import finished_run
+from common.params import merge_checked
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call them through experiment)
 from papers.vu2021 import data as vd
 from papers.vu2021 import train as vt
@@ -91,7 +92,7 @@ def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
         tracks = gru_tracks(params, out_dir, seed)
         model = vt.load_model(vt.build_cnn(params["vu2021"]["cnn"]),
                               cnn_dir(out_dir, "student_sharing", seed) / "best.pt")
-        length = int(params["vu2021"]["gru"]["seq_len"])
+        length = params["vu2021"]["gru"]["seq_len"]
         atomic_write_json(out, {s: vt.track_score(model, tracks[s], length, params["vu2021"], gru=False)
                                 for s in ("validation", "test")})
     return json.loads(out.read_text())
@@ -129,5 +130,84 @@ def gru_differences(params: dict) -> list[dict]:
 def _differences(params: dict, *groups: str) -> list[dict]:
     c = params["vu2021"]["cnn"]
     return report.differences("vu2021", *groups, params=params, cnn_provenance=cnn_provenance(params),
-                              pixels=int(c["crop"]) // int(c["downsample"]), size=int(params["faces"]["size"]),
+                              pixels=c["crop"] // c["downsample"], size=params["faces"]["size"],
                               n_seeds=len(params["vu2021"]["seeds"]))
+
+
+# --------------------------------------------------------------------------- what the notebooks show
+
+METRICS = {"EXPR": "expr_criterion", "Valence": "ccc_valence", "Arousal": "ccc_arousal"}   # Tables 1-3, 4-arXiv
+ICCVW_METRICS = {"F1": "expr_f1", "Acc": "expr_accuracy", "Criterion": "expr_criterion",   # Table 4 (ICCVW)
+                 "Valence": "ccc_valence", "Arousal": "ccc_arousal", "Mean": "ccc_mean"}
+
+
+def by_kind(rows: list[dict], kinds) -> dict:
+    """{kind: its runs, in seed order}."""
+    return {k: [r for r in rows if r["kind"] == k] for k in kinds}
+
+
+def metric(rows: list[dict], name: str, split: str = "validation") -> list[float]:
+    """One metric of each run (per seed), e.g. metric(students, "ccc_arousal")."""
+    return [r[split][name] for r in rows]
+
+
+def table_cells(rows_by_name: dict, split: str = "validation", metrics: dict = METRICS) -> list[tuple]:
+    """(row, column, per-seed values) for each table row and metric column: common.report.result_rows' cells."""
+    return [(name, column, metric(rs, m, split)) for name, rs in rows_by_name.items() for column, m in metrics.items()]
+
+
+def show_runs(rows: list[dict], split: str = "validation") -> None:
+    """One line per run: kind, seed, epochs (best), seconds, and its criterion and CCCs on `split`."""
+    for r in rows:
+        print(f"{r.get('kind', 'CNN'):<18} seed {r.get('seed', '-')}: {r.get('epochs_run', '-')} epochs "
+              f"(best {r.get('best_epoch', '-')}), {r.get('seconds', 0):.0f} s; "
+              + ", ".join(f"{k} {r[split][k]:.3f}" for k in METRICS.values()))
+
+
+def show_results(results: list[dict]) -> None:
+    """One line per result row: table, row, column, mean ± spread over seeds (n, split)."""
+    for r in results:
+        spread = f" ± {r['spread']:.3f}" if r["spread"] is not None else ""
+        print(f"{r['table']:>8} | {r['row']:<32} | {r['column']:<9} | {r['value']:.3f}{spread} (n={r['n']}, {r['split']})")
+
+
+def leaderboard(final: list[dict]) -> list[dict]:
+    """The cross-paper leaderboard row of the final model on test: p_va = mean CCC, p_expr = macro F1
+    over the 7 classes (the ABAW2 expression track has no "Other")."""
+    return [{"paper": "vu2021", "model": "CNN + GRU student (Eq. 10)", "split": "test",
+             "p_va": float(np.mean(metric(final, "ccc_mean", "test"))),
+             "p_expr": float(np.mean(metric(final, "expr_f1", "test"))), "p_au": None, "p_mtl": None}]
+
+
+# --------------------------------------------------------------------------- exercises (table4.ipynb)
+
+def exercise_params(params: dict, **changes) -> dict:
+    """params with the vu2021 keys in `changes` replaced (a nested section as a dict, e.g.
+    gru={"seq_len": 8}); a misspelt key or a value of another kind stops with the key's path."""
+    return merge_checked(params, {"vu2021": changes}, "vu2021 exercise")
+
+
+def exercise_student(params: dict, out_dir, name: str, seed: int, **changes) -> dict:
+    """The student CNN with sharing (Eq. 10) retrained with `changes`, taught by the notebook's own
+    T in {1,2,3} teacher of the same seed: <out_dir>/exercises/<name>/student_sharing-seed<s>."""
+    cnn_run(params, out_dir, "teacher123", seed)
+    out = Path(out_dir) / "exercises" / name / f"student_sharing-seed{seed}"
+    return finished_run(out, lambda: vt.train_cnn(exercise_params(params, **changes), "student_sharing", seed, out,
+                                                  cnn_dir(out_dir, "teacher123", seed)))
+
+
+def exercise_gru(params: dict, out_dir, name: str, seed: int, **changes) -> dict:
+    """A GRU teacher (Eq. 7) and then its student (Eq. 10) retrained with `changes`, on the cached
+    features of the notebook's own student CNN; the student's result.json."""
+    changed, root = exercise_params(params, **changes), Path(out_dir) / "exercises" / name
+
+    def run(kind: str) -> dict:
+        out, teacher = root / f"gru_{kind}-seed{seed}", root / f"gru_teacher-seed{seed}"
+
+        def train():
+            if kind == "student":
+                run("teacher")
+            vt.train_gru(changed, kind, seed, gru_tracks(params, out_dir, seed), out,
+                         teacher if kind == "student" else None)
+        return finished_run(out, train)
+    return run("student")
