@@ -39,8 +39,8 @@ from common.data.affwild2 import audio_base, audio_path, read_split
 from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features
 from common.features import pretraining
-from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
-from common.features.extract import audio_tracks
+from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.extract import audio_todo, audio_tracks, put_aligned
 from common.files import atomic_torch_save, atomic_write_json
 from common.weights import weights_provenance
 
@@ -118,7 +118,7 @@ def pretrain_ecapa(params: dict, progress: bool = True, threads: int = 1) -> Pat
 
 
 def _train_speakers(params: dict, backbone: nn.Module, out_dir: Path, progress: bool) -> dict:
-    from common.train import TrainConfig, fit
+    from common.train import fit
     p = params[NAME]["pretrain"]
     train, (vx, vy), speakers = _speaker_crops(params)
     model = SpeakerClassifier(backbone, len(speakers))
@@ -128,9 +128,7 @@ def _train_speakers(params: dict, backbone: nn.Module, out_dir: Path, progress: 
         logits = batch_outputs(net, vx)                 # on the CPU, where vy is
         return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
     result = fit(model, train, training_loss, evaluate,
-                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                             weight_decay=float(p["weight_decay"]), seed=int(p["seed"]),
-                             monitor="val_accuracy", mode="max"),
+                 pretraining.train_config(p, "val_accuracy", "max", weight_decay=float(p["weight_decay"])),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline on speaker identity (training subjects)",
             "speakers": len(speakers), "crops": len(train), "validation": result["best"]}
@@ -166,15 +164,12 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
     groups = audio_tracks(params["data"]["root"])
     embedded = 0
     with torch_threads(threads):
-        for wav, tracks in groups.items():
-            if all(cache.has(t.video) for t in tracks):
-                continue
+        for wav in audio_todo(groups, cache):
             fb = fbank_of(wav)
             centres = np.arange(0, len(fb), hop * FBANK_RATE).round().astype(int)
             emb = embed_windows(model, fb, centres, length)
             embedded += len(emb)
-            for t in tracks:
-                cache.put(t.video, align_to_frames(emb, 1.0 / hop, t.n_frames, t.fps))
+            put_aligned(cache, groups[wav], emb, 1.0 / hop)
     summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["embed_dim"]), "hop_s": hop,
                "audio_files": len(groups), "windows": embedded, "seconds": round(time.perf_counter() - started, 2),
                "folder": str(cache.folder)}

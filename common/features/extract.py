@@ -15,6 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 from common.data.affwild2 import SPLITS, audio_path, read_split
 from common.features import audio as audio_features
@@ -39,6 +40,18 @@ def audio_tracks(root: str | Path) -> dict:
     return dict(sorted(groups.items()))
 
 
+def audio_todo(groups: dict, cache: FeatureCache) -> list[str]:
+    """The audio files of `groups` (audio_tracks) with a track whose rows `cache` does not hold yet, in order."""
+    return [wav for wav, tracks in groups.items() if not all(cache.has(t.video) for t in tracks)]
+
+
+def put_aligned(cache: FeatureCache, tracks, rows, rate: float) -> None:
+    """One audio file's feature `rows` (at `rate` Hz) into `cache` for each of its face `tracks`,
+    aligned to the track's label frames by nearest time."""
+    for track in tracks:
+        cache.put(track.video, align_to_frames(rows, rate, track.n_frames, track.fps))
+
+
 def open_audio_cache(params: dict, name: str) -> FeatureCache:
     """The cache folder of one audio extractor under features.root (what training reads)."""
     extractors = audio_features.registry()
@@ -57,12 +70,11 @@ def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = Tr
     root, cache_root = params["data"]["root"], params["features"]["root"]
     started = time.perf_counter()
     groups = audio_tracks(root)
-    todo = [wav for wav, tracks in groups.items() if not all(cache.has(t.video) for t in tracks)]
+    todo = audio_todo(groups, cache)
     bar = tqdm(total=len(todo), desc=f"features: {name}", unit="audio", disable=not progress, file=sys.stderr)
     with mp.get_context("fork").Pool(workers) if workers > 1 else _Serial() as pool:
         for wav, feats in zip(todo, pool.imap(_compute, [(name, wav) for wav in todo])):
-            for track in groups[wav]:
-                cache.put(track.video, align_to_frames(feats, extractor.rate, track.n_frames, track.fps))
+            put_aligned(cache, groups[wav], feats, extractor.rate)
             bar.update()
     bar.close()
     summary = {"extractor": name, "version": extractor.version, "dim": extractor.dim,
@@ -85,21 +97,39 @@ class _Serial:
         return map(fn, jobs)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="fill the feature cache for one extractor")
-    ap.add_argument("extractor")
+# --------------------------------------------------------------------------- the feature stages' command line
+
+def stage_parser(description: str, steps: bool = True, workers: str | None = None) -> argparse.ArgumentParser:
+    """The arguments every feature stage takes: with `steps`, the steps to run in order (`pretrain`,
+    `extract`: a network stage), then --params, --profile and, where `workers` (its help) is given,
+    --workers (processes the tracks are shared out to, default 2)."""
+    ap = argparse.ArgumentParser(description=description)
+    if steps:
+        ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"), help="run in order (the DVC stage runs both)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args(argv)
+    if workers is not None:
+        ap.add_argument("--workers", type=int, default=2, help=workers)
+    return ap
+
+
+def run_stage(run: Callable[[], None], errors: tuple) -> int:
+    """run() a stage's command: 0, or 2 after printing `error: <message>` to stderr when it raises one
+    of `errors` (a bad file or setting, which the message names)."""
     try:
-        params = load_params(args.params, args.profile)
-        summary = extract_audio(params, args.extractor, args.workers)
-    except (ParamsError, ValueError) as e:
+        run()
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
     return 0
+
+
+def main(argv=None) -> int:
+    ap = stage_parser("fill the feature cache for one extractor", steps=False, workers="audio-decoding processes")
+    ap.add_argument("extractor")
+    args = ap.parse_args(argv)
+    return run_stage(lambda: print(json.dumps(extract_audio(load_params(args.params, args.profile), args.extractor,
+                                                            args.workers), indent=2)), (ParamsError, ValueError))
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def centre_crop_outputs(net: nn.Module, images: torch.Tensor, crop: int, batch: 
 
 
 def _train(params: dict, name: str, backbone: nn.Module, out_dir: Path, progress: bool) -> dict:
-    from common.train import TrainConfig, fit
+    from common.train import fit
     cfg, p, task = params[name], params[name]["pretrain"], network(name).task
     crop = int(cfg["crop"])
     (x, y), (vx, vy) = training_sets(params, name)
@@ -183,9 +183,7 @@ def _train(params: dict, name: str, backbone: nn.Module, out_dir: Path, progress
 
     net = TaskNet(backbone, task)
     result = fit(net, TensorDataset(x, labels), loss, evaluate,
-                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                             weight_decay=float(p["weight_decay"]), seed=int(p["seed"]), monitor="val_score",
-                             mode="max"),
+                 pretraining.train_config(p, "val_score", "max", weight_decay=float(p["weight_decay"])),
                  # fit() resumes from its folder's checkpoint: one folder per setting, never a stale one
                  out_dir / "train" / params_key({**cfg, "faces": params["faces"]["size"], "version": VERSION}),
                  progress=progress)

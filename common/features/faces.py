@@ -24,7 +24,6 @@ Two storage formats (`faces.format`; the format is part of the cache key, so the
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from common.data.affwild2 import SPLITS, AffWild2Error, read_split
 from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.extract import run_stage, stage_parser
 from common.features.visual import TrackFaces, load_face, nearest_face_index
 from common.files import atomic_save_npy, atomic_write_json
 from common.params import ParamsError, load_params
@@ -316,17 +316,10 @@ def extract_faces(params: dict, workers: int = 2, progress: bool = True) -> dict
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="decode every face track once into the face-pixel cache")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    ap.add_argument("--workers", type=int, default=2, help="JPEG-decoding processes")
-    args = ap.parse_args(argv)
-    try:
-        print(json.dumps(extract_faces(load_params(args.params, args.profile), args.workers), indent=2))
-    except (ParamsError, AffWild2Error, FeatureCacheError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args = stage_parser("decode every face track once into the face-pixel cache", steps=False,
+                        workers="JPEG-decoding processes").parse_args(argv)
+    return run_stage(lambda: print(json.dumps(extract_faces(load_params(args.params, args.profile), args.workers), indent=2)),
+                     (ParamsError, AffWild2Error, FeatureCacheError, ValueError))
 
 
 if __name__ == "__main__":

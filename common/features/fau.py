@@ -87,15 +87,14 @@ def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: t
 
 
 def _train_au_detector(params: dict, backbone, out_dir: Path, progress: bool) -> dict:
-    from common.train import TrainConfig, fit
+    from common.train import fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
     crop = int(cfg["crop"])
     x, y, m = au_frames(params, "train", int(p["frames"]), int(p["seed"]))
     vx, vy, vm = au_frames(params, "validation", int(p["val_frames"]), int(p["seed"]))
     result = fit(AUDetector(backbone), TensorDataset(x, y, m), lambda net, batch: training_loss(net, batch, crop),
                  lambda net: evaluate(net, vx, vy, vm, crop),
-                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                             weight_decay=float(p["weight_decay"]), seed=int(p["seed"]), monitor="val_auc", mode="max"),
+                 pretraining.train_config(p, "val_auc", "max", weight_decay=float(p["weight_decay"])),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline for 12-AU detection (Train_Set AU frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}

@@ -23,7 +23,6 @@ extract: every frame of every face track from the face-pixel cache (common/featu
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,11 @@ from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
 from common.device import module_device
 from common.features import visual
-from common.files import atomic_torch_save, atomic_write_text, file_sha256
+from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.features.cache import FeatureCache, params_key
 from common.params import ParamsError
 from common.weights import UnreadableWeights, read_state_dict, state_dict_problems
-from common.features.pretraining import cli
+from common.features.pretraining import cli, train_config
 
 EXTRACTOR = "fer"
 POSTERIORS = "fer_posteriors"
@@ -96,7 +95,7 @@ def load_fer_weights(net: nn.Module, path: str | Path) -> None:
 
 def pretrain_fer(params: dict, progress: bool = True) -> Path:
     """Load or pre-train the FER network; write <fer.model_dir>/fer.pt (+ fer.json). Returns the .pt path."""
-    from common.train import TrainConfig, fit
+    from common.train import fit
 
     fp = params["fer"]
     started = time.perf_counter()
@@ -119,8 +118,7 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
         metrics = evaluate(net)
     else:
         train_set = visual.StillFaces(images[train_idx], side.expression[train_idx], side.va[train_idx], crop, True)
-        cfg = TrainConfig(epochs=int(fp["epochs"]), batch_size=int(fp["batch_size"]), lr=float(fp["lr"]),
-                          weight_decay=float(fp["weight_decay"]), seed=int(fp["seed"]), monitor="score", mode="max")
+        cfg = train_config(fp, "score", "max", weight_decay=float(fp["weight_decay"]))
         # fit() resumes from its folder's checkpoint: key the folder by settings and data.
         data = hashlib.sha256(images.numpy().tobytes())
         data.update(side.expression.tobytes())
@@ -138,7 +136,7 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
     report.update({"config": fer_config(fp), "train_images": len(train_idx), "val_images": len(val_idx),
                    "file": str(out), "sha256": file_sha256(out),
                    "seconds": round(time.perf_counter() - started, 2)})
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out.with_suffix(".json"), report)
     return out
 
 
@@ -217,9 +215,7 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
                "tracks": len(tracks), "computed": len(todo), "frames": frames, "seconds": round(seconds, 2),
                "frames_per_second": round(frames / max(seconds, 1e-9), 1), "folder": str(features.folder),
                "posteriors_folder": str(posteriors.folder)}
-    out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(Path(params["features"]["root"]) / f"{EXTRACTOR}.json", summary)
     return summary
 
 

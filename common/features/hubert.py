@@ -34,8 +34,8 @@ from common.data.affwild2 import AffWild2Error, audio_path, read_split
 from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features
 from common.features import pretraining
-from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
-from common.features.extract import audio_tracks
+from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.extract import audio_todo, audio_tracks, put_aligned
 from common.files import atomic_write_json
 
 NAME = "hubert"
@@ -95,7 +95,7 @@ def masked_hits(net, crops: torch.Tensor, clusters: torch.Tensor, batch: int = 1
 def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
     from sklearn.cluster import MiniBatchKMeans
 
-    from common.train import TrainConfig, fit
+    from common.train import fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
     train_waves, val_waves = _split_audio(params, "train"), _split_audio(params, "validation")
     train_mfcc = [mfcc_50hz(w) for w in train_waves]
@@ -117,8 +117,7 @@ def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
             hits, total = masked_hits(net, vx, vy)
         return {"val_masked_accuracy": hits / max(total, 1)}
     result = fit(model, TensorDataset(x, y), training_loss, evaluate,
-                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                             seed=int(p["seed"]), monitor="val_masked_accuracy", mode="max"),
+                 pretraining.train_config(p, "val_masked_accuracy", "max"),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline: HuBERT iteration 1 (masked prediction of MFCC k-means ids, training audio)",
             "crops": len(x), "val_crops": len(vx), "val_majority_cluster_share": majority, "validation": result["best"]}
@@ -157,13 +156,10 @@ def extract_frames(params: dict, name: str, version: str, frames_of, cache: Feat
     groups = audio_tracks(params["data"]["root"])
     frames = 0
     with torch_threads(threads):
-        for wav, tracks in groups.items():
-            if all(cache.has(t.video) for t in tracks):
-                continue
+        for wav in audio_todo(groups, cache):
             out = chunk_frames(frames_of, torch.from_numpy(audio_features.load_mono(wav)), chunk, device)
             frames += len(out)
-            for t in tracks:
-                cache.put(t.video, align_to_frames(out, FRAME_RATE, t.n_frames, t.fps))
+            put_aligned(cache, groups[wav], out, FRAME_RATE)
     summary = {"extractor": name, "version": version, "dim": dim, "rate_hz": FRAME_RATE,
                "audio_files": len(groups), "frames": frames, "seconds": round(time.perf_counter() - started, 2),
                "folder": str(cache.folder)}

@@ -61,7 +61,7 @@ def validation_loss(net, images: torch.Tensor, crop: int, ratio: float) -> float
 
 
 def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
-    from common.train import TrainConfig, fit
+    from common.train import fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
     crop, ratio = int(cfg["crop"]), float(cfg["mask_ratio"])
     every_frame = lambda v: v.has_image  # noqa: E731 - any face frame; no labels needed
@@ -70,9 +70,7 @@ def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
 
     result = fit(model, TensorDataset(x), lambda net, b: training_loss(net, b, crop, ratio),
                  lambda net: {"val_loss": validation_loss(net, vx, crop, ratio)},
-                 TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                             weight_decay=float(p["weight_decay"]), betas=(0.9, 0.95), seed=int(p["seed"]),
-                             monitor="val_loss", mode="min"),
+                 pretraining.train_config(p, "val_loss", "min", weight_decay=float(p["weight_decay"]), betas=(0.9, 0.95)),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline as a masked autoencoder (Train_Set face frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}

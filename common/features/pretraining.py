@@ -38,6 +38,15 @@ def network_cache(params: dict, name: str, version: str, settings: dict, dim: in
     return FeatureCache(params["features"]["root"], name, version, {"weights": file_sha256(path), **settings}, dim)
 
 
+def train_config(p: dict, monitor: str, mode: str, **more):
+    """The common.train.TrainConfig of a network's pre-training: epochs, batch_size, lr and seed from
+    its params block `p`, the best epoch by evaluate()'s `monitor` (`mode` "min" or "max"), and
+    `more` (weight_decay, betas, early_stop where the network uses them)."""
+    from common.train import TrainConfig
+    return TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]), seed=int(p["seed"]),
+                       monitor=monitor, mode=mode, **more)
+
+
 def _architecture(backbone: nn.Module) -> dict:
     return {"architecture": getattr(backbone, "config", {})}
 
@@ -85,16 +94,12 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     (the DVC stage runs both in one process: one interpreter start, the network built once), prints
     each step's summary JSON, or prints the error (one of `errors`: a bad file or setting, named by
     the message) and exits 2."""
-    import argparse
     import json
-    import sys
 
+    from common.features.extract import run_stage, stage_parser
     from common.params import ParamsError, load_params
     from common.train import distributed
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"))
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
+    ap = stage_parser(description)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (0 = torch's default); narrow networks gain nothing from a second one")
     args = ap.parse_args(argv)
@@ -102,7 +107,8 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     # wraps the network in DistributedDataParallel (nccl), every rank ends with the same weights.
     # Extraction is inference over every track, so rank 0 does it alone once all ranks are done.
     rank, world = distributed()
-    try:
+
+    def run():
         params = load_params(args.params, args.profile)
         with torch_threads(args.threads):
             for step in args.steps:
@@ -117,13 +123,11 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
                     result = extract(params)
                 if rank == 0:
                     print(json.dumps({step: result}, indent=2, default=str), flush=True)
-    except (ParamsError, ValueError, FileNotFoundError, *errors) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    try:
+        return run_stage(run, (ParamsError, ValueError, FileNotFoundError, *errors))
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    return 0
 
 
 def random_crop_flip(images: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -38,7 +38,6 @@ the same scene); a mono track (C_aud = 1, the embedded default) runs once.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,10 +54,10 @@ from common.backbones.soundnet import (CONV8_KERNEL, SAMPLE_RATE, SoundNet8, hop
 from common.data.affwild2 import SPLITS, audio_path, read_split
 from common.device import inference_device, module_device
 from common.features import fer
-from common.files import atomic_torch_save, atomic_write_text, file_sha256
+from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.features.cache import FeatureCache, params_key
 from common.losses import ccc_loss
-from common.features.pretraining import cli
+from common.features.pretraining import cli, train_config
 
 EXTRACTOR = "soundnet"
 VERSION = "1"
@@ -225,7 +224,7 @@ def _load_tracks(params: dict, split: str):
 
 def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
     """Load or pre-train SoundNet; write <soundnet.model_dir>/soundnet.pt (+ .json). Returns the path."""
-    from common.train import TrainConfig, fit
+    from common.train import fit
 
     sp = params["soundnet"]
     pp = sp["pretrain"]
@@ -250,8 +249,7 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
         def evaluate(m) -> dict:
             return teacher_agreement(m, val)
 
-        cfg = TrainConfig(epochs=int(pp["epochs"]), batch_size=int(pp["batch_size"]), lr=float(pp["lr"]),
-                          seed=int(pp["seed"]), monitor="loss", mode="min")
+        cfg = train_config(pp, "loss", "min")
         data = hashlib.sha256()
         for w in train.waves:
             data.update(w.numpy().tobytes())
@@ -271,7 +269,7 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
     atomic_torch_save(model.cpu().state_dict(), out)
     report.update({"width": float(sp["width"]), "file": str(out), "sha256": file_sha256(out),
                    "seconds": round(time.perf_counter() - started, 2)})
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out.with_suffix(".json"), report)
     return out
 
 
@@ -313,9 +311,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
                "frames": sum(t.n_frames for t in todo), "window_s": round(window_samples() / SAMPLE_RATE, 2),
                "hop_s": round(hop_samples() / SAMPLE_RATE, 3), "seconds": round(seconds, 2),
                "folder": str(cache.folder)}
-    out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(Path(params["features"]["root"]) / f"{EXTRACTOR}.json", summary)
     return summary
 
 

@@ -25,7 +25,6 @@ hop = 1/fps) and no PCA. Two stages:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import shutil
@@ -43,9 +42,9 @@ from common.data.affwild2 import SPLITS, audio_base, audio_path, read_split
 from common.device import module_device, torch_threads
 from common.features import pretraining
 from common.features.audio import SAMPLE_RATE, load_mono
-from common.features.cache import FeatureCache, FeatureCacheError, align_to_frames
+from common.features.cache import FeatureCache, FeatureCacheError
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
-from common.features.extract import audio_tracks
+from common.features.extract import audio_todo, audio_tracks, put_aligned, run_stage, stage_parser
 from common.params import ParamsError, load_params
 
 NAME = "vggish"
@@ -194,13 +193,11 @@ def event_scores(logits, labels) -> dict:
 
 
 def _train_config(params: dict):
-    from common.train import TrainConfig
     p = params["vggish"]["pretrain"]
     # The best epoch by mean balanced accuracy, not by loss: on a few videos the loss grows with a
     # handful of confident errors while the detections keep improving.
-    return TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                       weight_decay=float(p["weight_decay"]), seed=int(p["seed"]),
-                       monitor="val_balanced_accuracy", mode="max", early_stop=int(p["early_stop"]))
+    return pretraining.train_config(p, "val_balanced_accuracy", "max", weight_decay=float(p["weight_decay"]),
+                                    early_stop=int(p["early_stop"]))
 
 
 def pretrain_vggish(params: dict, progress: bool = True) -> Path:
@@ -345,7 +342,7 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
     cache = cache_for(params)
     started = time.perf_counter()
     groups = audio_tracks(root)
-    todo = [wav for wav, tracks in groups.items() if not all(cache.has(t.video) for t in tracks)]
+    todo = audio_todo(groups, cache)
     # Tracks sharing a wav share its length; the longest one sets how far embeddings go.
     jobs = [(wav, max(t.n_frames for t in groups[wav]), groups[wav][0].fps) for wav in todo]
     patches = 0
@@ -365,8 +362,7 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
         with torch_threads(threads):
             for wav, (emb, rate) in zip(todo, results):
                 patches += len(emb)
-                for track in groups[wav]:
-                    cache.put(track.video, align_to_frames(emb, rate, track.n_frames, track.fps))
+                put_aligned(cache, groups[wav], emb, rate)
                 bar.update()
     finally:
         if pool is not None:
@@ -385,13 +381,10 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="VGGish: pre-train (or load) the network, then embed every track")
-    ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"), help="run in order (the DVC stage runs both)")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args(argv)
-    try:
+    args = stage_parser("VGGish: pre-train (or load) the network, then embed every track",
+                        workers="audio-decoding processes for extract").parse_args(argv)
+
+    def run():
         params = load_params(args.params, args.profile)
         for step in args.steps:
             if step == "pretrain":
@@ -400,10 +393,7 @@ def main(argv=None) -> int:
             else:
                 result = extract_vggish(params, args.workers)
             print(json.dumps({step: result}, indent=2), flush=True)
-    except (ParamsError, ValueError, VGGishStageError, FeatureCacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(run, (ParamsError, ValueError, VGGishStageError, FeatureCacheError))
 
 
 if __name__ == "__main__":

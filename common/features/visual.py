@@ -27,7 +27,6 @@ values scaled to [0, 1] and normalised with mean = std = 0.5 (so to [-1, 1]).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -48,7 +47,8 @@ from common.data.still_images import read_still_set
 from common.device import module_device, torch_threads
 from common.features import pretraining
 from common.features.cache import FeatureCache, params_key
-from common.files import atomic_write_text, file_sha256
+from common.features.extract import run_stage, stage_parser
+from common.files import atomic_write_json, file_sha256
 from common.params import ParamsError, load_params
 from common.weights import UnreadableWeights, detect_layout, read_state_dict, state_dict_problems
 
@@ -265,7 +265,7 @@ def _load_side_set(params: dict) -> tuple:
 
 
 def _pretrain_in_pipeline(params: dict, encoder: ResNet, progress: bool) -> dict:
-    from common.train import TrainConfig, fit
+    from common.train import fit
 
     vp = params["visual_encoder"]
     side, images = _load_side_set(params)
@@ -279,9 +279,7 @@ def _pretrain_in_pipeline(params: dict, encoder: ResNet, progress: bool) -> dict
         logits, va = predict(model, val_set)
         return side_metrics(logits, va, side.expression[val_idx], side.va[val_idx])
 
-    cfg = TrainConfig(epochs=int(vp["epochs"]), batch_size=int(vp["batch_size"]), lr=float(vp["lr"]),
-                      weight_decay=float(vp["weight_decay"]), seed=int(vp["seed"]),
-                      monitor="score", mode="max")
+    cfg = pretraining.train_config(vp, "score", "max", weight_decay=float(vp["weight_decay"]))
     # fit() resumes from a checkpoint in its folder, so the folder is keyed by everything that
     # shapes the run (settings, images, labels): a change starts afresh instead of resuming
     # a different run.
@@ -484,9 +482,7 @@ def _extract_visual(params: dict, workers: int, progress: bool) -> dict:
                "tracks_without_faces": sum(not t.has_image.any() for t in todo),
                "seconds": round(seconds, 2), "frames_per_second": round(frames / max(seconds, 1e-9), 1),
                "workers": workers, "folder": str(cache.folder)}
-    out = Path(params["features"]["root"]) / f"{EXTRACTOR}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(Path(params["features"]["root"]) / f"{EXTRACTOR}.json", summary)
     return summary
 
 
@@ -502,15 +498,13 @@ def feature_cache(params: dict, sha: str | None = None) -> FeatureCache:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="pre-train (or load) the frame encoder, then extract its features")
-    ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"), help="run in order (the DVC stage runs both)")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", choices=("smoke", "default", "paper"))
-    ap.add_argument("--workers", type=int, default=2, help="JPEG-decoding processes for extract")
+    ap = stage_parser("pre-train (or load) the frame encoder, then extract its features",
+                      workers="JPEG-decoding processes for extract")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads; 2 only helps on an otherwise idle machine (see common.device.torch_threads)")
     args = ap.parse_args(argv)
-    try:
+
+    def run():
         params = load_params(args.params, args.profile)
         for step in args.steps:
             if step == "pretrain":
@@ -518,10 +512,7 @@ def main(argv=None) -> int:
                 print(path.with_suffix(".json").read_text(), end="", flush=True)
             else:
                 print(json.dumps(extract_visual(params, args.workers, threads=args.threads), indent=2), flush=True)
-    except (ParamsError, EncoderWeightsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(run, (ParamsError, EncoderWeightsError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

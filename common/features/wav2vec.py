@@ -56,7 +56,7 @@ def contrastive_accuracy(net: Wav2Vec2Pretrain, crops: torch.Tensor, batch: int 
 
 
 def _train_wav2vec(params: dict, model: Wav2Vec2Pretrain, out_dir: Path, progress: bool) -> dict:
-    from common.train import TrainConfig, fit
+    from common.train import fit
     p = params[NAME]["pretrain"]
     crop, hop = int(p["crop_s"] * RATE) // STRIDE * STRIDE, int(p["hop_s"] * RATE)
     x = wave_crops(_split_audio(params, "train"), crop, hop)
@@ -74,8 +74,7 @@ def _train_wav2vec(params: dict, model: Wav2Vec2Pretrain, out_dir: Path, progres
         net.quantizer.tau = max(0.5, 2.0 * 0.25 ** (len(chance) / max(epochs - 1, 1)))
         return {"val_contrastive_accuracy": hits / max(total, 1), "val_chance_accuracy": expected / max(total, 1)}
     result = fit(model, TensorDataset(x), lambda net, b: net.contrastive_loss(b[0]), evaluate,
-                 TrainConfig(epochs=epochs, batch_size=int(p["batch_size"]), lr=float(p["lr"]), seed=int(p["seed"]),
-                             monitor="val_contrastive_accuracy", mode="max"),
+                 pretraining.train_config(p, "val_contrastive_accuracy", "max"),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline: wav2vec 2.0 contrastive + diversity objective on the training audio",
             "crops": len(x), "val_crops": len(vx), "validation": result["best"]}
