@@ -1,8 +1,6 @@
 """Liu et al. 2023's network features built in the pipeline: backbones, weight loading, pre-training, caches."""
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
 from common.features import bank, fau, hubert, mae, pretraining, wav2vec
+from tests.helpers.features import first_track_rows, pretrain_with
 from tests.helpers.weights import check_weights_loader
 
 torch.set_num_threads(1)
@@ -59,21 +58,12 @@ def test_mean_auc_is_one_for_a_perfect_ranking_and_skips_one_class_aus():
 
 
 def test_fau_pretraining_beats_chance_and_fills_the_cache(tiny_features):
-    params, _ = tiny_features
-    params = copy.deepcopy(params)
-    params["fau"]["pretrain"].update(epochs=4, frames=1500)
-    fau.pretrain_fau(params, progress=False)
-    summary = json.loads((Path(params["fau"]["model_dir"]) / "fau.json").read_text())
-    print("fau validation", summary["validation"], summary["seconds"])
+    params, summary = pretrain_with(tiny_features, "fau", fau.pretrain_fau, epochs=4, frames=1500)
     assert summary["validation"]["val_auc"] > 0.55, summary            # 12 AUs, chance 0.5
     assert summary["seconds"] > 0
     out = fau.extract_fau(params, progress=False)
     assert out["face_frames"] > 0 and (Path(params["features"]["root"]) / "fau.json").is_file()
-    cache = bank.open_cache(params, "fau")
-    from common.data.affwild2 import read_split
-    video = read_split(params["data"]["root"], "validation")[0]
-    rows = cache.get(video.video, video.n_frames)
-    assert rows.shape == (video.n_frames, params["fau"]["embed_dim"]) and np.isfinite(rows).all()
+    first_track_rows(params, "fau", "validation", params["fau"]["embed_dim"])
     assert "fau" in bank.available(params)
 
 
@@ -129,21 +119,13 @@ def test_mae_loss_counts_only_the_masked_patches():
 
 
 def test_mae_pretraining_beats_the_patch_mean_and_fills_the_cache(tiny_features):
-    params, _ = tiny_features
-    params = copy.deepcopy(params)
-    params["mae"]["pretrain"].update(epochs=8, frames=3000)
-    mae.pretrain_mae(params, progress=False)
-    summary = json.loads((Path(params["mae"]["model_dir"]) / "mae.json").read_text())
-    print("mae validation", summary["validation"], summary["seconds"])
+    params, summary = pretrain_with(tiny_features, "mae", mae.pretrain_mae, epochs=8, frames=3000)
     # the patch-mean guess scores ~0.99. The tiny corpus's 32 px faces of a handful of subjects are
     # learnt (train loss) but do not carry to the unseen validation subjects (~1.0); on the default
     # corpus the validation loss falls to ~0.66 (measured), so here the training loss is checked.
     assert summary["validation"]["train_loss"] < 0.8 and np.isfinite(summary["validation"]["val_loss"]), summary
     mae.extract_mae(params, progress=False)
-    from common.data.affwild2 import read_split
-    video = read_split(params["data"]["root"], "test")[0]
-    rows = bank.open_cache(params, "mae").get(video.video, video.n_frames)
-    assert rows.shape == (video.n_frames, params["mae"]["dim"]) and np.isfinite(rows).all()
+    rows = first_track_rows(params, "mae", "test", params["mae"]["dim"])
     assert rows.astype(np.float32).std(0).mean() > 0                   # faces differ, features differ
 
 
@@ -170,18 +152,11 @@ def test_hubert_frames_are_50_hz_and_weights_load_only_when_they_fit(tmp_path):
 
 
 def test_hubert_pretraining_beats_the_majority_cluster_and_fills_the_cache(tiny_features):
-    params, _ = tiny_features
-    params = copy.deepcopy(params)
-    params["hubert"]["pretrain"].update(epochs=10, hop_s=0.25, lr=0.003)
-    hubert.pretrain_hubert(params, progress=False)
-    summary = json.loads((Path(params["hubert"]["model_dir"]) / "hubert.json").read_text())
-    print("hubert validation", summary["validation"], summary["val_majority_cluster_share"], summary["seconds"])
+    params, summary = pretrain_with(tiny_features, "hubert", hubert.pretrain_hubert, epochs=10, hop_s=0.25, lr=0.003)
+    print("hubert majority cluster share", summary["val_majority_cluster_share"])
     assert summary["validation"]["val_masked_accuracy"] > summary["val_majority_cluster_share"], summary
     hubert.extract_hubert(params, progress=False)
-    from common.data.affwild2 import read_split
-    video = read_split(params["data"]["root"], "validation")[0]
-    rows = bank.open_cache(params, "hubert").get(video.video, video.n_frames)
-    assert rows.shape == (video.n_frames, params["hubert"]["dim"]) and np.isfinite(rows).all()
+    first_track_rows(params, "hubert", "validation", params["hubert"]["dim"])
 
 
 # --------------------------------------------------------------------------- wav2vec 2.0 (wav2vec)
@@ -209,16 +184,8 @@ def test_wav2vec_contrastive_logits_and_weights(tmp_path):
 
 
 def test_wav2vec_pretraining_runs_and_fills_the_cache(tiny_features):
-    params, _ = tiny_features
-    params = copy.deepcopy(params)
-    params["wav2vec"]["pretrain"].update(epochs=6, hop_s=0.25, lr=0.003)
-    wav2vec.pretrain_wav2vec(params, progress=False)
-    summary = json.loads((Path(params["wav2vec"]["model_dir"]) / "wav2vec.json").read_text())
-    print("wav2vec validation", summary["validation"], summary["seconds"])
+    params, summary = pretrain_with(tiny_features, "wav2vec", wav2vec.pretrain_wav2vec, epochs=6, hop_s=0.25, lr=0.003)
     best = summary["validation"]                                        # chance: 1 / candidates left per step
     assert best["val_contrastive_accuracy"] > 1.2 * best["val_chance_accuracy"], summary
     wav2vec.extract_wav2vec(params, progress=False)
-    from common.data.affwild2 import read_split
-    video = read_split(params["data"]["root"], "test")[0]
-    rows = bank.open_cache(params, "wav2vec").get(video.video, video.n_frames)
-    assert rows.shape == (video.n_frames, params["wav2vec"]["dim"]) and np.isfinite(rows).all()
+    first_track_rows(params, "wav2vec", "test", params["wav2vec"]["dim"])
