@@ -329,6 +329,10 @@ def test_notebooks_smoke(tiny_features, tmp_path):
     ours = [p for p in published if p["table"] in ("1", "2", "3") or p["row"] == "ours"]
     missing = [(p["table"], p["row"], p["column"]) for p in ours if (p["table"], p["row"], p["column"]) not in have]
     assert not missing, missing
+    # Table 4, the chapter's last notebook, ran its two exercises under the smoke profile
+    from tests.helpers.notebooks import exercise_answers
+    answers = exercise_answers(reports / "jeong2022" / "table4.ipynb")
+    assert len(answers) == 2 and "t = 1.0" in answers[0] and "MTL batch" in answers[1]
 
 
 def test_fer_weights_round_trip_and_a_wrong_file_is_named(tmp_path):

@@ -167,6 +167,18 @@ def test_notebooks_write_well_formed_results(tiny_pipeline):
     assert table2["leaderboard"][0]["split"] == "test" and -1 <= table2["leaderboard"][0]["p_va"] <= 1
 
 
+def test_window_exercises_answer_from_smoke_runs(tiny_pipeline):
+    """window.ipynb, the chapter's last notebook, ran its three exercises under the smoke profile in the
+    fixture: each answer cell printed its numbers (a short window, no overlap, the plain-mean merge)."""
+    from tests.helpers.notebooks import exercise_answers
+    _, reports = tiny_pipeline
+    answers = exercise_answers(reports / "zhang2021" / "window.ipynb")
+    assert len(answers) == 3
+    assert "arousal CCC" in answers[0] and "hop" in answers[1]
+    assert "weighted" in answers[2] and "mean" in answers[2]
+    assert (reports / "zhang2021" / "runs_exercise_hop").is_dir()
+
+
 def test_report_renders_offline(tiny_pipeline, monkeypatch):
     params, reports = tiny_pipeline
     index = report.build(reports)

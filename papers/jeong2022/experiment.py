@@ -89,3 +89,75 @@ def differences(params: dict) -> list[dict]:
              "local" if sound_here.startswith("weights loaded") else "pipeline")
     return report_differences("jeong2022", "all", params=params, fer_here=fer_provenance(params),
                               sound_here=sound_here, sound=sound)
+
+
+# ---- Table 4: the same predictions scored four ways ----------------------------------------------
+
+TABLE_COLUMNS = {"STL AU": "stl_au", "STL EXPR": "stl_expr", "STL VA": "stl_va", "STL Total": "stl_total", "MTL": "mtl"}
+METRIC_KEYS = ("mtl", "mtl_va", "mtl_expr", "mtl_au", "stl_va", "stl_expr", "stl_au")
+
+
+def table_rows(table: str, label: str, rows: list[dict], split: str = "validation", **pick) -> list[dict]:
+    """One row of Table 2 or 3: a result row per column of TABLE_COLUMNS, over the matching runs' seeds."""
+    return [cell(table, label, column, values(rows, key, split, **pick), split) for column, key in TABLE_COLUMNS.items()]
+
+
+def show_table(results: list[dict]) -> None:
+    """Print Table 2 / 3 rows as mean ± spread."""
+    print(f"{'':>10} " + " ".join(f"{c:>16}" for c in TABLE_COLUMNS))
+    for label in dict.fromkeys(r["row"] for r in results):
+        cells = [r for r in results if r["row"] == label]
+        print(f"{label:>10} " + " ".join(f"{r['value']:7.3f} ± {(r['spread'] or 0):5.3f} " for r in cells))
+
+
+def student_predictions(params: dict, corpus, rows: list[dict], students: str | Path, split: str = "validation") -> dict:
+    """{seed: (frames, {task: predictions})} of each student run's best.pt on `split`, checked against the
+    ABAW and consecutive-256 metrics its result.json recorded (the same weights give the same numbers)."""
+    from common.weights import load_weights_file
+    from papers.jeong2022.train import build_model, evaluate_split, predict_split
+    predictions = {}
+    for r in rows:
+        model = build_model(params["jeong2022"], "I+A")
+        model.load_state_dict(load_weights_file(Path(students) / run_name("student", "I+A", r["seed"]) / "best.pt"))
+        predictions[r["seed"]] = predict_split(model, corpus, split)
+        again = evaluate_split(model, corpus, split, ("abaw", "code"), predictions[r["seed"]])
+        assert abs(again["abaw"]["mtl"] - r[split]["mtl"]) < 1e-6, "best.pt does not give the run's predictions"
+        assert abs(again["code"]["mtl"] - r[f"{split}_code_metric"]["mtl"]) < 1e-6
+    return predictions
+
+
+def evaluation_sets(corpus, prediction, split: str = "validation"):
+    """{set: {task: labels}} and {set: {task: predictions}} of one run's predictions, the sets of JEONG_SET_TASKS."""
+    from common.metrics import JEONG_SET_TASKS
+    frames, pred = prediction
+    truth, guess = {}, {}
+    for name, tasks in JEONG_SET_TASKS.items():
+        labelled = corpus.sets[(split, name)]
+        at = np.searchsorted(frames, labelled["rows"])
+        truth[name] = {t: labelled[t] for t in tasks}
+        guess[name] = {t: pred[t][at] for t in tasks}
+    return truth, guess
+
+
+def authors_metric(corpus, prediction, seed: int, shuffles: int, set_sizes=None) -> list[dict]:
+    """The authors' procedure (common.metrics.jeong_code_metric) on one run's predictions, once per shuffle seed."""
+    from common.metrics import jeong_code_metric
+    truth, guess = evaluation_sets(corpus, prediction)
+    return [jeong_code_metric(truth, guess, seed=1000 * seed + k, set_sizes=set_sizes) for k in range(shuffles)]
+
+
+def batch_sweep(corpus, predictions: dict, sweep, shuffles: int, terms) -> dict:
+    """{"shuffled" | "consecutive": {term: [mean over runs and shuffles, per MTL batch size of `sweep`]}}:
+    the authors' procedure on the MTL set at each batch size, shuffled (theirs) or over consecutive frames."""
+    from common.metrics import jeong_code_metric
+    curves = {"shuffled": {k: [] for k, _ in terms}, "consecutive": {k: [] for k, _ in terms}}
+    for b in sweep:
+        for kind, draws in (("shuffled", range(shuffles)), ("consecutive", [0])):
+            got = []
+            for s in sorted(predictions):
+                truth, guess = evaluation_sets(corpus, predictions[s])
+                got += [jeong_code_metric({"mtl": truth["mtl"]}, {"mtl": guess["mtl"]}, seed=1000 * s + k,
+                                          batch_sizes={"mtl": b}, shuffle=kind == "shuffled") for k in draws]
+            for k, _ in terms:
+                curves[kind][k].append(float(np.mean([g[k] for g in got])))
+    return curves
