@@ -93,7 +93,7 @@ def load_corpus(params: dict) -> Corpus:
         if mtl is not None:
             sets[(split, "mtl")] = mtl
     fps = float(params["corpus"]["fps"]) if params["data"]["source"] == "synthetic" else float(jp["fps"])
-    offsets = frame_offsets(float(jp["t_img"]), fps, int(jp["stride"]), int(jp["n_img"]))
+    offsets = frame_offsets(float(jp["t_img"]), fps, jp["stride"], jp["n_img"])
     return Corpus(img, aud, va, expr, au, np.concatenate(starts), sets, offsets)
 
 

@@ -39,8 +39,8 @@ from papers.jeong2022.model import JeongNet
 
 
 def build_model(jp: dict, inputs_kind: str) -> JeongNet:
-    return JeongNet(inputs_kind, lstm=int(jp["lstm"]), trunk=tuple(jp["trunk"]), heads=tuple(jp["heads"]),
-                    dropout=float(jp["dropout"]))
+    return JeongNet(inputs_kind, lstm=jp["lstm"], trunk=tuple(jp["trunk"]), heads=tuple(jp["heads"]),
+                    dropout=jp["dropout"])
 
 
 def batch_sizes(corpus: Corpus, largest: int) -> dict:
@@ -86,7 +86,7 @@ def teacher_loss(model, b: dict, stream: str) -> torch.Tensor:
 
 
 def make_student_loss(teacher: JeongNet, gamma: dict, jp: dict):
-    temperature, alpha, beta = float(jp["temperature"]), float(jp["alpha"]), float(jp["beta"])
+    temperature, alpha, beta = jp["temperature"], jp["alpha"], jp["beta"]
 
     def loss(model, b: dict, stream: str) -> torch.Tensor:
         out = model(b["img"], b["aud"])
@@ -193,8 +193,8 @@ def train_run(params: dict, corpus: Corpus, role: str, inputs_kind: str, seed: i
     started = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(jp, inputs_kind)
-    sizes = batch_sizes(corpus, int(jp["batch_size"]))
-    n_steps = int(jp["steps_per_epoch"]) or int(np.ceil(max(
+    sizes = batch_sizes(corpus, jp["batch_size"])
+    n_steps = jp["steps_per_epoch"] or int(np.ceil(max(
         len(corpus.sets[("train", s)]["rows"]) / sizes[s] for s in STREAMS)))
     gamma = {t: 1.0 for t in TASKS}
     hooks = []
@@ -221,13 +221,13 @@ def train_run(params: dict, corpus: Corpus, role: str, inputs_kind: str, seed: i
 
     # Model selection, early stop and gamma read the validation sets every `eval_stride`-th frame
     # (neighbouring frames are nearly the same sample); the reported metrics use every frame.
-    monitor_corpus = every_kth(corpus, "validation", int(jp["eval_stride"]))
+    monitor_corpus = every_kth(corpus, "validation", jp["eval_stride"])
 
     def evaluate(m) -> dict:
         return evaluate_split(m, monitor_corpus, "validation")["abaw"]
 
-    cfg = TrainConfig(epochs=int(jp["epochs"]), batch_size=1, lr=float(jp["lr"]), seed=seed, monitor="mtl",
-                      mode="max", early_stop=int(jp["early_stop"]), substeps=STREAMS)
+    cfg = TrainConfig(epochs=jp["epochs"], batch_size=1, lr=jp["lr"], seed=seed, monitor="mtl",
+                      mode="max", early_stop=jp["early_stop"], substeps=STREAMS)
     fit(model, RoundRobinSteps(corpus, sizes, n_steps), loss_fn, evaluate, cfg, out_dir,
         collate_fn=lambda items: items[0], on_epoch_end=hooks, progress=progress)
     result = {"role": role, "inputs": inputs_kind, "seed": seed, "batch_sizes": sizes, "steps_per_epoch": n_steps,

@@ -213,7 +213,7 @@ def run_grid(params: dict, clips, root, configs, plans=("fold0",), seeds=None, p
     jobs = [(cfg, plan, seed) for cfg in configs for plan in plans for seed in seeds]
     return finished_runs(jobs, lambda job: run_dir(root, *job),
                          lambda job: train_run(params, clips, *job, run_dir(root, *job), progress),
-                         int(params["liu2023"]["workers"]))
+                         params["liu2023"]["workers"])
 
 
 def load_predictions(root, cfg: dict, plan: str, seed: int, split: str) -> dict:

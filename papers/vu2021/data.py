@@ -43,7 +43,7 @@ STREAMS = ("expr", "va", "both")      # the training tasks T = 1 (EXPR), 2 (VA),
 
 
 def face_size(params: dict) -> int:
-    return int(params["faces"]["size"])
+    return params["faces"]["size"]
 
 
 def face_cache(params: dict):
@@ -123,7 +123,7 @@ def build_streams(params: dict, streams=STREAMS) -> dict[str, Stream]:
     out = {}
     for name in streams:
         sources, where, expr, va = ([], [], [], []) if name == "both" else \
-            _video_part(videos, cache, name, int(vp["frame_step"]))
+            _video_part(videos, cache, name, vp["frame_step"])
         n_video = sum(len(w) for w in where)
         still = read_still_set(root, side[name])
         sources.append(decode_faces(still.image_paths, size).numpy())

@@ -188,7 +188,7 @@ def supervision(task: str, expr_logits, va_logits, expr, va, vp: dict) -> torch.
 
 def distillation(task: str, s_expr, s_va, t_expr, t_va, vp: dict, mask=None) -> torch.Tensor:
     """H^(1) (Eq. 4) or H^(2) (Eq. 5) at temperature T."""
-    T = float(vp["temperature"])
+    T = vp["temperature"]
     if task == "expr":
         return vu_kd_loss(s_expr, t_expr, temperature=T, mask=mask)                   # Eq. 4
     return vu_kd_loss(student_va=s_va, teacher_va=t_va, temperature=T, mask=mask)      # Eq. 5
@@ -206,7 +206,7 @@ def teacher_loss(outputs: dict, batch: dict, vp: dict) -> torch.Tensor:
 
 def student_loss(outputs: dict, teacher_outputs: dict, batch: dict, vp: dict, sharing: bool) -> torch.Tensor:
     """Eq. 9 (sharing=False) or Eq. 10 (sharing=True)."""
-    lam = float(vp["lam"])
+    lam = vp["lam"]
     total = 0.0
     for name, (s_e, s_v) in outputs.items():
         t_e, t_v = teacher_outputs[name]

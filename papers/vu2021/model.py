@@ -69,5 +69,5 @@ class MultitaskGRU(nn.Module):
 
 def build_cnn(cfg: dict) -> MultitaskCNN:
     """The CNN from the `vu2021.cnn` section of params.yaml."""
-    return MultitaskCNN(cfg["block"], cfg["layers"], int(cfg["width"]), int(cfg["embed_dim"]),
-                        int(cfg["feature_dim"]), int(cfg["n_bins"]), float(cfg["dropout"]))
+    return MultitaskCNN(cfg["block"], cfg["layers"], cfg["width"], cfg["embed_dim"],
+                        cfg["feature_dim"], cfg["n_bins"], cfg["dropout"])

@@ -99,8 +99,8 @@ def predict_frames(model: MultitaskCNN, frames: vd.EvalFrames, cfg: dict, vp: di
     model.eval()
     device = next(model.parameters()).device      # fit() puts the model on the GPU when there is one
     logits, va = [], []
-    for images in vd.eval_batches(frames, int(cfg["crop"]), int(cfg["pad"]), int(cfg["eval_batch"]),
-                                    int(cfg["downsample"]), workers=int(cfg.get("num_workers", 0))):
+    for images in vd.eval_batches(frames, cfg["crop"], cfg["pad"], cfg["eval_batch"],
+                                    cfg["downsample"], workers=cfg.get("num_workers", 0)):
         e, v = model(images.to(device))
         logits.append(e.float().cpu())
         va.append(va_prediction(v.float(), vp).cpu())
@@ -122,10 +122,10 @@ def _cached(store: dict, key, make):
 
 
 def train_config(section: dict, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
-                       lr=float(section["lr"]), betas=tuple(section["betas"]), seed=seed,
-                       monitor="score", mode="max", early_stop=int(section["early_stop"]),
-                       num_workers=int(section.get("num_workers", 0)))   # CNN: faces decoded in the workers
+    return TrainConfig(epochs=section["epochs"], batch_size=section["batch_size"],
+                       lr=section["lr"], betas=tuple(section["betas"]), seed=seed,
+                       monitor="score", mode="max", early_stop=section["early_stop"],
+                       num_workers=section.get("num_workers", 0))   # CNN: faces decoded in the workers
 
 
 def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path | None = None,
@@ -135,12 +135,12 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
     sets, student = CNN_KINDS[kind]
     started = time.perf_counter()
     root, size = params["data"]["root"], vd.face_size(params)
-    streams = _cached(_STREAMS, (root, size, int(vp["frame_step"])),
+    streams = _cached(_STREAMS, (root, size, vp["frame_step"]),
                       lambda: vd.build_streams(params))
     val = _cached(_FRAMES, (root, size, "validation"),
-                  lambda: vd.eval_frames(params, "validation", int(vp["eval_stride"])))
-    dataset = vd.TaskStreams({k: streams[k] for k in sets}, int(cfg["samples_per_epoch"]),
-                             int(cfg["crop"]), int(cfg["pad"]), seed, int(cfg["downsample"]))
+                  lambda: vd.eval_frames(params, "validation", vp["eval_stride"]))
+    dataset = vd.TaskStreams({k: streams[k] for k in sets}, cfg["samples_per_epoch"],
+                             cfg["crop"], cfg["pad"], seed, cfg["downsample"])
     torch.manual_seed(seed)                      # the initial weights depend on the seed only
     model = build_cnn(cfg)
 
@@ -174,7 +174,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
               "best_epoch": fitted["best"]["epoch"], "train_seconds": round(time.perf_counter() - started, 2)}
     for split in ("validation", "test"):
         frames = val if split == "validation" else _cached(
-            _FRAMES, (root, size, split), lambda: vd.eval_frames(params, split, int(vp["eval_stride"])))
+            _FRAMES, (root, size, split), lambda: vd.eval_frames(params, split, vp["eval_stride"]))
         logits, va = predict_frames(model, frames, cfg, vp)
         result[split] = score(frames.expr, logits, frames.va, va)
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -208,9 +208,9 @@ def feature_caches(root: Path, cnn_dir: Path, cfg: dict) -> dict[bool, FeatureCa
     """{flipped: cache} of one CNN's 128-d features, keyed by its weights' hash."""
     sha = file_sha256(Path(cnn_dir) / "best.pt")[:16]
     return {flip: FeatureCache(root, FEATURE_EXTRACTOR, FEATURE_VERSION,
-                               {"weights_sha256": sha, "flip": flip, "crop": int(cfg["crop"]),
-                                "pad": int(cfg["pad"]), "downsample": int(cfg["downsample"])},
-                               int(cfg["feature_dim"]))
+                               {"weights_sha256": sha, "flip": flip, "crop": cfg["crop"],
+                                "pad": cfg["pad"], "downsample": cfg["downsample"]},
+                               cfg["feature_dim"])
             for flip in (False, True)}
 
 
@@ -229,14 +229,14 @@ def extract_features(params: dict, cnn_dir: Path, root: Path, videos: list) -> d
     model = load_model(build_cnn(cfg), Path(cnn_dir) / "best.pt")
     net = frozen_for_inference(_Features(model))
     faces = vd.face_cache(params)
-    crop, pad, batch = int(cfg["crop"]), int(cfg["pad"]), int(cfg["eval_batch"])
+    crop, pad, batch = cfg["crop"], cfg["pad"], cfg["eval_batch"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for v in todo:
         pixels = torch.from_numpy(np.array(faces.get(v.video, v.n_frames)))
         for flip, cache in caches.items():
             out = []
             for chunk in pixels.split(batch):
-                images = vd.augment_batch(chunk.flip(-1) if flip else chunk, crop, pad, int(cfg["downsample"]))
+                images = vd.augment_batch(chunk.flip(-1) if flip else chunk, crop, pad, cfg["downsample"])
                 out.append(net(images.to(device)).float().cpu())
             cache.put(v.video, torch.cat(out).numpy())
     return caches
@@ -279,8 +279,8 @@ def track_score(model, tracks: list, length: int, vp: dict, gru: bool = True) ->
 
 def build_gru(params: dict) -> MultitaskGRU:
     g = params["vu2021"]["gru"]
-    return MultitaskGRU(int(params["vu2021"]["cnn"]["feature_dim"]), int(g["hidden"]),
-                        int(params["vu2021"]["cnn"]["n_bins"]), float(g["dropout"]))
+    return MultitaskGRU(params["vu2021"]["cnn"]["feature_dim"], g["hidden"],
+                        params["vu2021"]["cnn"]["n_bins"], g["dropout"])
 
 
 def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
@@ -288,8 +288,8 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
     """GRU teacher (Eq. 7 over the EXPR and VA sets) or student (Eq. 10); writes result.json."""
     vp, g = params["vu2021"], params["vu2021"]["gru"]
     started = time.perf_counter()
-    length = int(g["seq_len"])
-    dataset = vd.SequenceStreams(tracks["train"], length, seed, int(g["samples_per_epoch"]))
+    length = g["seq_len"]
+    dataset = vd.SequenceStreams(tracks["train"], length, seed, g["samples_per_epoch"])
     torch.manual_seed(seed)
     model = build_gru(params)
     if kind == "teacher":

@@ -76,7 +76,7 @@ def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple
     return finished_runs(jobs, folder,
                          lambda j: train_fold(params, trials, j[0], j[1], j[2], folder(j), window=window, hop=hop,
                                               seed=j[3], batch_size=batch_size, progress=progress),
-                         int(params["zhang2021"]["workers"]))
+                         params["zhang2021"]["workers"])
 
 
 def load_predictions(run_dir: str | Path, split: str) -> dict:
