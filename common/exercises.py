@@ -41,7 +41,7 @@ def answer(out_dir, name: str, change: str, before: dict, after: dict, metrics=N
     <out_dir>/exercises/<name>/answer.json."""
     rows = {m: {"before": float(before[m]), "after": float(after[m]), "change": float(after[m]) - float(before[m])}
             for m in (metrics or before)}
-    print(f"{name}: {change}")
+    print(f"Answer ({name}): {change}")
     for m, r in rows.items():
         print(f"{m:<16} {r['before']:+.3f} -> {r['after']:+.3f}  ({r['change']:+.3f})")
     result = {"exercise": name, "change": change, "metrics": rows,

@@ -14,6 +14,7 @@ from common.backbones.ecapa_tdnn import EcapaTDNN, EcapaWeightsError, load_ecapa
 from common.features import bank, ecapatdnn, face_networks, fau, mae
 from common.metrics import ccc
 from papers.liu2023 import experiment as ex
+from tests.helpers.notebooks import exercise_answers
 from common.data.sequences import Normalizer, split_ccc
 from papers.liu2023.data import ChunkDataset, Clip, pad_to_segments
 from papers.liu2023.model import ENCODERS, LiuModel, TemporalEncoder
@@ -233,3 +234,13 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
     assert {"mae_helps_arousal", "ires100_helps_arousal"} <= {c["id"] for c in out["validation"]["claims"]}
     board = out["submissions"]["leaderboard"][0]
     assert board["split"] == "test" and -1 <= board["p_va"] <= 1
+    # the submissions notebook's exercises: each instructor's answer ran (smoke) and compared finite numbers
+    assert len(exercise_answers(tmp_path / "liu2023" / "submissions.ipynb")) == len(EXERCISES)
+    for name in EXERCISES:
+        answer = json.loads((tmp_path / "liu2023" / "exercises" / name / "answer.json").read_text())
+        assert answer["exercise"] == name and answer["metrics"] and answer["finite"], answer
+    short = json.loads((tmp_path / "liu2023" / "exercises" / "segment_fifth" / "answer.json").read_text())
+    assert {"Transformer arousal", "LSTM arousal"} <= set(short["metrics"])
+
+
+EXERCISES = ("segment_fifth", "valence_only", "ensemble_of_one")

@@ -34,7 +34,6 @@ from common.parallel import RESULT, finished_runs
 from common.train import TrainConfig, fit
 from common import report
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
-from common.report import result_row  # noqa: F401  (the notebooks call experiment.result_row)
 from common.weights import recorded_provenance
 from papers.liu2023.data import ChunkDataset, TASKS, load_clips, predict
 from papers.liu2023.model import build_model
@@ -330,12 +329,202 @@ def setting_differences(params: dict, pool, n_clips: int) -> list[dict]:
                               configurations="; ".join(row_label(c) for c in pool), n_clips=n_clips)
 
 
-def write_summary(out_dir, params: dict, name: str, title: str, started: float, results, claims, leaderboard,
-                  differences) -> Path:
-    """<out_dir>/<name>.json, what the report builder reads (written to a temp file, then renamed)."""
-    summary = {"paper": "liu2023", "notebook": name, "title": title, "profile": params["profile"],
-               "data": params["data"]["source"], "seconds": round(time.perf_counter() - started, 1),
-               "results": results, "claims": claims, "leaderboard": leaderboard, "differences": differences}
-    path = report.write_summary(out_dir, name, summary)
-    print(f"written {path} after {summary['seconds']} s")
-    return path
+# --------------------------------------------------------------------------- the notebooks' steps
+
+class Plan:
+    """What the notebooks run: the runnable configurations of the grid (Tables 1-3), of the ablation
+    (Table 5) and the 6-fold configuration (Table 4), and the entries skipped (a feature not built)."""
+
+    def __init__(self, params: dict):
+        lp = params["liu2023"]
+        self.grid, skipped_grid = runnable(params, lp["grid"])
+        self.ablation, skipped_ablation = runnable(params, lp["ablation"])
+        self.cv, self.skipped_cv = runnable(params, [lp["cv_config"]])
+        self.skipped = skipped_grid + skipped_ablation
+        self.pool = unique(self.grid + self.ablation)
+
+    def show(self, params: dict, clips) -> None:
+        print(f"profile {params['profile']}: {len(clips)} VA tracks, {len(self.pool)} configurations runnable, "
+              f"{len(self.skipped)} skipped (features not built), seeds {params['liu2023']['seeds']}")
+        for s in self.skipped:
+            print("  skipped:", s["config"], "- missing", ", ".join(s["missing"]))
+
+
+def group_runs(rows: list[dict]) -> dict:
+    """{config name: its runs (one per seed)}."""
+    by_name: dict = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    return by_name
+
+
+def show_results(results: list[dict]) -> None:
+    for r in results:
+        print(f"{r['table']:>2} | {r['row']:<55} | {r['column']:<11} | {r['value']:.3f} +- {r['spread'] or 0:.3f} ({r['split']})")
+
+
+def validation_ensembles(rows: list[dict], runs, val_clips, sizes: dict, seeds) -> tuple[dict, dict, dict]:
+    """Tables 2-3 (Sec. 4.4), per seed: each task's ensemble of its `sizes[task]` best runs on validation,
+    scored on validation, beside the best single run. ({task: per-seed ensemble CCC}, {task: per-seed
+    best single CCC}, the first seed's members {task: runs})."""
+    ensembles, best_single, first = {t: [] for t in TASKS}, {t: [] for t in TASKS}, None
+    for seed in seeds:
+        seed_rows = [r for r in rows if r["seed"] == seed]
+        members = ensemble_members(seed_rows, sizes)
+        first = first or members
+        scores = split_ccc(val_clips, task_ensemble(runs, members, "validation"))
+        for t in TASKS:
+            ensembles[t].append(scores[t])
+            best_single[t].append(max(r["validation"][t] for r in seed_rows))
+    return ensembles, best_single, first
+
+
+def ensemble_cells(task: str, members: list[dict], by_name: dict, ensembles: dict, best_single: dict) -> list[tuple]:
+    """Table 2 (valence) or 3 (arousal): (row, column, per-seed values) for each member of the first
+    seed's ensemble (numbered as the paper's rows), the best single model and the ensemble."""
+    cells = [(f"{i}: " + row_label(r["config"]), task.title(), [x["validation"][task] for x in by_name[r["name"]]])
+             for i, r in enumerate(members, 1)]
+    return cells + [("Best single model", task.title(), best_single[task]), ("Ensemble", task.title(), ensembles[task])]
+
+
+def ablation_label(cfg: dict) -> str:
+    return f"{','.join(cfg['visual']) or '-'} | {','.join(cfg['audio']) or '-'}"
+
+
+def ablation_scores(ablation: list[dict], by_name: dict) -> dict:
+    """Table 5: {"visual | audio": {task: per-seed validation CCC}}."""
+    return {ablation_label(cfg): {t: [r["validation"][t] for r in by_name[config_name(cfg)]] for t in TASKS}
+            for cfg in ablation}
+
+
+def ablation_chart(scores: dict, path) -> None:
+    """Bars of each ablation row's mean validation CCC per task, saved to `path` (and shown)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3))
+    labels = list(scores)
+    for k, t in enumerate(TASKS):
+        ax.bar(np.arange(len(labels)) + 0.4 * k, [np.mean(scores[label][t]) for label in labels], 0.4, label=t)
+    ax.set_xticks(np.arange(len(labels)) + 0.2, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("validation CCC"); ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=110); plt.show()
+
+
+def mean_of_tasks(scores: dict) -> list[float]:
+    """Per seed, the mean of the valence and arousal CCCs of one ablation row."""
+    return [(v + a) / 2 for v, a in zip(scores["valence"], scores["arousal"])]
+
+
+# Sec. 4.6 / Table 5: the feature each claim credits and the task it helps
+FEATURE_CLAIMS = [("densenet", "valence"), ("ms_va", "valence"), ("ires100", "arousal"), ("hubert", "arousal"),
+                  ("mae", "arousal")]
+# The paper's own Table 5 rows that add one feature to another: (feature, task, row, reference, published gain)
+TABLE5_PAIRS = [("ires100", "arousal", "ires100,fau,densenet | ecapatdnn", "fau,densenet | ecapatdnn", 0.72417 - 0.70253),
+                ("hubert", "arousal", "fau,densenet | hubert,ecapatdnn", "fau,densenet | ecapatdnn", 0.70275 - 0.70253)]
+
+
+def feature_claims(scores: dict, visual_only: str | None) -> tuple[list[dict], list[str]]:
+    """Sec. 4.6's feature claims, judged per seed as the gain of the ablation row that adds the feature
+    (to the visual-only reference, then on the paper's own Table 5 rows where they are in the list):
+    (claims, the claims that could not be judged)."""
+    from common.features import bank
+    claims, not_judged = [], []
+    for feature, task in FEATURE_CLAIMS:
+        row = f"affectnet,{feature} | -" if feature in bank.VISUAL else f"affectnet | {feature}"
+        if visual_only and row in scores:
+            gain = np.array(scores[row][task]) - np.array(scores[visual_only][task])
+            claims.append(report.claim(f"{feature}_helps_{task}", "5", f"Adding {feature} to the visual features helps "
+                                       f"{task} ({row} vs {visual_only}; Sec. 4.6, Table 5)", gain, None, direction=">"))
+        else:
+            not_judged.append(f"{feature} helps {task}")
+    for feature, task, row, reference, published_gain in TABLE5_PAIRS:
+        if row in scores and reference in scores:
+            gain = np.array(scores[row][task]) - np.array(scores[reference][task])
+            claims.append(report.claim(f"{feature}_helps_{task}_table5_rows", "5", f"Table 5's own rows: adding {feature} "
+                                       f"({row} vs {reference}) raises {task} (paper: {published_gain:+.4f})",
+                                       gain, None, direction=">"))
+        else:
+            not_judged.append(f"{feature} helps {task} on Table 5's rows")
+    return claims, not_judged
+
+
+FOLD_COLUMNS = ("valence", "arousal", "mean")
+
+
+def cv_cells(cv_rows: list[dict], folds: int, seeds) -> list[tuple]:
+    """Table 4 (Sec. 4.5): (row, column, per-seed values) for each fold (the official split, fold0 here,
+    is the paper's last fold) and their per-seed average."""
+    label = {f"fold{k}": f"Fold {k}" for k in range(1, folds)} | {"fold0": f"Fold {folds}"}
+    cells = [(label[f"fold{k}"], t.title(), [r["validation"][t] for r in cv_rows if r["plan"] == f"fold{k}"])
+             for k in range(folds) for t in FOLD_COLUMNS]
+    return cells + [("Average", t.title(), [np.mean([r["validation"][t] for r in cv_rows if r["seed"] == s])
+                                           for s in seeds]) for t in FOLD_COLUMNS]
+
+
+def train_val_mix(params: dict, clips, root, rows: list[dict]) -> dict:
+    """Submission 3 (Sec. 4.7), per seed: the `tvm_members` best configurations per task on validation,
+    retrained on training + validation (plan tvm) under `root`: {seed: {task: member runs}}."""
+    lp, members = params["liu2023"], {}
+    for seed in lp["seeds"]:
+        chosen = ensemble_members([r for r in rows if r["seed"] == seed], {t: lp["tvm_members"] for t in TASKS})
+        members[seed] = {t: [{**r, "plan": "tvm"} for r in chosen[t]] for t in TASKS}
+        run_grid(params, clips, root, unique([r["config"] for t in TASKS for r in chosen[t]]), plans=("tvm",), seeds=[seed])
+    return members
+
+
+STRATEGIES = ["1: Ensemble 1", "2: Ensemble 2", "3: Train-Val-Mix", "4: Ensemble 3", "5: 6-Fold"]
+
+
+def strategy_scores(params: dict, runs, own_runs, rows: list[dict], tvm_members: dict, cv: list[dict],
+                    test_clips) -> tuple[dict, list[dict]]:
+    """Table 6 (Sec. 4.7), per seed: the test CCCs of the five submissions ({strategy: [per-seed scores]};
+    6-Fold only when its configuration runs) and of the best-on-validation single model."""
+    lp = params["liu2023"]
+    scores, single = {s: [] for s in STRATEGIES}, []
+    for seed in lp["seeds"]:
+        seed_rows = [r for r in rows if r["seed"] == seed]
+        e1 = task_ensemble(runs, ensemble_members(seed_rows, lp["ensemble1"]), "test")
+        tvm = task_ensemble(own_runs, tvm_members[seed], "test")
+        preds = {"1: Ensemble 1": e1, "2: Ensemble 2": task_ensemble(runs, ensemble_members(seed_rows, lp["ensemble2"]), "test"),
+                 "3: Train-Val-Mix": tvm, "4: Ensemble 3": average([e1, tvm])}
+        if cv:
+            preds["5: 6-Fold"] = average([load_predictions(own_runs, cv[0], f"fold{k}", seed, "test")
+                                          for k in range(lp["folds"])])
+        for s, p in preds.items():
+            scores[s].append(split_ccc(test_clips, p))
+        best = {t: max(seed_rows, key=lambda r: r["validation"][t])["test"][t] for t in TASKS}
+        single.append({**best, "mean": (best["valence"] + best["arousal"]) / 2})
+    return scores, single
+
+
+def strategy_cells(scores: dict) -> list[tuple]:
+    """Table 6: (row, column, per-seed values) of each strategy that ran."""
+    return [(s, t.title(), [x[t] for x in scores[s]]) for s in STRATEGIES if scores[s] for t in FOLD_COLUMNS]
+
+
+def per_seed_margin(scores: dict, strategy: str, others) -> list[float]:
+    """Per seed: `strategy`'s mean CCC minus the best of `others` (Table 6's claims)."""
+    return [x["mean"] - max(scores[o][i]["mean"] for o in others) for i, x in enumerate(scores[strategy])]
+
+
+# --------------------------------------------------------------------------- exercises (submissions.ipynb)
+
+def first_of_each(configs: list[dict], encoders) -> list[dict]:
+    """The first configuration of each named encoder (those the list has)."""
+    first = {}
+    for c in configs:
+        first.setdefault(c["encoder"], c)
+    return [first[e] for e in encoders if e in first]
+
+
+def exercise_runs(params: dict, clips, out_dir, name: str, configs: list[dict], **changes) -> list[dict]:
+    """`configs` retrained on the official split with the first seed and `changes` in the liu2023
+    section (checked like a profile), under <out_dir>/exercises/<name>."""
+    from common.params import merge_checked
+    changed = merge_checked(params, {"liu2023": changes}, "liu2023 exercise")
+    return run_grid(changed, clips, Path(out_dir) / "exercises" / name, configs, plans=("fold0",),
+                    seeds=[params["liu2023"]["seeds"][0]])
+
+
+def run_scores(rows: list[dict], configs: list[dict], seed: int) -> dict:
+    """{"<encoder> <task>": validation CCC} of the fold0 run of each config with `seed`."""
+    found = {r["name"]: r for r in rows if r["seed"] == seed and r["plan"] == "fold0"}
+    return {f"{ENCODER_NAMES[c['encoder']]} {t}": found[config_name(c)]["validation"][t] for c in configs for t in TASKS}
