@@ -128,7 +128,7 @@ def _train_speakers(params: dict, backbone: nn.Module, out_dir: Path, progress: 
         logits = batch_outputs(net, vx)                 # on the CPU, where vy is
         return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
     result = fit(model, train, training_loss, evaluate,
-                 pretraining.train_config(p, "val_accuracy", "max", weight_decay=float(p["weight_decay"])),
+                 pretraining.train_config(p, "val_accuracy", "max", weight_decay=p["weight_decay"]),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline on speaker identity (training subjects)",
             "speakers": len(speakers), "crops": len(train), "validation": result["best"]}
@@ -139,8 +139,8 @@ def _train_speakers(params: dict, backbone: nn.Module, out_dir: Path, progress: 
 def cache_for(params: dict) -> FeatureCache:
     """The `ecapatdnn` cache of the current weights (new weights, new folder)."""
     cfg = params[NAME]
-    return pretraining.network_cache(params, NAME, VERSION, {"window_s": float(cfg["window_s"]), "hop_s": float(cfg["hop_s"])},
-                                      int(cfg["embed_dim"]))
+    return pretraining.network_cache(params, NAME, VERSION, {"window_s": cfg["window_s"], "hop_s": cfg["hop_s"]},
+                                      cfg["embed_dim"])
 
 
 @torch.no_grad()
@@ -160,7 +160,7 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
     load_ecapa_weights(model, model_path(params))
     model.eval().to(inference_device())
     started = time.perf_counter()
-    length, hop = int(cfg["window_s"] * FBANK_RATE), float(cfg["hop_s"])
+    length, hop = int(cfg["window_s"] * FBANK_RATE), cfg["hop_s"]
     groups = audio_tracks(params["data"]["root"])
     embedded = 0
     with torch_threads(threads):
@@ -170,7 +170,7 @@ def extract_ecapa(params: dict, progress: bool = True, threads: int = 1) -> dict
             emb = embed_windows(model, fb, centres, length)
             embedded += len(emb)
             put_aligned(cache, groups[wav], emb, 1.0 / hop)
-    summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["embed_dim"]), "hop_s": hop,
+    summary = {"extractor": NAME, "version": VERSION, "dim": cfg["embed_dim"], "hop_s": hop,
                "audio_files": len(groups), "windows": embedded, "seconds": round(time.perf_counter() - started, 2),
                "folder": str(cache.folder)}
     atomic_write_json(Path(params["features"]["root"]) / f"{NAME}.json", summary)

@@ -63,7 +63,7 @@ class FaceNetwork:
     build: Callable[[dict], nn.Module]
     load: Callable[[nn.Module, str, str], None]
     arch_error: type
-    width: Callable[[dict], int] = lambda cfg: int(cfg["embed_dim"])   # the feature size a section builds
+    width: Callable[[dict], int] = lambda cfg: cfg["embed_dim"]   # the feature size a section builds
 
 
 NETWORKS = {
@@ -122,7 +122,7 @@ def still_images(params: dict, set_name: str, task: str) -> tuple[torch.Tensor, 
     labels = side.expression if task == "expression" else side.va
     if labels is None:
         raise ParamsError(f"side set '{set_name}' has no {task} labels; fix the network's pretrain.sets")
-    return decode_faces(side.image_paths, int(params["faces"]["size"])), labels
+    return decode_faces(side.image_paths, params["faces"]["size"]), labels
 
 
 def video_frames(params: dict, split: str, n: int, seed: int, task: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -139,14 +139,14 @@ def video_frames(params: dict, split: str, n: int, seed: int, task: str) -> tupl
 def training_sets(params: dict, name: str) -> tuple[tuple, tuple]:
     """((train images, labels), (validation images, labels)) from `<name>.pretrain.sets`."""
     p, task = params[name]["pretrain"], network(name).task
-    seed, train, val = int(p["seed"]), [], []
+    seed, train, val = p["seed"], [], []
     for set_name in p["sets"]:
         if set_name == "affwild2":
-            train.append(video_frames(params, "train", int(p["frames"]), seed, task))
-            val.append(video_frames(params, "validation", int(p["val_frames"]), seed, task))
+            train.append(video_frames(params, "train", p["frames"], seed, task))
+            val.append(video_frames(params, "validation", p["val_frames"], seed, task))
         else:
             images, labels = still_images(params, set_name, task)
-            tr, va = split_side_set(len(images), seed, int(p["batch_size"]))
+            tr, va = split_side_set(len(images), seed, p["batch_size"])
             train.append((images[tr], labels[tr]))
             val.append((images[va], labels[va]))
     if not train:
@@ -171,7 +171,7 @@ def centre_crop_outputs(net: nn.Module, images: torch.Tensor, crop: int, batch: 
 def _train(params: dict, name: str, backbone: nn.Module, out_dir: Path, progress: bool) -> dict:
     from common.train import fit
     cfg, p, task = params[name], params[name]["pretrain"], network(name).task
-    crop = int(cfg["crop"])
+    crop = cfg["crop"]
     (x, y), (vx, vy) = training_sets(params, name)
     labels = torch.as_tensor(y)
 
@@ -183,12 +183,12 @@ def _train(params: dict, name: str, backbone: nn.Module, out_dir: Path, progress
 
     net = TaskNet(backbone, task)
     result = fit(net, TensorDataset(x, labels), loss, evaluate,
-                 pretraining.train_config(p, "val_score", "max", weight_decay=float(p["weight_decay"])),
+                 pretraining.train_config(p, "val_score", "max", weight_decay=p["weight_decay"]),
                  # fit() resumes from its folder's checkpoint: one folder per setting, never a stale one
                  out_dir / "train" / params_key({**cfg, "faces": params["faces"]["size"], "version": VERSION}),
                  progress=progress)
     net.eval()
-    tx, ty = video_frames(params, "validation", int(p["val_frames"]), int(p["seed"]), task)
+    tx, ty = video_frames(params, "validation", p["val_frames"], p["seed"], task)
     return {"source": f"pre-trained in the pipeline: {task} on {', '.join(p['sets'])}",
             "task": task, "train_images": len(x), "val_images": len(vx), "validation": result["best"],
             "transfer": {"split": "validation", "frames": len(tx), **task_metrics(task, predict(net, tx, crop), ty)}}
@@ -207,7 +207,7 @@ def pretrain(params: dict, name: str, progress: bool = True, threads: int = 1) -
 def cache_for(params: dict, name: str) -> FeatureCache:
     """The cache of the current weights of network `name` (new weights or face size, new folder)."""
     cfg = params[name]
-    return pretraining.network_cache(params, name, VERSION, {"crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])},
+    return pretraining.network_cache(params, name, VERSION, {"crop": cfg["crop"], "faces": params["faces"]["size"]},
                                      network(name).width(cfg), f"python -m common.features.face_networks {name}")
 
 
@@ -218,7 +218,7 @@ def extract(params: dict, name: str, progress: bool = True, threads: int = 1, wo
     backbone = spec.build(cfg)
     spec.load(backbone, pretraining.model_path(params, name), name)
     return {**pretraining.extract_face_feature(params, name, frozen_for_inference(backbone), cache_for(params, name),
-                                               int(cfg["crop"]), int(cfg["extract_batch"]), backbone.embed_dim, threads,
+                                               cfg["crop"], cfg["extract_batch"], backbone.embed_dim, threads,
                                                workers),
             "version": VERSION}
 

@@ -284,7 +284,7 @@ def extract_faces(params: dict, workers: int = 2, progress: bool = True) -> dict
     """Decode every face track of every split into the cache (skipping finished tracks); return the summary."""
     from tqdm import tqdm
 
-    size = int(params["faces"]["size"])
+    size = params["faces"]["size"]
     cache = face_cache(params)
     started = time.perf_counter()
     tracks = [video for split in SPLITS for video in read_split(params["data"]["root"], split)]

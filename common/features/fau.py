@@ -89,12 +89,12 @@ def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: t
 def _train_au_detector(params: dict, backbone, out_dir: Path, progress: bool) -> dict:
     from common.train import fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
-    crop = int(cfg["crop"])
-    x, y, m = au_frames(params, "train", int(p["frames"]), int(p["seed"]))
-    vx, vy, vm = au_frames(params, "validation", int(p["val_frames"]), int(p["seed"]))
+    crop = cfg["crop"]
+    x, y, m = au_frames(params, "train", p["frames"], p["seed"])
+    vx, vy, vm = au_frames(params, "validation", p["val_frames"], p["seed"])
     result = fit(AUDetector(backbone), TensorDataset(x, y, m), lambda net, batch: training_loss(net, batch, crop),
                  lambda net: evaluate(net, vx, vy, vm, crop),
-                 pretraining.train_config(p, "val_auc", "max", weight_decay=float(p["weight_decay"])),
+                 pretraining.train_config(p, "val_auc", "max", weight_decay=p["weight_decay"]),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline for 12-AU detection (Train_Set AU frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}
@@ -112,8 +112,8 @@ def pretrain_fau(params: dict, progress: bool = True, threads: int = 1) -> Path:
 def cache_for(params: dict) -> FeatureCache:
     """The `fau` cache of the current weights (new weights or face size, new folder)."""
     cfg = params[NAME]
-    return pretraining.network_cache(params, NAME, VERSION, {"crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])},
-                                      int(cfg["embed_dim"]))
+    return pretraining.network_cache(params, NAME, VERSION, {"crop": cfg["crop"], "faces": params["faces"]["size"]},
+                                      cfg["embed_dim"])
 
 
 def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:
@@ -122,8 +122,8 @@ def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:
     backbone = build_iresnet(cfg)
     load_iresnet_weights(backbone, model_path(params), NAME)
     encoder = frozen_for_inference(backbone)
-    return {**pretraining.extract_face_feature(params, NAME, encoder, cache_for(params), int(cfg["crop"]),
-                                               int(cfg["extract_batch"]), int(cfg["embed_dim"]), threads),
+    return {**pretraining.extract_face_feature(params, NAME, encoder, cache_for(params), cfg["crop"],
+                                               cfg["extract_batch"], cfg["embed_dim"], threads),
             "version": VERSION}
 
 

@@ -54,9 +54,9 @@ class FerWeightsError(ValueError):
 
 
 def fer_config(fp: dict) -> dict:
-    return {"layers": list(fp["layers"]), "width": int(fp["width"]), "cardinality": int(fp["cardinality"]),
-            "group_width": int(fp["group_width"]), "embed_dim": int(fp["embed_dim"]),
-            "input_size": int(fp["input_size"]), "crop": int(fp["crop"])}
+    return {"layers": list(fp["layers"]), "width": fp["width"], "cardinality": fp["cardinality"],
+            "group_width": fp["group_width"], "embed_dim": fp["embed_dim"],
+            "input_size": fp["input_size"], "crop": fp["crop"]}
 
 
 def build_fer(fp: dict) -> visual.PretrainNet:
@@ -99,12 +99,12 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
 
     fp = params["fer"]
     started = time.perf_counter()
-    torch.manual_seed(int(fp["seed"]))
+    torch.manual_seed(fp["seed"])
     net = build_fer(fp)
     side = read_still_set(params["data"]["root"], "affectnet")
-    images = visual.decode_faces(side.image_paths, int(fp["input_size"]))
-    train_idx, val_idx = visual.split_side_set(len(side), int(fp["seed"]), int(fp["batch_size"]))
-    crop = int(fp["crop"])
+    images = visual.decode_faces(side.image_paths, fp["input_size"])
+    train_idx, val_idx = visual.split_side_set(len(side), fp["seed"], fp["batch_size"])
+    crop = fp["crop"]
     val_set = visual.StillFaces(images[val_idx], side.expression[val_idx], side.va[val_idx], crop, False)
 
     def evaluate(model) -> dict:
@@ -113,12 +113,12 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
 
     if fp["weights"]:
         load_fer_weights(net, fp["weights"])
-        report = {"source": "loaded", "weights_file": str(fp["weights"]),
+        report = {"source": "loaded", "weights_file": fp["weights"],
                   "weights_file_sha256": file_sha256(fp["weights"])}
         metrics = evaluate(net)
     else:
         train_set = visual.StillFaces(images[train_idx], side.expression[train_idx], side.va[train_idx], crop, True)
-        cfg = train_config(fp, "score", "max", weight_decay=float(fp["weight_decay"]))
+        cfg = train_config(fp, "score", "max", weight_decay=fp["weight_decay"])
         # fit() resumes from its folder's checkpoint: key the folder by settings and data.
         data = hashlib.sha256(images.numpy().tobytes())
         data.update(side.expression.tobytes())
@@ -148,8 +148,8 @@ def feature_caches(params: dict, sha: str | None = None) -> tuple[FeatureCache, 
     """(512-d features, 9-d teacher posteriors) caches for the current weights."""
     fp = params["fer"]
     sha = sha or file_sha256(fer_path(params))
-    key = {**fer_config(fp), "faces_size": int(params["faces"]["size"]), "weights_sha256": sha[:16]}
-    return (FeatureCache(params["features"]["root"], EXTRACTOR, VERSION, key, int(fp["embed_dim"])),
+    key = {**fer_config(fp), "faces_size": params["faces"]["size"], "weights_sha256": sha[:16]}
+    return (FeatureCache(params["features"]["root"], EXTRACTOR, VERSION, key, fp["embed_dim"]),
             FeatureCache(params["features"]["root"], POSTERIORS, VERSION, key, POSTERIOR_DIM))
 
 
@@ -204,13 +204,13 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
     tracks = [video for split in SPLITS for video in read_split(params["data"]["root"], split)]
     todo = [t for t in tracks if not (features.has(t.video) and posteriors.has(t.video))]
     for track in tqdm(todo, desc="features: fer", disable=not progress, file=sys.stderr):
-        z, p = encode_track(model, faces.get(track.video, track.n_frames), int(fp["input_size"]),
-                            int(fp["crop"]), int(fp["extract_batch"]))
+        z, p = encode_track(model, faces.get(track.video, track.n_frames), fp["input_size"],
+                            fp["crop"], fp["extract_batch"])
         features.put(track.video, z)
         posteriors.put(track.video, p)
     seconds = time.perf_counter() - started
     frames = sum(t.n_frames for t in todo)
-    summary = {"extractor": EXTRACTOR, "version": VERSION, "dim": int(fp["embed_dim"]),
+    summary = {"extractor": EXTRACTOR, "version": VERSION, "dim": fp["embed_dim"],
                "posterior_dim": POSTERIOR_DIM, "weights": str(weights), "weights_sha256": sha,
                "tracks": len(tracks), "computed": len(todo), "frames": frames, "seconds": round(seconds, 2),
                "frames_per_second": round(frames / max(seconds, 1e-9), 1), "folder": str(features.folder),

@@ -101,8 +101,8 @@ def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
     train_mfcc = [mfcc_50hz(w) for w in train_waves]
     mean = np.concatenate(train_mfcc).mean(0)
     std = np.concatenate(train_mfcc).std(0) + 1e-6
-    kmeans = MiniBatchKMeans(int(cfg["clusters"]), random_state=int(p["seed"]), n_init=3, batch_size=4096)
-    kmeans.fit(np.concatenate(train_mfcc)[:: int(p["kmeans_step"])] / std - mean / std)
+    kmeans = MiniBatchKMeans(cfg["clusters"], random_state=p["seed"], n_init=3, batch_size=4096)
+    kmeans.fit(np.concatenate(train_mfcc)[:: p["kmeans_step"]] / std - mean / std)
     ids = [kmeans.predict((m - mean) / std) for m in train_mfcc]
     val_ids = [kmeans.predict((mfcc_50hz(w) - mean) / std) for w in val_waves]
     crop, hop = int(p["crop_s"] * RATE), int(p["hop_s"] * RATE)
@@ -132,7 +132,7 @@ def pretrain_hubert(params: dict, progress: bool = True, threads: int = 1) -> Pa
 def cache_for(params: dict) -> FeatureCache:
     """The `hubert` cache of the current weights (new weights, new folder)."""
     cfg = params[NAME]
-    return pretraining.network_cache(params, NAME, VERSION, {"chunk_s": float(cfg["chunk_s"])}, int(cfg["dim"]))
+    return pretraining.network_cache(params, NAME, VERSION, {"chunk_s": cfg["chunk_s"]}, cfg["dim"])
 
 
 @torch.no_grad()
@@ -174,7 +174,7 @@ def extract_hubert(params: dict, progress: bool = True, threads: int = 1) -> dic
     load_hubert_weights(model, model_path(params))
     model.eval().to(inference_device())
     return extract_frames(params, NAME, VERSION, lambda wave: last_layer(model, wave), cache_for(params),
-                          int(cfg["dim"]), float(cfg["chunk_s"]), threads, module_device(model))
+                          cfg["dim"], cfg["chunk_s"], threads, module_device(model))
 
 
 def main(argv=None) -> int:

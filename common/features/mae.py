@@ -63,14 +63,14 @@ def validation_loss(net, images: torch.Tensor, crop: int, ratio: float) -> float
 def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
     from common.train import fit
     cfg, p = params[NAME], params[NAME]["pretrain"]
-    crop, ratio = int(cfg["crop"]), float(cfg["mask_ratio"])
+    crop, ratio = cfg["crop"], cfg["mask_ratio"]
     every_frame = lambda v: v.has_image  # noqa: E731 - any face frame; no labels needed
-    x, _ = pretraining.sample_face_frames(params, "train", int(p["frames"]), int(p["seed"]), every_frame)
-    vx, _ = pretraining.sample_face_frames(params, "validation", int(p["val_frames"]), int(p["seed"]), every_frame)
+    x, _ = pretraining.sample_face_frames(params, "train", p["frames"], p["seed"], every_frame)
+    vx, _ = pretraining.sample_face_frames(params, "validation", p["val_frames"], p["seed"], every_frame)
 
     result = fit(model, TensorDataset(x), lambda net, b: training_loss(net, b, crop, ratio),
                  lambda net: {"val_loss": validation_loss(net, vx, crop, ratio)},
-                 pretraining.train_config(p, "val_loss", "min", weight_decay=float(p["weight_decay"]), betas=(0.9, 0.95)),
+                 pretraining.train_config(p, "val_loss", "min", weight_decay=p["weight_decay"], betas=(0.9, 0.95)),
                  out_dir / "train", progress=progress)
     return {"source": "pre-trained in pipeline as a masked autoencoder (Train_Set face frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}
@@ -85,8 +85,8 @@ def pretrain_mae(params: dict, progress: bool = True, threads: int = 1) -> Path:
 def cache_for(params: dict) -> FeatureCache:
     """The `mae` cache of the current weights (new weights or face size, new folder)."""
     cfg = params[NAME]
-    return pretraining.network_cache(params, NAME, VERSION, {"crop": int(cfg["crop"]), "faces": int(params["faces"]["size"])},
-                                      int(cfg["dim"]))
+    return pretraining.network_cache(params, NAME, VERSION, {"crop": cfg["crop"], "faces": params["faces"]["size"]},
+                                      cfg["dim"])
 
 
 def extract_mae(params: dict, progress: bool = True, threads: int = 1) -> dict:
@@ -95,8 +95,8 @@ def extract_mae(params: dict, progress: bool = True, threads: int = 1) -> dict:
     model = build_mae(cfg)
     load_mae_weights(model, model_path(params))
     model.eval().to(inference_device())                  # a ViT: no BatchNorm to fold, eager is fine
-    return {**pretraining.extract_face_feature(params, NAME, model, cache_for(params), int(cfg["crop"]),
-                                               int(cfg["extract_batch"]), int(cfg["dim"]), threads),
+    return {**pretraining.extract_face_feature(params, NAME, model, cache_for(params), cfg["crop"],
+                                               cfg["extract_batch"], cfg["dim"], threads),
             "version": VERSION}
 
 

@@ -43,7 +43,7 @@ def train_config(p: dict, monitor: str, mode: str, **more):
     its params block `p`, the best epoch by evaluate()'s `monitor` (`mode` "min" or "max"), and
     `more` (weight_decay, betas, early_stop where the network uses them)."""
     from common.train import TrainConfig
-    return TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]), seed=int(p["seed"]),
+    return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"],
                        monitor=monitor, mode=mode, **more)
 
 
@@ -77,7 +77,7 @@ def pretrain_or_load(params: dict, name: str, build: Callable[[], nn.Module],
         summary = record(backbone)
         if cfg["weights"]:
             more = load(backbone, cfg["weights"])
-            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=str(cfg["weights"]),
+            summary.update(source=weights_provenance(backbone, cfg["weights"]), weights_file=cfg["weights"],
                            **(more or {}))
         else:
             summary.update(train(backbone, out_dir))

