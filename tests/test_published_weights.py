@@ -607,7 +607,10 @@ def test_zhang_report_reads_each_networks_recorded_source(tmp_path):
     assert text["VGGish"] == "pre-trained in the pipeline on the corpus's speech / other-voice audio events"
     nb = json.loads(Path("papers/zhang2021/table1.ipynb").read_text())
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")      # committed without outputs
-    assert any("experiment.network_provenance(params)" in "".join(c["source"]) for c in nb["cells"])
+    # the notebook's "what differs" rows come from experiment.differences, which reads these records
+    assert any("experiment.differences(params" in "".join(c["source"]) for c in nb["cells"])
+    rows = experiment.differences(params, "table1")
+    assert any("backbone_ir50_ms1m_epoch120.pth" in json.dumps(r) for r in rows)
 
 
 def test_jeong_report_reads_fer_and_soundnet_records(tmp_path):

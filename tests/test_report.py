@@ -89,17 +89,17 @@ def test_small_numbers_keep_their_value_in_the_tables():
 # ---- the kind of each claim (papers/<paper>/claims.csv) ------------------------------------------
 
 def _notebook_claim_ids(paper_dir):
-    """The claim ids the paper's notebooks define ("id": ... in a dict, or claim(id, ...)), as regexes
-    ({placeholders} of f-strings -> a word)."""
+    """The claim ids the paper's notebooks and modules define ("id": ... in a dict, or claim(id, ...)),
+    as regexes ({placeholders} of f-strings -> a word)."""
     import re
+    sources = [(path.name, cell.source) for path in sorted(paper_dir.glob("*.ipynb"))
+               for cell in nbformat.read(str(path), as_version=4).cells if cell.cell_type == "code"]
+    sources += [(path.name, path.read_text()) for path in sorted(paper_dir.glob("*.py"))]
     found = {}
-    for path in sorted(paper_dir.glob("*.ipynb")):
-        for cell in nbformat.read(str(path), as_version=4).cells:
-            if cell.cell_type != "code":
-                continue
-            for m in re.finditer(r'(?:"id":\s*|\bclaim\(\s*)f?"([^"]+)"', cell.source):   # a dict or common.report.claim
-                parts = re.split(r"\{[^}]*\}", m.group(1))
-                found[m.group(1)] = (re.compile("[A-Za-z0-9_]+".join(map(re.escape, parts))), path.name)
+    for name, source in sources:
+        for m in re.finditer(r'(?:"id":\s*|\bclaim\(\s*)f?"([^"]+)"', source):     # a dict or common.report.claim
+            parts = re.split(r"\{[^}]*\}", m.group(1))
+            found[m.group(1)] = (re.compile("[A-Za-z0-9_]+".join(map(re.escape, parts))), name)
     return found
 
 

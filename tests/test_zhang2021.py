@@ -218,7 +218,7 @@ def linear_corpus(n_train=6, n_val=2, n_test=2, frames=240):
 
 
 def smoke_params(**zhang):
-    params = load_params(ROOT / "params.yaml", "smoke")
+    params = copy.deepcopy(load_params(ROOT / "params.yaml", "smoke"))       # a plain, changeable copy
     params["zhang2021"].update(dims=dict(SMALL), **zhang)
     return params
 
