@@ -5,6 +5,7 @@ Every stage output is written under a temporary name in the same folder and rena
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,22 @@ import numpy as np
 def _tmp(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ""):
+    """A temporary path beside `path` for a program that writes the file itself (papermill,
+    ffmpeg, a streamed download): renamed to `path` when the block ends, deleted when it fails.
+    `suffix` keeps an extension a writer checks (".ipynb", ".wav")."""
+    path = Path(path)
+    tmp = _tmp(path)
+    tmp = tmp.with_name(tmp.name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

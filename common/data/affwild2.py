@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 TASKS = ("VA", "EXPR", "AU")
@@ -735,18 +737,12 @@ def audio_path(root: str | Path, video: str, cache_dir: str | Path | None = None
         raise AffWild2Error(f"{source}: ffmpeg is needed to extract its audio but is not on PATH; "
                             f"install it (conda install ffmpeg, or apt-get install ffmpeg) or put "
                             f"{base}.wav into {root / 'videos'}")
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{base}.{os.getpid()}.partial.wav"
-    command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
-               "-vn", "-acodec", "pcm_s16le", "-f", "wav", str(partial)]
-    try:
+    with atomic_path(cached, ".wav") as partial:
+        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+                   "-vn", "-acodec", "pcm_s16le", "-f", "wav", str(partial)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not partial.is_file():
             raise AffWild2Error(f"{source}: ffmpeg could not extract the audio (exit {done.returncode}): "
                                 f"{done.stderr.strip()[-500:]}; check that the file plays and has an "
                                 f"audio track, or put {base}.wav into {root / 'videos'}")
-        os.replace(partial, cached)
-    finally:
-        if partial.exists():
-            partial.unlink()
     return cached
