@@ -114,10 +114,22 @@ def thaw(value: Any) -> Any:
     return value
 
 
+def sorted_keys(value: Any) -> Any:
+    """A plain copy with every mapping's keys in sorted order. YAML text written from it is sorted
+    even where oyaml (which openSMILE's dependencies import) has made PyYAML keep insertion order."""
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
+
+
+# Params and FrozenList dump exactly as the plain dict and list would, through whatever dict and
+# list representers the dumper holds at the time (PyYAML's own, or oyaml's).
 for _dumper in (yaml.SafeDumper, yaml.Dumper, getattr(yaml, "CSafeDumper", None), getattr(yaml, "CDumper", None)):
     if _dumper is not None:
-        _dumper.add_representer(Params, yaml.representer.SafeRepresenter.represent_dict)
-        _dumper.add_representer(FrozenList, yaml.representer.SafeRepresenter.represent_list)
+        _dumper.add_representer(Params, lambda dumper, data: dumper.represent_data(dict(data)))
+        _dumper.add_representer(FrozenList, lambda dumper, data: dumper.represent_data(list(data)))
 
 
 def _typed(base: Any, new: Any, where: str, full: str) -> Any:
@@ -243,7 +255,7 @@ def write_resolved(params: dict, out_dir: str | Path = "data/params") -> list[Pa
         if section == "profile":
             continue
         path = out_dir / f"{section}.yaml"
-        atomic_write_text(path, yaml.safe_dump(thaw(values), sort_keys=True, default_flow_style=False))
+        atomic_write_text(path, yaml.safe_dump(sorted_keys(values), sort_keys=True, default_flow_style=False))
         written.append(path)
     return written
 

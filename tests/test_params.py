@@ -100,3 +100,14 @@ def test_a_missing_profile_file_or_an_old_profiles_section_is_named(tmp_path):
     path.write_text(path.read_text() + "profiles:\n  smoke: {}\n")
     with pytest.raises(ParamsError, match="profiles.*no longer read.*params/<profile>.yaml"):
         load_params(path, "smoke")
+
+
+def test_resolved_files_are_sorted_even_after_oyaml(smoke, tmp_path):
+    """openSMILE's dependencies import oyaml, which makes PyYAML dump dicts in insertion order: the
+    resolved section files (what DVC hashes) and the Params dump must not depend on that."""
+    before = [p.read_bytes() for p in write_resolved(smoke, tmp_path / "before")]
+    import oyaml  # noqa: F401  (patches PyYAML's dict representers on import)
+    after = [p.read_bytes() for p in write_resolved(smoke, tmp_path / "after")]
+    assert before == after
+    plain = thaw(smoke)
+    assert yaml.dump(smoke) == yaml.dump(plain) and yaml.safe_dump(smoke) == yaml.safe_dump(plain)
