@@ -161,3 +161,16 @@ def batch_sweep(corpus, predictions: dict, sweep, shuffles: int, terms) -> dict:
             for k, _ in terms:
                 curves[kind][k].append(float(np.mean([g[k] for g in got])))
     return curves
+
+
+def metric_mechanism(delta: dict, mtl_batch: int) -> str:
+    """Two sentences on why the authors' batch-averaged score differs from the ABAW metric, worded
+    from this run's own numbers (`delta`: authors' minus ABAW per P_MTL term, ABAW3 batch sizes).
+    The F1 rules can move either way, so the sentence states both and the measured outcome."""
+    net = sum(delta.values())
+    return (f"Each batch of the authors' code holds shuffled frames from every video, so its CCC stays near the "
+            f"split-level value (it moves {delta['mtl_va']:+.3f} here; 256 consecutive frames would collapse it), and "
+            f"the rest of the {net:+.3f} difference comes from the F1 terms. In MTL batches of {mtl_batch} frames an AU absent from "
+            f"both truth and prediction scores 1 (zero_division=1) while one present but missed scores 0, and EXPR F1 "
+            f"averages only the classes present (labels=None), so one wrongly predicted class weighs as much as a "
+            f"correct one: here AU F1 moved {delta['mtl_au']:+.3f} and EXPR F1 {delta['mtl_expr']:+.3f}.")
