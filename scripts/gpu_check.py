@@ -179,7 +179,7 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
         Network("ecapatdnn", "Liu 2023", lambda: SpeakerClassifier(build_ecapa(P["ecapatdnn"]), 120),
                 lambda n, d: (torch.randn(n, ecapa_len, 80, device=d), torch.randint(0, 120, (n,), device=d)),
                 lambda net, bt: F.cross_entropy(net(bt[0]), bt[1]), lambda net, bt: net.backbone(bt[0]), b(128),
-                "window", 1.0),
+                "window", float(P["ecapatdnn"]["hop_s"]) * 30),
         Network("zhang_tcn", "Zhang 2021", lambda: build_zhang(zh, "multimodal"), zhang_batch,
                 lambda net, bt: ccc_loss(net(bt[0]), bt[1], per_sequence=True),
                 lambda net, bt: net(bt[0]), int(zh["batch_size"]), "window", float(zh_window)),
@@ -384,7 +384,7 @@ def resume_check(out_root: Path, deterministic: bool) -> dict:
 
 # ----------------------------------------------------------------------------------- projections
 
-def project_papers(P: dict, rows: dict) -> list[dict]:
+def project_papers(P: dict, rows: dict, specs: dict) -> list[dict]:
     """Each paper's full paper-profile training on real-size Aff-Wild2, from the measured steps.
 
     The step counts follow the paper profile (params/paper.yaml) and these corpus
@@ -418,37 +418,27 @@ def project_papers(P: dict, rows: dict) -> list[dict]:
     s = seconds_of("liu_transformer", segments * int(li["epochs"]) * configs * len(li["seeds"]))
     out.append({"paper": "Liu 2023", "what": f"{configs} configs x {len(li['seeds'])} seeds x {li['epochs']} epochs x "
                 f"{segments:,.0f} segments (Transformer timing for all)", "hours": s / 3600 if s else None})
-    bank = rows_bank_seconds(rows, ("fer", "soundnet"))
+    jeong = extraction_seconds(rows, specs, ("fer", "soundnet"))
+    bank = None if None in jeong.values() else sum(jeong.values())
     out.append({"paper": "Jeong 2022", "what": "FER + SoundNet features over 2.8 M frames (the MLP is negligible)",
                 "hours": bank / 3600 if bank else None})
     return out
 
 
-def rows_bank_seconds(rows: dict, names) -> float | None:
-    total = 0.0
-    for name in names:
-        r = rows.get(name, {})
-        if not r.get("extract_per_s"):
-            return None
-        frames_per_sample = {"img": 1.0, "patch": 1.0, "window": 1.0}.get(r["unit"], r.get("frames_per_sample", 1.0))
-        total += AFFWILD2_FRAMES / (r["extract_per_s"] * frames_per_sample)
-    return total
+def extraction_seconds(rows: dict, specs: dict, names) -> dict:
+    """name -> seconds to extract network `name`'s feature over Aff-Wild2's frames at its measured
+    rate (None where it was not measured): one sample covers the spec's frames_per_sample frames
+    (a face: 1; an 8 s speech clip: 240; an ECAPA window every hop_s: hop_s x 30)."""
+    return {name: AFFWILD2_FRAMES / (rows[name]["extract_per_s"] * specs[name].frames_per_sample)
+            if rows.get(name, {}).get("extract_per_s") else None for name in names}
 
 
 BANK_NETWORKS = ("fau", "ires100", "densenet", "ms_va", "mae", "hubert", "wav2vec", "ecapatdnn")
 
 
 def project_bank(rows: dict, specs: dict) -> dict:
-    """Liu's network features (Sec. 3.2) over Aff-Wild2's frames: faces one per frame, speech
-    encoders one 8 s clip per 240 frames, ECAPA one window per 0.1 s (3 frames)."""
-    per = {}
-    for name in BANK_NETWORKS:
-        r = rows.get(name, {})
-        if not r.get("extract_per_s"):
-            per[name] = None
-            continue
-        frames_per_sample = specs[name].frames_per_sample if name != "ecapatdnn" else 3.0
-        per[name] = AFFWILD2_FRAMES / (r["extract_per_s"] * frames_per_sample)
+    """Liu's network features (Sec. 3.2) over Aff-Wild2's frames."""
+    per = extraction_seconds(rows, specs, BANK_NETWORKS)
     known = [v for v in per.values() if v is not None]
     return {"per_network_s": per, "total_min": sum(known) / 60 if known else None,
             "complete": len(known) == len(per),
@@ -528,6 +518,7 @@ def main(argv=None) -> int:
     if args.networks:
         wanted = set(args.networks.split(","))
         specs = [s for s in specs if s.name in wanted]
+    by_name = {s.name: s for s in specs}
     name = device_tag(device)
     out = Path(args.out) / f"gpu_{name}{'_tiny' if args.tiny else ''}.json"
     loops_share = 0.0 if args.no_loops else args.loops_budget_s
@@ -540,7 +531,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "profile": "smoke" if args.tiny else "paper",
             "bf16_peak_tflops": next((v for k, v in BF16_PEAK_TFLOPS.items() if k.lower() == name), None),
             "steps": steps, "warmup": warmup, "networks": list(rows.values()),
-            "projections": project_papers(P, rows), "bank": project_bank(rows, {s.name: s for s in specs}),
+            "projections": project_papers(P, rows, by_name), "bank": project_bank(rows, by_name),
             "paper_loops": loops, "resume": resume, "seconds": time.perf_counter() - started,
         }
         atomic_write_json(out, result)
