@@ -323,8 +323,9 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
             model.to(memory_format=torch.channels_last)
         net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         net = compiled(net, cfg.compile)
-        trained = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(trained, cfg, device)
+        optimizer = make_optimizer(params if params is not None else
+                                   [p for p in model.parameters() if p.requires_grad], cfg, device)
+        clipped = list(model.parameters())           # all of them: hooks may release frozen layers
         if cfg.plateau_patience:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=cfg.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
@@ -363,7 +364,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
                 batch = _to(batch, device)
                 steps = [(batch[name], (name,)) for name in cfg.substeps] if cfg.substeps else [(batch, ())]
                 for sub_batch, names in steps:
-                    total += train_step(net, optimizer, loss_fn, sub_batch, names, amp, cfg.grad_clip, trained)
+                    total += train_step(net, optimizer, loss_fn, sub_batch, names, amp, cfg.grad_clip, clipped)
                     count += 1
 
             net.eval()

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from common.data.sequences import window_starts
+from common.device import module_device
 from common.features.cache import FeatureCache
 from common.features.visual import frozen_for_inference
 from common.files import atomic_write_json, file_sha256
@@ -97,7 +98,7 @@ def va_prediction(va_logits: torch.Tensor, vp: dict) -> torch.Tensor:
 def predict_frames(model: MultitaskCNN, frames: vd.EvalFrames, cfg: dict, vp: dict):
     was = model.training
     model.eval()
-    device = next(model.parameters()).device      # fit() puts the model on the GPU when there is one
+    device = module_device(model)      # fit() puts the model on the GPU when there is one
     logits, va = [], []
     for images in vd.eval_batches(frames, cfg["crop"], cfg["pad"], cfg["eval_batch"],
                                     cfg["downsample"], workers=cfg.get("num_workers", 0)):
@@ -153,7 +154,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
             p.requires_grad_(False)
 
         def loss_fn(net, batch):
-            teacher.to(next(net.parameters()).device)    # no-op after the first batch
+            teacher.to(module_device(net))    # no-op after the first batch
             with torch.no_grad():
                 t_out = forward_sets(teacher, batch)
             return student_loss(forward_sets(net, batch), t_out, batch, vp,
@@ -254,7 +255,7 @@ def predict_tracks(model: nn.Module, tracks: list, length: int, vp: dict, gru: b
     """
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
     logits, va = [], []
     for t in tracks:
         starts = window_starts(t.n, length, length)
@@ -299,7 +300,7 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
         teacher = load_model(build_gru(params), Path(teacher_dir) / "best.pt").eval()
 
         def loss_fn(net, batch):
-            teacher.to(next(net.parameters()).device)
+            teacher.to(module_device(net))
             with torch.no_grad():
                 t_out = forward_sets(teacher, batch, "x")
             return student_loss(forward_sets(net, batch, "x"), t_out, batch, vp, sharing=True)  # Eq. 10

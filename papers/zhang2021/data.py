@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from common.data import folds
 from common.data.affwild2 import SPLITS, read_split
 from common.data.sequences import Normalizer, window_starts
+from common.device import module_device
 
 EMOTIONS = {"valence": 0, "arousal": 1}
 
@@ -147,7 +148,7 @@ def predict(model, trials, modalities, window, hop, normalize: Normalizer, batch
     """{video: (N,) per-frame prediction}, overlapping windows averaged per frame."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
     ds = WindowDataset(trials, modalities, window, hop, normalize)
     outputs = [[] for _ in trials]
     for lo in range(0, len(ds), batch_size):
