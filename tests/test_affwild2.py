@@ -427,6 +427,7 @@ def test_bad_row_inside_split_names_file_and_line(corpus):
 
 
 def test_missing_split_folder_names_path_and_params(corpus):
+    (corpus / "annotations" / aw.TASK_DIRS["EXPR"] / "Test_Set").mkdir()   # test labels of one task only
     with pytest.raises(AffWild2Error) as err:
         aw.read_split(corpus, "test")
     message = str(err.value)
@@ -435,6 +436,56 @@ def test_missing_split_folder_names_path_and_params(corpus):
         aw.read_split(corpus / "nowhere", "train")
     with pytest.raises(AffWild2Error, match="unknown split"):
         aw.read_split(corpus, "Train_Set")
+
+
+def test_without_released_test_labels_the_test_split_is_empty(corpus, caplog):
+    """The real release has no Test_Set folder and no MTL test.txt: the test split reads as empty."""
+    assert not aw.test_labels_released(corpus)
+    with caplog.at_level(logging.INFO, logger="common.data.affwild2"):
+        assert aw.read_split(corpus, "test") == []
+    assert "test labels not released" in caplog.text
+    mtl = aw.read_mtl(corpus, "test")
+    assert len(mtl["video"]) == 0 and mtl["au"].shape == (0, 12) and mtl["va"].shape == (0, 2)
+    write_labels(corpus, "VA", "test", "7-25-480x360", ["0.2,0.2"] * 5)
+    assert aw.test_labels_released(corpus)
+
+
+def test_label_rows_past_the_audio_are_refused_without_metadata(corpus):
+    """590 label rows for a 490-frame video: no face image shows it when the last frames have no
+    face, but the audio does (rows / fps against its duration, within a second)."""
+    rate = 16000
+    sf.write(corpus / "videos" / "7-25-480x360.wav", np.zeros(int(rate * 5 / 25)), rate)   # 5 frames
+    assert len(aw.read_split(corpus, "validation")) == 1
+    path = write_labels(corpus, "VA", "validation", "7-25-480x360", ["0.2,0.2"] * 35)      # 1.4 s
+    with pytest.raises(AffWild2Error) as err:
+        aw.read_split(corpus, "validation")
+    message = str(err.value)
+    assert str(path) in message and "35 label rows" in message and "7-25-480x360.wav" in message
+    # With metadata the frame count comes from there, as before.
+    write_text(corpus / "metadata" / "videos.csv", "video,n_frames\n7-25-480x360,35\n")
+    assert aw.read_split(corpus, "validation")[0].n_frames == 35
+
+
+def test_a_video_without_face_images_is_a_warning_naming_it(corpus, caplog):
+    for jpg in (corpus / "cropped_aligned" / "video5").glob("*.jpg"):
+        jpg.unlink()
+    with caplog.at_level(logging.WARNING, logger="common.data.affwild2"):
+        videos = by_name(aw.read_split(corpus, "train"))
+    assert not videos["video5"].has_image.any()
+    assert "'video5' has no face image" in caplog.text and "data.faceless_videos" in caplog.text
+
+
+def test_a_truncated_face_jpeg_names_its_file(corpus):
+    from common.features.visual import load_face
+    jpg = corpus / "cropped_aligned" / "7-25-480x360" / "00002.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(jpg, quality=95)
+    assert load_face(str(jpg), 8).shape == (3, 8, 8)
+    jpg.write_bytes(jpg.read_bytes()[:300])
+    with pytest.raises(AffWild2Error, match=rf"{jpg}: cannot decode this face image"):
+        load_face(str(jpg), 8)
+    jpg.write_bytes(b"not a jpeg")
+    with pytest.raises(AffWild2Error, match=rf"{jpg}: cannot decode"):
+        load_face(str(jpg), 8)
 
 
 # ---- MTL ----------------------------------------------------------------------------------------

@@ -474,14 +474,30 @@ def _empty_labels(n: int) -> dict:
             "au_mask": np.zeros((n, len(AU_NAMES)), bool)}
 
 
+def test_labels_released(root: str | Path) -> bool:
+    """Whether the corpus at root holds test labels: a Test_Set folder of some task or the MTL
+    test file. The real release has neither (test labels stay with the ABAW organisers); the
+    generated corpus keeps them. Papers and the report ask this before scoring the test split."""
+    ann_dir = find_annotation_dir(root)
+    return (any((ann_dir / TASK_DIRS[t] / SPLIT_DIRS["test"]).is_dir() for t in TASKS)
+            or (ann_dir / MTL_DIR / MTL_FILES["test"]).exists())
+
+
 def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[VideoAnnotations]:
-    """Every annotated video of one split, labels of all requested tasks merged, sorted by name."""
+    """Every annotated video of one split, labels of all requested tasks merged, sorted by name.
+
+    The test split of a corpus without test labels (the real release) is empty: no label file
+    says how many frames a test video has, so there is nothing to read (test_labels_released)."""
     _check_split(split)
     root = Path(root)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise AffWild2Error(f"unknown task {unknown[0]!r}; use some of {', '.join(TASKS)}")
     ann_dir = find_annotation_dir(root)
+    if split == "test" and not test_labels_released(root):
+        log.info("Aff-Wild2 %s: test labels not released (no Test_Set folder, no MTL %s): the test "
+                 "split is empty", root, MTL_FILES["test"])
+        return []
     info = read_video_info(root)
 
     # video -> task -> (path, values, mask)
@@ -504,7 +520,7 @@ def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[Video
             values, mask = TASK_READERS[task](path)
             labels.setdefault(video, {})[task] = (path, values, mask)
 
-    videos, missing_faces, total_frames = [], 0, 0
+    videos, missing_faces, total_frames, faceless = [], 0, 0, []
     for video in sorted(labels):
         by_task = labels[video]
         n_rows = _agree_on_rows(video, by_task)
@@ -524,6 +540,15 @@ def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[Video
                     f"{some_file}: {n_rows} label rows but face images go up to frame {last:05d}.jpg; "
                     f"labels and frames are mis-aligned (line i + 1 labels frame i). Check that this "
                     f"label file belongs to this video and has every row.")
+        else:
+            faceless.append(video)
+        fps = row.get("fps") if row else None
+        fps = fps if fps else parse_fps(video)
+        wav = root / "videos" / f"{audio_base(video)}.wav"
+        if (row is None or row.get("n_frames") is None) and fps and wav.is_file():
+            # Without metadata (the real release) the audio is the other witness of the video's
+            # length: the face images alone cannot show label rows past the last face.
+            _check_audio_length(some_file, wav, n_rows, fps)
         image_paths = [images.get(t + 1) for t in range(n_frames)]
         missing = sum(p is None for p in image_paths)
         missing_faces += missing
@@ -533,11 +558,9 @@ def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[Video
         for task, (_, values, mask) in by_task.items():
             key = task.lower()
             merged[key], merged[key + "_mask"] = values, mask
-        fps = row.get("fps") if row else None
-        wav = root / "videos" / f"{audio_base(video)}.wav"
         videos.append(VideoAnnotations(
             video=video, split=split, subject=subject_of(video, info),
-            fps=fps if fps else parse_fps(video), n_frames=n_frames, image_paths=image_paths,
+            fps=fps, n_frames=n_frames, image_paths=image_paths,
             tasks=tuple(t for t in TASKS if t in by_task),
             audio_path=wav if wav.is_file() else None,
             label_files={t: p for t, (p, _, _) in by_task.items()}, **merged))
@@ -546,11 +569,33 @@ def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[Video
     # Frames without a face are normal on the real corpus; a large share hints at a wrong root.
     log.info("Aff-Wild2 %s (%s): %d videos, %d frames, %d without a face image (%.1f%%)",
              split, "+".join(tasks), len(videos), total_frames, missing_faces, share)
+    for video in faceless:
+        # Its frames would all be grey faces: a wrong folder name or a failed face extraction.
+        log.warning("Aff-Wild2 %s: video %r has no face image in %s; it trains on blank faces "
+                    "(set data.faceless_videos: error to stop instead)", split, video,
+                    root / "cropped_aligned" / video)
     no_fps = [v.video for v in videos if v.fps is None]
     if no_fps:
         log.warning("Aff-Wild2 %s: frame rate unknown for %d videos (e.g. %s): not in metadata nor "
                     "in the name; fps is None for them", split, len(no_fps), no_fps[0])
     return videos
+
+
+AUDIO_SLACK_S = 1.0     # how far the audio may end from the last label row's time
+
+
+def _check_audio_length(label_file: Path, wav: Path, n_rows: int, fps: float) -> None:
+    """Label rows / fps must match the audio's duration within AUDIO_SLACK_S (a header read)."""
+    import soundfile as sf
+    try:
+        seconds = sf.info(str(wav)).duration
+    except RuntimeError as e:
+        raise AffWild2Error(f"{wav}: cannot read this wav ({e}); re-extract it from the video") from None
+    if abs(n_rows / fps - seconds) > AUDIO_SLACK_S:
+        raise AffWild2Error(
+            f"{label_file}: {n_rows} label rows at {fps:g} fps last {n_rows / fps:.1f} s, but its audio "
+            f"{wav} lasts {seconds:.1f} s; one row per video frame is expected (line i + 1 labels frame "
+            f"i). Check that the file belongs to this video, has no extra rows, and the fps in the name.")
 
 
 def _agree_on_rows(video: str, by_task: dict) -> int:
@@ -579,6 +624,9 @@ def read_mtl(root: str | Path, split: str, allow_missing_images: bool = False) -
     _check_split(split)
     root = Path(root)
     path = find_annotation_dir(root) / MTL_DIR / MTL_FILES[split]
+    if split == "test" and not test_labels_released(root):
+        log.info("Aff-Wild2 %s: test labels not released: the MTL test set is empty", root)
+        return _empty_mtl()
     if not path.exists():   # a directory there gets _read_text's message
         hidden = " (the real corpus does not release test labels)" if split == "test" else ""
         raise AffWild2Error(f"{path}: MTL file not found{hidden}; {_FIX_CHECK_ROOT}")
@@ -623,6 +671,13 @@ def read_mtl(root: str | Path, split: str, allow_missing_images: bool = False) -
     return {"video": videos, "frame": frames, "image_path": image_paths, "has_image": has_image,
             "va": va, "va_mask": va_mask, "expr": expr, "expr_mask": expr != EXPR_INVALID,
             "au": au, "au_mask": au != AU_INVALID}
+
+
+def _empty_mtl() -> dict[str, np.ndarray]:
+    """read_mtl's arrays with no row (the test split of a corpus without test labels)."""
+    return {"video": np.array([], dtype=str), "frame": np.zeros(0, np.int64),
+            "image_path": np.array([], dtype=str), "has_image": np.zeros(0, bool),
+            **{k: v for k, v in _empty_labels(0).items()}}
 
 
 def _explain_rejected_mtl_row(path: Path, lines: list, images: np.ndarray, table: np.ndarray) -> None:

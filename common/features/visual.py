@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.backbones.irnet import PUBLISHED as IR_PUBLISHED
 from common.backbones.irnet import build_irnet
 from common.backbones.resnet import ResNet
-from common.data.affwild2 import SPLITS, read_split
+from common.data.affwild2 import SPLITS, AffWild2Error, read_split
 from common.data.still_images import read_still_set
 from common.device import module_device, torch_threads
 from common.features import pretraining
@@ -130,11 +130,15 @@ def encoder_config_note(encoder: nn.Module) -> str:
 
 def load_face(path: str, size: int) -> np.ndarray:
     """One face JPEG as (3, size, size) uint8, resized (bilinear) when it is not size x size."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im).transpose(2, 0, 1).copy()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im).transpose(2, 0, 1).copy()
+    except (OSError, SyntaxError, ValueError) as e:     # PIL's errors for truncated / non-image files
+        raise AffWild2Error(f"{path}: cannot decode this face image ({type(e).__name__}: {e}); re-extract "
+                            f"or replace it, or delete it (a frame without a JPEG counts as no face)") from e
 
 
 def decode_faces(paths: list, size: int) -> torch.Tensor:
