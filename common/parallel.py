@@ -1,8 +1,9 @@
 """Independent training runs on both cores: `run_parallel(train_one, jobs, workers=2)`, and the
-one way a paper's grid reuses finished runs: `finished_run(out_dir, train)` for one run,
-`finished_runs(jobs, out_dir, train, workers)` for a grid. A run is finished when its folder holds
-result.json (written last, through common.files); a run killed before that trains again and
-common.train.fit resumes it from its checkpoint.
+one way a paper's grid reuses finished runs: `finished_run(out_dir, train, key)` for one run,
+`finished_runs(jobs, out_dir, train, key, workers)` for a grid. A run is finished when its folder
+holds result.json (written last, through common.files) under the key asked for (common/runs.py:
+the configuration it was made from); a run killed before that trains again and common.train.fit
+resumes it from its checkpoint, and a folder made under another configuration is cleared first.
 
 A small model trained on cached features keeps one core busy (a second torch thread makes it
 slower, see common/notebooks.py), so a grid of runs goes faster as one run per core, each in a
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from common import runs
 
 _TASK: tuple = ()                 # (fn, jobs) for the forked children to read
 
@@ -52,17 +55,29 @@ def run_parallel(fn: Callable, jobs: list, workers: int = 2) -> list:
 RESULT = "result.json"        # what a finished run leaves in its folder
 
 
-def finished_run(out_dir, train: Callable[[], object]) -> dict:
-    """<out_dir>/result.json, calling train() first when the run has not finished."""
+def finished_run(out_dir, train: Callable[[], object], key: dict) -> dict:
+    """<out_dir>/result.json of the run of `key` (common.runs.config_key), calling train() first when
+    that run has not finished; a folder made under another key is cleared before it trains."""
     done = Path(out_dir) / RESULT
-    if not done.exists():
+    if not (done.exists() and runs.matches(out_dir, key)):
+        runs.prepare(out_dir, key)
         train()
-    return json.loads(done.read_text())
+    return _result(done)
 
 
-def finished_runs(jobs, out_dir: Callable, train: Callable, workers: int = 1) -> list[dict]:
-    """Every job's result.json in job order (out_dir(job) is its folder); the jobs not finished
-    yet train first, train(job), `workers` at a time (run_parallel)."""
+def finished_runs(jobs, out_dir: Callable, train: Callable, key: Callable, workers: int = 1) -> list[dict]:
+    """Every job's result.json in job order (out_dir(job) is its folder, key(job) its configuration);
+    the jobs not finished under their key train first, train(job), `workers` at a time (run_parallel)."""
     jobs = list(jobs)
-    run_parallel(train, [job for job in jobs if not (Path(out_dir(job)) / RESULT).exists()], workers)
-    return [json.loads((Path(out_dir(job)) / RESULT).read_text()) for job in jobs]
+    todo = [job for job in jobs if not ((Path(out_dir(job)) / RESULT).exists() and runs.matches(out_dir(job), key(job)))]
+    for job in todo:
+        runs.prepare(out_dir(job), key(job))
+    run_parallel(train, todo, workers)
+    return [_result(Path(out_dir(job)) / RESULT) for job in jobs]
+
+
+def _result(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run finished without writing its result; its train function must "
+                                f"write {RESULT} last")
+    return json.loads(path.read_text())

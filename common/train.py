@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from common import runs
 from common.files import atomic_torch_save, atomic_write_json, atomic_write_text
 from common.weights import UnreadableWeights, load_weights_file
 
@@ -249,12 +250,24 @@ def payload_sha256(payload: dict) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, best_weights) -> None:
+# How a run executes, not what it learns: a checkpoint made under other values of these resumes.
+EXECUTION_FIELDS = ("compile", "deterministic", "channels_last", "num_workers")
+
+
+def run_identity(cfg: TrainConfig, key: dict | None) -> str:
+    """The hash of what a run learns from: cfg's training fields and the caller's key (the data,
+    the network, the params section it was built from). A checkpoint resumes only under the same."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}
+    return runs.key_hash({"train": fields, "key": key})
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, best_weights,
+                    identity: str = "") -> None:
     payload = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "best_weights": best_weights, "rng": rng_states(),
-        "state": json.dumps(asdict(state)),
+        "state": json.dumps(asdict(state)), "identity": identity,
     }
     payload["sha256"] = payload_sha256(payload)
     atomic_torch_save(payload, path)
@@ -278,9 +291,10 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def restore(ckpt_path: Path, model, optimizer, scheduler) -> tuple:
+def restore(ckpt_path: Path, model, optimizer, scheduler, identity: str = "") -> tuple | None:
     """Load a checkpoint into model / optimizer / scheduler and the RNGs; (state, best weights).
-    A checkpoint of another network is refused before anything is copied."""
+    A checkpoint of another network is refused before anything is copied; one written by a run of
+    another configuration (run_identity) is not resumed: None, and the run starts from the beginning."""
     ckpt = load_checkpoint(ckpt_path)
     own, saved = model.state_dict(), ckpt["model"]
     problems = ([f"missing {k}" for k in own if k not in saved] + [f"unexpected {k}" for k in saved if k not in own]
@@ -289,6 +303,10 @@ def restore(ckpt_path: Path, model, optimizer, scheduler) -> tuple:
     fix = "delete it, or give this run its own output folder"
     if problems:
         raise CheckpointError(f"{ckpt_path}: holds another network than this run's ({'; '.join(problems[:3])}); {fix}.")
+    if ckpt.get("identity", "") != identity:
+        print(f"{ckpt_path}: written by a run of another configuration (its settings or data); "
+              "training from the first epoch instead of resuming it")
+        return None
     try:
         model.load_state_dict(saved)
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -303,11 +321,12 @@ def restore(ckpt_path: Path, model, optimizer, scheduler) -> tuple:
 
 def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate: Callable,
         cfg: TrainConfig, out_dir: str | Path, collate_fn=None, params: list | None = None,
-        on_epoch_end: list[Callable] = (), progress: bool = True) -> dict:
+        on_epoch_end: list[Callable] = (), progress: bool = True, key: dict | None = None) -> dict:
     """Train `model` and return {"best": metrics of the best epoch, "history": per-epoch rows}.
 
     `out_dir` receives checkpoint.pt (every epoch, for resuming), best.pt (the best weights),
-    metrics.csv (one row per epoch, for `dvc plots`) and summary.json.
+    metrics.csv (one row per epoch, for `dvc plots`) and summary.json. The checkpoint resumes only
+    a run of the same cfg and `key` (what else shapes the run: its data, its network's settings).
     """
     from tqdm import tqdm
 
@@ -337,9 +356,10 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
         amp = cfg.amp and device.type == "cuda"
 
         state, best_weights = TrainState(), copy.deepcopy(model.state_dict())
-        ckpt_path = out_dir / "checkpoint.pt"
-        if ckpt_path.exists():                           # resume after a kill
-            state, best_weights = restore(ckpt_path, model, optimizer, scheduler)
+        ckpt_path, identity = out_dir / "checkpoint.pt", run_identity(cfg, key)
+        resumed = restore(ckpt_path, model, optimizer, scheduler, identity) if ckpt_path.exists() else None
+        if resumed is not None:                          # resume after a kill
+            state, best_weights = resumed
 
         per_process_batch = max(1, cfg.batch_size // world)
         while state.epoch < cfg.epochs and not state.stop:
@@ -393,7 +413,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
             if cfg.early_stop and state.bad_epochs >= cfg.early_stop:
                 state.stop = True
             if rank == 0:
-                save_checkpoint(ckpt_path, model, optimizer, scheduler, state, best_weights)
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, state, best_weights, identity)
                 _write_history(out_dir / "metrics.csv", state.history)
 
     model.load_state_dict(best_weights)

@@ -38,6 +38,7 @@ from common.backbones.ecapa_tdnn import EcapaWeightsError, build_ecapa, load_eca
 from common.data.affwild2 import audio_base, audio_path, read_split
 from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features
+from common import runs
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.extract import audio_todo, audio_tracks, put_aligned
@@ -129,7 +130,7 @@ def _train_speakers(params: dict, backbone: nn.Module, out_dir: Path, progress: 
         return {"val_loss": float(ce(logits, vy)), "val_accuracy": float((logits.argmax(1) == vy).float().mean())}
     result = fit(model, train, training_loss, evaluate,
                  pretraining.train_config(p, "val_accuracy", "max", weight_decay=p["weight_decay"]),
-                 out_dir / "train", progress=progress)
+                 out_dir / "train", progress=progress, key=runs.feature_key(params))
     return {"source": "pre-trained in pipeline on speaker identity (training subjects)",
             "speakers": len(speakers), "crops": len(train), "validation": result["best"]}
 

@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 from common.backbones.iresnet import IResNetWeightsError, build_iresnet, load_iresnet_weights
 from common.data.affwild2 import AU_NAMES, AffWild2Error
 from common.features.cache import FeatureCache, FeatureCacheError
+from common import runs
 from common.features import pretraining
 from common.features.pretraining import pretrain_or_load, random_crop_flip
 from common.features.face_networks import centre_crop_outputs
@@ -95,7 +96,7 @@ def _train_au_detector(params: dict, backbone, out_dir: Path, progress: bool) ->
     result = fit(AUDetector(backbone), TensorDataset(x, y, m), lambda net, batch: training_loss(net, batch, crop),
                  lambda net: evaluate(net, vx, vy, vm, crop),
                  pretraining.train_config(p, "val_auc", "max", weight_decay=p["weight_decay"]),
-                 out_dir / "train", progress=progress)
+                 out_dir / "train", progress=progress, key=runs.feature_key(params))
     return {"source": "pre-trained in pipeline for 12-AU detection (Train_Set AU frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}
 

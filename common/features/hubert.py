@@ -33,6 +33,7 @@ from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, la
 from common.data.affwild2 import AffWild2Error, audio_path, read_split
 from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features
+from common import runs
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.extract import audio_todo, audio_tracks, put_aligned
@@ -118,7 +119,7 @@ def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
         return {"val_masked_accuracy": hits / max(total, 1)}
     result = fit(model, TensorDataset(x, y), training_loss, evaluate,
                  pretraining.train_config(p, "val_masked_accuracy", "max"),
-                 out_dir / "train", progress=progress)
+                 out_dir / "train", progress=progress, key=runs.feature_key(params))
     return {"source": "pre-trained in pipeline: HuBERT iteration 1 (masked prediction of MFCC k-means ids, training audio)",
             "crops": len(x), "val_crops": len(vx), "val_majority_cluster_share": majority, "validation": result["best"]}
 

@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 from common.backbones.vit_mae import MAEWeightsError, build_mae, load_mae_weights
 from common.data.affwild2 import AffWild2Error
 from common.device import inference_device, module_device
+from common import runs
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.pretraining import random_crop_flip
@@ -71,7 +72,7 @@ def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
     result = fit(model, TensorDataset(x), lambda net, b: training_loss(net, b, crop, ratio),
                  lambda net: {"val_loss": validation_loss(net, vx, crop, ratio)},
                  pretraining.train_config(p, "val_loss", "min", weight_decay=p["weight_decay"], betas=(0.9, 0.95)),
-                 out_dir / "train", progress=progress)
+                 out_dir / "train", progress=progress, key=runs.feature_key(params))
     return {"source": "pre-trained in pipeline as a masked autoencoder (Train_Set face frames)",
             "frames": len(x), "val_frames": len(vx), "validation": result["best"]}
 

@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
 from common.data.affwild2 import AffWild2Error
 from common.device import inference_device, module_device
+from common import runs
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.hubert import RATE, STRIDE, _split_audio, extract_frames
@@ -75,7 +76,7 @@ def _train_wav2vec(params: dict, model: Wav2Vec2Pretrain, out_dir: Path, progres
         return {"val_contrastive_accuracy": hits / max(total, 1), "val_chance_accuracy": expected / max(total, 1)}
     result = fit(model, TensorDataset(x), lambda net, b: net.contrastive_loss(b[0]), evaluate,
                  pretraining.train_config(p, "val_contrastive_accuracy", "max"),
-                 out_dir / "train", progress=progress)
+                 out_dir / "train", progress=progress, key=runs.feature_key(params))
     return {"source": "pre-trained in pipeline: wav2vec 2.0 contrastive + diversity objective on the training audio",
             "crops": len(x), "val_crops": len(vx), "validation": result["best"]}
 

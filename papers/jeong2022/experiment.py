@@ -13,6 +13,7 @@ import numpy as np
 
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.parallel import finished_run
+from common.runs import config_key
 from common.report import differences as report_differences
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from common.weights import PIPELINE, recorded_provenance
@@ -35,7 +36,7 @@ def run(params: dict, corpus, teachers: str | Path, role: str, inputs: str, seed
             run(params, corpus, teachers, "teacher", inputs, seed)      # the student needs its teacher
         train_run(params, corpus, role, inputs, seed, out, teacher_dir=teacher_dir)
 
-    return finished_run(out, train)
+    return finished_run(out, train, config_key(params, "jeong2022", role=role, inputs=inputs, seed=seed))
 
 
 def run_grid(params: dict, corpus, teachers, role: str, inputs_list, students=None) -> list[dict]:

@@ -6,12 +6,16 @@
   of an unannotated gap. With drop_invalid false they stay in place and are masked instead.
 * Segments (Sec. 3.3): each video is cut into consecutive non-overlapping segments of l = 150
   frames (stride = l); the last one is padded by repeating the last frame, as the team's code
-  does, and the padding is masked out of the loss and removed before the metric.
+  does (ledger: padding_in_loss). `method: paper` masks the padding out of the loss;
+  `method: released` repeats the last label too and keeps the padded frames in the loss, as the
+  code's SequenceData (ledger: padding_in_loss). Both remove it before the metric.
 * Training items are chunks of `chunk_segments` consecutive segments of one video, so a
   recurrent encoder carries its state across segments inside a chunk (Eqs. 3-4); at inference
-  each video is one sequence and the state runs through all its segments.
-* Features are z-scored per dimension with the statistics of the training videos of the run
-  (`common.data.sequences.Normalizer`).
+  each video is one sequence and the state runs through all its segments. `method: released`
+  trains on single segments, as the code's SequenceData (ledger: segments_per_item).
+* `method: paper` z-scores the features per dimension with the statistics of the training videos
+  of the run (`common.data.sequences.Normalizer`; the paper is silent); `method: released` feeds
+  them as they are, as the code (ledger: normalisation).
 * Metric (ABAW): one CCC over all valid frames of a split, videos concatenated
   (`common.data.sequences.split_ccc`).
 """
@@ -67,6 +71,22 @@ def finite(a) -> np.ndarray:
     return np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=top, neginf=-top)
 
 
+class Unnormalised:
+    """Normalizer's interface without the z-score (method: released; ledger: normalisation)."""
+
+    def __init__(self, items, names):
+        pass
+
+    def __call__(self, name: str, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.float32)
+
+    def concat(self, item, names) -> np.ndarray:
+        return np.concatenate([self(n, item.features[n]) for n in names], axis=-1)
+
+
+NORMALISERS = {True: Normalizer, False: Unnormalised}        # Method.normalise -> the class
+
+
 def inputs(norm: Normalizer, clip: Clip, visual, audio) -> dict:
     """{"visual": (N, Dv), "audio": (N, Da)}: a model config's feature groups, each z-scored feature
     side by side."""
@@ -86,13 +106,17 @@ def pad_to_segments(a: np.ndarray, segment: int, fill=None) -> np.ndarray:
 class ChunkDataset(Dataset):
     """Chunks of `chunk_segments` consecutive segments: {"x": {group: (L, D)}, "y": (L, 2), "mask": (L,)}."""
 
-    def __init__(self, clips, norm: Normalizer, visual, audio, segment: int, chunk_segments: int):
+    def __init__(self, clips, norm: Normalizer, visual, audio, segment: int, chunk_segments: int,
+                 pad_in_loss: bool = False):
         self.items = []
         length = segment * chunk_segments
+        # paper: the padded frames get label -5 and mask False; released: the last frame's label and
+        # mask repeated, as the code pads its frame ids (core/data/SequenceData.py:137-146).
+        label_fill, mask_fill = (None, None) if pad_in_loss else (-5.0, False)
         for clip in clips:
             x = {g: pad_to_segments(a, segment) for g, a in inputs(norm, clip, visual, audio).items()}
-            y = pad_to_segments(clip.label.astype(np.float32), segment, fill=-5.0)
-            mask = pad_to_segments(clip.mask & (clip.label[:, 0] != -5), segment, fill=False)
+            y = pad_to_segments(clip.label.astype(np.float32), segment, fill=label_fill)
+            mask = pad_to_segments(clip.mask & (clip.label[:, 0] != -5), segment, fill=mask_fill)
             for s in range(0, len(y), length):
                 e = s + length
                 if e > len(y):                   # the video's last chunk: shorter, pad to full

@@ -7,10 +7,13 @@ seed on one plan: `fold0` (official train / validation split), `fold1`..`fold5` 
 notebook re-executed after a kill, or a second notebook, reuses finished runs.
 
 Training (Sec. 3.5, 4.2): loss Eq. 10, L = alpha (1 - CCC_v) + beta (1 - CCC_a) over the valid
-frames of the flattened batch; Adam, StepLR. Checkpoint selection as the team's code: the
-valence prediction comes from the epoch with the best validation valence CCC and the arousal
-prediction from the best arousal epoch (both kept by an on_epoch_end hook; fit itself keeps
-the best mean). A tvm run has no validation set: it keeps the test prediction of every epoch in
+frames of the flattened batch; Adam, StepLR; `liu2023.method` picks the paper's or the released
+code's loss, epochs and LR rule (papers/liu2023/train.py). Checkpoint selection as the team's
+code (ledger: checkpoint_per_task): the valence prediction comes from the epoch with the best
+validation valence CCC and the arousal prediction from the best arousal epoch (both kept by an
+on_epoch_end hook; fit itself keeps the best mean). The code also validates at mid-epoch; here
+once per epoch under either method (ledger: mid_epoch_validation). A tvm run has no validation
+set: it keeps the test prediction of every epoch in
 `tvm_epochs` and averages them (Sec. 4.7: "the models from 16 to 25 epochs").
 
 Ensembles (Sec. 4.4, 4.7). Averaging rule (the paper gives none): the plain per-frame mean of
@@ -27,16 +30,17 @@ import numpy as np
 import torch
 
 from common.data.folds import make_folds
-from common.data.sequences import Normalizer, split_ccc
+from common.data.sequences import split_ccc
 from common.files import atomic_write_json
-from common.losses import ccc_loss
 from common.parallel import RESULT, finished_runs
+from common.runs import config_key
 from common.train import TrainConfig, fit
 from common import report
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.weights import recorded_provenance
-from papers.liu2023.data import ChunkDataset, TASKS, load_clips, predict
+from papers.liu2023.data import NORMALISERS, ChunkDataset, TASKS, load_clips, predict
 from papers.liu2023.model import build_model
+from papers.liu2023.train import LOSSES, Method, eq10_loss, schedule  # noqa: F401  (eq10_loss: the paper's twin)
 
 ENCODER_NAMES = {"transformer": "Transformer", "lstm": "LSTM", "gru": "GRU", "transformer_lstm": "Transformer-LSTM"}
 
@@ -87,15 +91,6 @@ def plan_split(params: dict, clips, plan: str) -> tuple[list, list]:
     return tuple(make_folds(clips, params["liu2023"]["folds"], knob="liu2023.folds")[fold].values())
 
 
-def eq10_loss(alpha: float, beta: float):
-    def loss_fn(net, batch):
-        pred, y, mask = net(batch["x"]), batch["y"], batch["mask"]
-        lv = ccc_loss(pred[..., 0].reshape(-1), y[..., 0].reshape(-1), mask=mask.reshape(-1))
-        la = ccc_loss(pred[..., 1].reshape(-1), y[..., 1].reshape(-1), mask=mask.reshape(-1))
-        return alpha * lv + beta * la                                   # Eq. 10
-    return loss_fn
-
-
 class EpochKeeper:
     """What one run keeps of its epochs (fit's evaluate and on_epoch_end hook), as the team's code.
 
@@ -105,8 +100,10 @@ class EpochKeeper:
     predict(net, clips) -> {video: (N, 2)}.
     """
 
-    def __init__(self, val: list, test: list, predict, tvm_epochs):
-        self.val, self.test, self.predict, self.tvm_epochs = val, test, predict, tvm_epochs
+    def __init__(self, val: list, test: list, predict, tvm_epochs, later_ties: bool = False, method: str = "paper"):
+        self.val, self.test, self.predict, self.tvm_epochs, self.method = val, test, predict, tvm_epochs, method
+        # released: `peek_v >= max(val_v_list)`, a tie moves the best epoch (core/solver/base_solver.py:160, 167)
+        self.better = (lambda new, best: new >= best) if later_ties else (lambda new, best: new > best)
         self.best = {t: (-np.inf, 0, None, None) for t in TASKS}
         self.tvm_keep: list[dict] = []
         self.last_val: dict = {}
@@ -123,7 +120,7 @@ class EpochKeeper:
         row, epoch = state.history[-1], state.epoch
         if self.val:
             for t in TASKS:
-                if row[t] > self.best[t][0]:
+                if self.better(row[t], self.best[t][0]):
                     self.best[t] = (row[t], epoch, self.last_val, copy.deepcopy(model.state_dict()))
         elif self.tvm_epochs[0] <= epoch <= self.tvm_epochs[1]:
             self.tvm_keep.append(self.predict(model, self.test))
@@ -149,7 +146,7 @@ class EpochKeeper:
 def run_metrics(cfg: dict, plan: str, seed: int, history: list, train: list, val: list, test: list,
                 keeper: EpochKeeper, predictions: dict, started: float) -> dict:
     """The run's result.json: what ran, and its validation / test CCCs."""
-    metrics = {"config": cfg, "name": config_name(cfg), "plan": plan, "seed": seed,
+    metrics = {"config": cfg, "name": config_name(cfg), "plan": plan, "seed": seed, "method": keeper.method,
                "epochs_run": len(history), "train_frames": int(sum(len(c) for c in train)),
                "seconds": round(time.perf_counter() - started, 2)}
     if val:
@@ -181,19 +178,22 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
     val = [by_video[v] for v in val_videos]
     test = [c for c in clips if c.split == "test"]
     visual, audio, seg = cfg["visual"], cfg["audio"], lp["segment"]
-    norm = Normalizer(train, visual + audio)
+    method = Method.of(lp)                                              # liu2023.method, read once
+    norm = NORMALISERS[method.normalise](train, visual + audio)
     dims = {g: sum(train[0].features[n].shape[1] for n in names) for g, names in (("visual", visual), ("audio", audio))}
     torch.manual_seed(seed)
     model = build_model(lp, dims["visual"], dims["audio"], cfg["encoder"], cfg["fusion"])
-    data = ChunkDataset(train, norm, visual, audio, seg, lp["chunk_segments"])
-    keeper = EpochKeeper(val, test, lambda net, part: predict(net, part, norm, visual, audio, seg), lp["tvm_epochs"])
+    data = ChunkDataset(train, norm, visual, audio, seg, method.segments_per_item, pad_in_loss=method.pad_in_loss)
+    keeper = EpochKeeper(val, test, lambda net, part: predict(net, part, norm, visual, audio, seg), lp["tvm_epochs"],
+                         later_ties=method.later_ties, method=method.name)
 
-    train_cfg = TrainConfig(epochs=lp["epochs"], batch_size=lp["batch_size"], lr=lp["lr"],
+    step_lr_epochs, lr_hooks = schedule(method, lp["lr"])
+    train_cfg = TrainConfig(epochs=method.epochs, batch_size=method.batch_size, lr=lp["lr"],
                             weight_decay=lp["weight_decay"], seed=seed,
                             monitor="mean" if val else "train_loss", mode="max" if val else "min",
-                            step_lr_epochs=lp["step_lr_epochs"], step_lr_gamma=lp["step_lr_gamma"])
-    result = fit(model, data, eq10_loss(lp["alpha"], lp["beta"]), keeper.evaluate, train_cfg, out_dir,
-                 on_epoch_end=[keeper], progress=progress)
+                            step_lr_epochs=step_lr_epochs, step_lr_gamma=method.step_lr_gamma)
+    result = fit(model, data, LOSSES[method.name](lp["alpha"], lp["beta"]), keeper.evaluate, train_cfg, out_dir,
+                 on_epoch_end=lr_hooks + [keeper], progress=progress)
 
     predictions = keeper.per_task_predictions(model) if val else keeper.tvm_average(lp)
     metrics = run_metrics(cfg, plan, seed, result["history"], train, val, test, keeper, predictions, started)
@@ -201,8 +201,9 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
     return metrics
 
 
-def run_dir(root, cfg: dict, plan: str, seed: int) -> Path:
-    return Path(root) / f"{config_name(cfg)}-{plan}-seed{seed}"
+def run_dir(root, cfg: dict, plan: str, seed: int, method: str = "paper") -> Path:
+    """A run's folder; a `method: released` run has its own, beside the paper method's."""
+    return Path(root) / f"{config_name(cfg)}-{plan}-seed{seed}{'' if method == 'paper' else '-' + method}"
 
 
 def run_grid(params: dict, clips, root, configs, plans=("fold0",), seeds=None, progress: bool = False) -> list[dict]:
@@ -210,13 +211,16 @@ def run_grid(params: dict, clips, root, configs, plans=("fold0",), seeds=None, p
     The runs left to do train `liu2023.workers` at a time, one per core (common/parallel.py)."""
     seeds = params["liu2023"]["seeds"] if seeds is None else seeds
     jobs = [(cfg, plan, seed) for cfg in configs for plan in plans for seed in seeds]
-    return finished_runs(jobs, lambda job: run_dir(root, *job),
-                         lambda job: train_run(params, clips, *job, run_dir(root, *job), progress),
+    method = Method.of(params["liu2023"]).name
+    return finished_runs(jobs, lambda job: run_dir(root, *job, method),
+                         lambda job: train_run(params, clips, *job, run_dir(root, *job, method), progress),
+                         lambda job: config_key(params, "liu2023", config=job[0], plan=job[1], seed=job[2],
+                                                clips=[c.video for c in clips]),
                          params["liu2023"]["workers"])
 
 
-def load_predictions(root, cfg: dict, plan: str, seed: int, split: str) -> dict:
-    with np.load(run_dir(root, cfg, plan, seed) / "predictions.npz") as z:
+def load_predictions(root, cfg: dict, plan: str, seed: int, split: str, method: str = "paper") -> dict:
+    with np.load(run_dir(root, cfg, plan, seed, method) / "predictions.npz") as z:
         return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{split}/")}
 
 
@@ -238,7 +242,8 @@ def task_ensemble(root, members: dict, split: str) -> dict:
     """{video: (N, 2)} with column t the average of members[t]'s predictions on `split`."""
     cols = []
     for i, task in enumerate(TASKS):
-        preds = average([load_predictions(root, r["config"], r["plan"], r["seed"], split) for r in members[task]])
+        preds = average([load_predictions(root, r["config"], r["plan"], r["seed"], split, r.get("method", "paper"))
+                         for r in members[task]])
         cols.append({v: p[:, i] for v, p in preds.items()})
     return {v: np.stack([cols[0][v], cols[1][v]], 1) for v in cols[0]}
 
@@ -486,7 +491,7 @@ def strategy_scores(params: dict, runs, own_runs, rows: list[dict], tvm_members:
         preds = {"1: Ensemble 1": e1, "2: Ensemble 2": task_ensemble(runs, ensemble_members(seed_rows, lp["ensemble2"]), "test"),
                  "3: Train-Val-Mix": tvm, "4: Ensemble 3": average([e1, tvm])}
         if cv:
-            preds["5: 6-Fold"] = average([load_predictions(own_runs, cv[0], f"fold{k}", seed, "test")
+            preds["5: 6-Fold"] = average([load_predictions(own_runs, cv[0], f"fold{k}", seed, "test", Method.of(lp).name)
                                           for k in range(lp["folds"])])
         for s, p in preds.items():
             scores[s].append(split_ccc(test_clips, p))

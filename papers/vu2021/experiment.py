@@ -16,7 +16,6 @@ added 1 m 53 s CPU: about 5.5 min for the default 4 seeds. Smoke profile: the fo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,8 @@ from common import report
 from common.data.affwild2 import read_split
 from common.files import atomic_write_json
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
-from common.parallel import finished_run
+from common.parallel import RESULT, finished_run
+from common.runs import config_key
 from common.params import merge_checked
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call them through experiment)
 from papers.vu2021 import data as vd
@@ -50,7 +50,7 @@ def cnn_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False)
             teacher = cnn_dir(out_dir, "teacher123", seed)
         vt.train_cnn(params, kind, seed, out, teacher, progress)
 
-    return finished_run(out, train)
+    return finished_run(out, train, config_key(params, "vu2021", stage="cnn", kind=kind, seed=seed))
 
 
 def cnn_grid(params: dict, out_dir, kinds, progress: bool = False) -> list[dict]:
@@ -80,22 +80,23 @@ def gru_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False)
             teacher = Path(out_dir) / "gru" / f"teacher-seed{seed}"
         vt.train_gru(params, kind, seed, tracks, out, teacher, progress)
 
-    return finished_run(out, train)
+    return finished_run(out, train, config_key(params, "vu2021", stage="gru", kind=kind, seed=seed))
 
 
 def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
     """The student (with sharing) CNN alone, scored on every annotated frame like the GRU."""
     # Written under gru/ (the Table 3 stage's output), never into students/: a later stage that
     # changed an earlier stage's output folder would make DVC re-run the earlier one every time.
-    out = Path(out_dir) / "gru" / f"cnn_student_sharing-seed{seed}-all_frames.json"
-    if not out.exists():
+    out = Path(out_dir) / "gru" / f"cnn_student_sharing-seed{seed}-all_frames"
+
+    def score():
         tracks = gru_tracks(params, out_dir, seed)
         model = vt.load_model(vt.build_cnn(params["vu2021"]["cnn"]),
                               cnn_dir(out_dir, "student_sharing", seed) / "best.pt")
         length = params["vu2021"]["gru"]["seq_len"]
-        atomic_write_json(out, {s: vt.track_score(model, tracks[s], length, params["vu2021"], gru=False)
-                                for s in ("validation", "test")})
-    return json.loads(out.read_text())
+        atomic_write_json(out / RESULT, {s: vt.track_score(model, tracks[s], length, params["vu2021"], gru=False)
+                                         for s in ("validation", "test")})
+    return finished_run(out, score, config_key(params, "vu2021", stage="cnn_on_gru_frames", seed=seed))
 
 
 def per_seed(rows: list[dict], kind: str, split: str, metric: str) -> np.ndarray:
@@ -192,8 +193,10 @@ def exercise_student(params: dict, out_dir, name: str, seed: int, **changes) -> 
     T in {1,2,3} teacher of the same seed: <out_dir>/exercises/<name>/student_sharing-seed<s>."""
     cnn_run(params, out_dir, "teacher123", seed)
     out = Path(out_dir) / "exercises" / name / f"student_sharing-seed{seed}"
-    return finished_run(out, lambda: vt.train_cnn(exercise_params(params, **changes), "student_sharing", seed, out,
-                                                  cnn_dir(out_dir, "teacher123", seed)))
+    changed = exercise_params(params, **changes)
+    teacher = cnn_dir(out_dir, "teacher123", seed)
+    return finished_run(out, lambda: vt.train_cnn(changed, "student_sharing", seed, out, teacher),
+                        config_key(changed, "vu2021", stage="cnn", kind="student_sharing", seed=seed, exercise=name))
 
 
 def exercise_gru(params: dict, out_dir, name: str, seed: int, **changes) -> dict:
@@ -209,5 +212,5 @@ def exercise_gru(params: dict, out_dir, name: str, seed: int, **changes) -> dict
                 run("teacher")
             vt.train_gru(changed, kind, seed, gru_tracks(params, out_dir, seed), out,
                          teacher if kind == "student" else None)
-        return finished_run(out, train)
+        return finished_run(out, train, config_key(changed, "vu2021", stage="gru", kind=kind, seed=seed, exercise=name))
     return run("student")

@@ -17,6 +17,7 @@ from common import report
 from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
+from common.runs import config_key
 from common.parallel import finished_runs
 from common.weights import PIPELINE, load_weights_file, recorded_provenance
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
@@ -78,6 +79,8 @@ def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple
                                               seed=j[3], batch_size=batch_size, progress=progress),
                          params["zhang2021"]["workers"])
 
+                         lambda j: config_key(params, "zhang2021", fold=j[0], emotion=j[1], modality=j[2], seed=j[3],
+                                              window=window, hop=hop, batch_size=batch_size),
 
 def load_predictions(run_dir: str | Path, split: str) -> dict:
     """{video: (N,) prediction} of one run on one split."""
