@@ -244,10 +244,27 @@ def test_train_fold_learns_a_linear_valence(tmp_path, one_thread):
     assert saved["validation_ccc"] == pytest.approx(r["metrics"]["validation_ccc"])
     uni = train_fold(params, trials, 0, "valence", "unimodal", tmp_path / "um")
     assert uni["metrics"]["validation_ccc"] > 0.5
-    merged = merge_folds([r["predictions"]["test"], uni["predictions"]["test"]], clip="late")
+    z = params["zhang2021"]
+    merged = merge_folds(z, [r["predictions"]["test"], uni["predictions"]["test"]], clip="late")
     assert set(merged) == {"test0", "test1"} and np.abs(merged["test0"]).max() <= 1
-    same = merge_folds([r["predictions"]["test"]] * 3, clip="none")
+    same = merge_folds(z, [r["predictions"]["test"]] * 3, clip="none")
     np.testing.assert_allclose(same["test1"], r["predictions"]["test"]["test1"], atol=1e-6)
+
+
+def test_train_fold_under_the_released_method_learns_and_keys_its_choices(tmp_path, one_thread):
+    params = smoke_params(epochs=4, folds=2, lr=3e-3)
+    params["zhang2021"]["method"] = "released"
+    with pytest.raises(ValueError, match="deletes the -5 rows"):      # released data hold no -5 rows
+        train_fold(params, linear_corpus(), 0, "valence", "multimodal", tmp_path / "refused")
+    trials = [Trial(t.video, t.subject, t.split, t.label[t.mask], t.mask[t.mask],
+                    {m: a[t.mask] for m, a in t.features.items()}) for t in linear_corpus()]
+    r = train_fold(params, trials, 0, "valence", "multimodal", tmp_path)
+    assert r["metrics"]["method"] == "released"
+    assert r["metrics"]["validation_ccc"] > 0.5 and r["metrics"]["test_ccc"] > 0.5
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["weight_decay"] == 1e-3            # base/trainer.py:88
+    merged = merge_folds(params["zhang2021"], [r["predictions"]["test"]] * 2, clip="late")
+    np.testing.assert_allclose(merged["test0"], np.clip(r["predictions"]["test"]["test0"], -1, 1), atol=1e-6)
 
 
 def test_backbone_release_is_a_noop_without_a_backbone():

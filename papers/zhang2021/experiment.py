@@ -14,24 +14,23 @@ import numpy as np
 import torch
 
 from common import report
-from common.ensemble import merge_predictions
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
-from common.runs import config_key
 from common.parallel import finished_runs
+from common.runs import config_key
 from common.weights import PIPELINE, load_weights_file, recorded_provenance
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
-from common.data.sequences import Normalizer, split_ccc, window_starts
+from common.data.sequences import window_starts
 from papers.zhang2021.data import EMOTIONS, WindowDataset, cache_loader, load_trials, make_folds
 from papers.zhang2021.model import BRANCHES, build_model
-from papers.zhang2021.train import train_fold
+from papers.zhang2021.train import drop_invalid, merge_folds, method_of, train_fold
 
 
 def load_corpus(params: dict) -> list:
     """Every VA-annotated trial with its cached visual (frame encoder), MFCC and VGGish features."""
     caches = {"visual": visual.feature_cache(params), "mfcc": open_audio_cache(params, "mfcc"),
               "vggish": vggish.cache_for(params)}
-    return load_trials(params["data"]["root"], cache_loader(caches), drop_invalid=params["zhang2021"]["drop_invalid"])
+    return load_trials(params["data"]["root"], cache_loader(caches), drop_invalid=drop_invalid(params["zhang2021"]))
 
 
 def network_provenance(params: dict) -> dict:
@@ -59,8 +58,11 @@ def differences(params: dict, group: str) -> list[dict]:
                               tcn_visual=" x ".join(map(str, params["zhang2021"]["tcn"]["visual"])))
 
 
-def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | None = None) -> str:
-    return f"{modality}-{emotion}-fold{fold}-seed{seed}" + (f"-w{window}" if window else "")
+def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | None = None,
+             method: str = "paper") -> str:
+    """The run's folder name; method released runs get their own folders beside the paper's."""
+    return (f"{modality}-{emotion}-fold{fold}-seed{seed}" + (f"-w{window}" if window else "")
+            + ("" if method == "paper" else f"-{method}"))
 
 
 def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple(EMOTIONS),
@@ -72,15 +74,15 @@ def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple
     jobs = [(fold, emotion, modality, seed) for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds)]
 
     def folder(job) -> Path:
-        return Path(root) / run_name(*job, window)
+        return Path(root) / run_name(*job, window, params["zhang2021"]["method"])
 
     return finished_runs(jobs, folder,
                          lambda j: train_fold(params, trials, j[0], j[1], j[2], folder(j), window=window, hop=hop,
                                               seed=j[3], batch_size=batch_size, progress=progress),
-                         params["zhang2021"]["workers"])
-
                          lambda j: config_key(params, "zhang2021", fold=j[0], emotion=j[1], modality=j[2], seed=j[3],
                                               window=window, hop=hop, batch_size=batch_size),
+                         params["zhang2021"]["workers"])
+
 
 def load_predictions(run_dir: str | Path, split: str) -> dict:
     """{video: (N,) prediction} of one run on one split."""
@@ -91,15 +93,15 @@ def load_predictions(run_dir: str | Path, split: str) -> dict:
 def test_scores(params: dict, trials: list, root: str | Path, emotion: str, modality: str, seed: int,
                 folds, clip: str) -> dict:
     """Test CCC of the fold-0 model alone and of the fold models merged by CCC centering (Sec. 4.5)."""
+    z = params["zhang2021"]
+    method = method_of(z)
     test = [t for t in trials if t.split == "test"]
-    per_fold = [load_predictions(Path(root) / run_name(f, emotion, modality, seed), "test") for f in folds]
-    single = {f: split_ccc(test, preds, emotion) for f, preds in zip(folds, per_fold)}
-    merged = {}
-    for t in test:
-        # Zhang's code centres each test trial on its own: merge video by video.
-        merged[t.video] = merge_predictions([p[t.video] for p in per_fold], clip=clip,
-                                            fusion=params["zhang2021"]["ensemble_fusion"])
-    return {"single": single, "merged": split_ccc(test, merged, emotion)}
+    per_fold = [load_predictions(Path(root) / run_name(f, emotion, modality, seed, method=method.name), "test")
+                for f in folds]
+    single = {f: method.split_ccc(test, preds, emotion) for f, preds in zip(folds, per_fold)}
+    # each test trial is merged on its own (train.merge_folds), by the method's merge
+    merged = merge_folds(z, [{t.video: p[t.video] for t in test} for p in per_fold], clip)
+    return {"single": single, "merged": method.split_ccc(test, merged, emotion)}
 
 
 @torch.no_grad()
@@ -113,9 +115,12 @@ def attention_over_time(params: dict, trials: list, root: str | Path, emotion: s
     z = params["zhang2021"]
     by_video = {t.video: t for t in trials}
     fold0 = make_folds(trials, z["folds"])[0]
-    norm = Normalizer([by_video[v] for v in fold0["train"]], BRANCHES)
+    parts = [[by_video[v] for v in fold0[s]] for s in ("train", "validation")]
+    norms = method_of(z).normalization(*parts, [t for t in trials if t.split == "test"], BRANCHES)
+    norm = norms[by_video[video].split]           # fold 0 is the official split
     model = build_model(z, "multimodal")
-    model.load_state_dict(load_weights_file(Path(root) / run_name(0, emotion, "multimodal", seed) / "best.pt"))
+    model.load_state_dict(load_weights_file(Path(root) / run_name(0, emotion, "multimodal", seed, method=z["method"])
+                                            / "best.pt"))
     model.eval()
     trial = by_video[video]
     data = WindowDataset([trial], BRANCHES, z["window"], z["hop"], norm)

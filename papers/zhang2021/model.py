@@ -9,9 +9,15 @@ Zhang trains separate valence and arousal models, so there is one output per mod
     visual 128 ----------------------------------+                                 cat -> 224 -> linear -> 1
 
 Reading of Eq. 1: "(softmax(QK^T / sqrt(d_K)) + 1) V" adds the identity, i.e. a residual
-softmax(.) V + V (the official code does `values += V`). Read literally as an all-ones
-matrix, "+ 1" would add the sum of all three values to every row instead; we follow the code.
-"Normalized" (Sec. 3.3) is a LayerNorm over the flattened 3 x 32 = 96 attention feature.
+softmax(.) V + V, which is what the released code adds (ledger: fusion_residual). Read literally
+as an all-ones matrix, "+ 1" would add the sum of all three values to every row instead.
+"Normalized" (Sec. 3.3) is a LayerNorm over the 3 x 32 = 96 attention feature.
+
+Two methods (params `zhang2021.method`, chosen once in `build_model`):
+* paper: the TCN of Bai et al. (ReLU, per-entry dropout) and `LeaderFollowerFusion`, three
+  independent linear maps Q_i, K_i, V_i of each branch's TCN output (Sec. 3.3);
+* released: the TCN variant "zhang_released" of common/backbones/tcn.py and `ReleasedFusion`,
+  what sucv/ABAW2@71d40fb model/model.py:my_2d1ddy computes (ledger: fusion_audio_qv).
 
 The visual input is either a cached 512-d frame embedding (default and smoke profiles: the
 encoder is frozen, so its output is computed once) or, when a `frame_encoder` is given, face
@@ -50,6 +56,41 @@ class LeaderFollowerFusion(nn.Module):
         return self.norm(attention.flatten(-2)), scores                               # Sec. 3.3 "normalized"
 
 
+class ReleasedFusion(LeaderFollowerFusion):
+    """The fusion as the released code computes it (ledger: fusion_audio_qv, fusion_scores).
+
+    sucv/ABAW2@71d40fb model/model.py:336-362: each branch has three linear maps; the visual
+    branch's three take its TCN output, but the audio branches' Q and V maps take the output of
+    their K map (x1 and x2 are overwritten by the K outputs at :337-338 before :341-346 read them),
+    so their Q = W_q (W_k h + b_k) + b_q. The scores are softmax(K Q^T / sqrt(d_k)) over the last
+    axis (:356-358), i.e. this class's `k` maps play the paper's queries; the residual adds V and
+    a LayerNorm over the (3, d_k) block follows (:360-362). The code stacks (visual, VGGish, MFCC);
+    attention over the modality axis is the same under a reordering, so branches keep the order
+    of BRANCHES here and the fixture test maps the weights across.
+    """
+
+    def __init__(self, in_dims=(128, 32, 32), d_k: int = 32):
+        super().__init__(in_dims, d_k)
+        for i in range(1, len(in_dims)):          # audio Q_i, V_i read the d_k-wide K_i output
+            self.q[i] = nn.Linear(d_k, d_k)
+            self.v[i] = nn.Linear(d_k, d_k)
+
+    def forward(self, feats):
+        k = [f(x) for f, x in zip(self.k, feats)]
+        # visual: Q, V from the TCN output; audio: Q, V from the branch's K output
+        src = [feats[0]] + k[1:]
+        q = torch.stack([f(x) for f, x in zip(self.q, src)], dim=-2)
+        v = torch.stack([f(x) for f, x in zip(self.v, src)], dim=-2)
+        k = torch.stack(k, dim=-2)
+        scores = torch.softmax(k @ q.transpose(-1, -2) / math.sqrt(self.d_k), dim=-1)
+        attention = scores @ v + v
+        return self.norm(attention.flatten(-2)), scores
+
+
+# method -> (TCN variant of common/backbones/tcn.py, fusion class); build_model reads it once
+METHODS = {"paper": ("bai", LeaderFollowerFusion), "released": ("zhang_released", ReleasedFusion)}
+
+
 def _encode_frames(encoder, x):
     """(B, T, 3, H, W) face crops -> (B, T, embed) with a per-frame 2-D CNN (Sec. 3.1)."""
     b, t = x.shape[:2]
@@ -60,10 +101,10 @@ class ZhangUnimodal(nn.Module):
     """Sec. 3.1 and 3.3 last line: visual block only, 128-d spatio-temporal feature -> linear -> 1."""
 
     def __init__(self, visual_dim=512, channels=(128, 128, 128, 128), kernel=5, dropout=0.1,
-                 frame_encoder=None):
+                 frame_encoder=None, method="paper"):
         super().__init__()
         self.frame_encoder = frame_encoder
-        self.visual = TCN(visual_dim, channels, kernel, dropout)
+        self.visual = TCN(visual_dim, channels, kernel, dropout, METHODS[method][0])
         self.head = nn.Linear(channels[-1], 1)
 
     def forward(self, x, return_attention=False):
@@ -76,15 +117,16 @@ class ZhangMultimodal(nn.Module):
     """Fig. 1: visual TCN (leader) + MFCC and VGGish TCNs (followers), leader-follower fusion."""
 
     def __init__(self, dims=None, visual_channels=(128, 128, 128, 128), audio_channels=(32, 32, 32, 32),
-                 kernel=5, dropout=0.1, d_k=32, frame_encoder=None):
+                 kernel=5, dropout=0.1, d_k=32, frame_encoder=None, method="paper"):
         super().__init__()
         dims = dict(dims or {"visual": 512, "mfcc": 39, "vggish": 128})
+        variant, fusion = METHODS[method]
         self.frame_encoder = frame_encoder
         self.tcn = nn.ModuleDict({
-            "visual": TCN(dims["visual"], visual_channels, kernel, dropout),     # Sec. 3.1
-            "mfcc": TCN(dims["mfcc"], audio_channels, kernel, dropout),          # Sec. 3.2
-            "vggish": TCN(dims["vggish"], audio_channels, kernel, dropout)})     # Sec. 3.2
-        self.fusion = LeaderFollowerFusion((visual_channels[-1], audio_channels[-1], audio_channels[-1]), d_k)
+            "visual": TCN(dims["visual"], visual_channels, kernel, dropout, variant),     # Sec. 3.1
+            "mfcc": TCN(dims["mfcc"], audio_channels, kernel, dropout, variant),          # Sec. 3.2
+            "vggish": TCN(dims["vggish"], audio_channels, kernel, dropout, variant)})     # Sec. 3.2
+        self.fusion = fusion((visual_channels[-1], audio_channels[-1], audio_channels[-1]), d_k)
         self.head = nn.Linear(visual_channels[-1] + len(BRANCHES) * d_k, 1)    # 128 + 96 = 224 -> 1
 
     def forward(self, x, return_attention=False):
@@ -98,12 +140,15 @@ class ZhangMultimodal(nn.Module):
 
 
 def build_model(cfg: dict, modality: str, frame_encoder=None) -> nn.Module:
-    """The model of one Table 1 row from the `zhang2021` params section."""
-    tcn = cfg["tcn"]
+    """The model of one Table 1 row from the `zhang2021` params section (its `method` picks the
+    TCN variant and the fusion)."""
+    tcn, method = cfg["tcn"], cfg["method"]
+    if method not in METHODS:
+        raise ValueError(f"zhang2021.method must be one of {sorted(METHODS)}, got {method!r} (params.yaml)")
     if modality == "unimodal":
         return ZhangUnimodal(cfg["dims"]["visual"], tuple(tcn["visual"]), tcn["kernel"], tcn["dropout"],
-                             frame_encoder)
+                             frame_encoder, method)
     if modality == "multimodal":
         return ZhangMultimodal(cfg["dims"], tuple(tcn["visual"]), tuple(tcn["audio"]), tcn["kernel"],
-                               tcn["dropout"], cfg["d_k"], frame_encoder)
+                               tcn["dropout"], cfg["d_k"], frame_encoder, method)
     raise ValueError(f"modality must be 'unimodal' or 'multimodal', got {modality!r}")
