@@ -458,14 +458,27 @@ def claims_table(results: list[dict]) -> str:
 
 
 def differences_table(results: list[dict]) -> str:
-    rows, seen = ["<tr><th>what</th><th>paper</th><th>this run</th><th>why</th></tr>"], set()
+    """The fidelity ledger's rows the notebooks listed (common/ledger.py): the paper, the released
+    code with its commit line, this run, which of the two it follows and why; corpus substitutes
+    are marked as such."""
+    head = ("what", "paper", "released code", "this run", "follows", "why")
+    rows, seen = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"], set()
     for res in results:
         for d in res.get("differences", []):
             key = (d.get("what"), d.get("here"))
             if key in seen:
                 continue
             seen.add(key)
-            rows.append("<tr>" + "".join(f"<td>{html.escape(str(d.get(k, '')))}</td>" for k in ("what", "paper", "here", "why")) + "</tr>")
+            released = html.escape(str(d.get("released", "")))
+            if d.get("released_at"):
+                released += "<br><span class=muted>" + "<br>".join(
+                    html.escape(c.strip()) for c in str(d["released_at"]).split(";") if c.strip()) + "</span>"
+            follows = d.get("follows", "")
+            if d.get("kind") == "substitute":
+                follows = f"{follows} (corpus substitute)"
+            cells = [html.escape(str(d.get("what", ""))), html.escape(str(d.get("paper", ""))), released,
+                     html.escape(str(d.get("here", ""))), html.escape(str(follows)), html.escape(str(d.get("why", "")))]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table>{''.join(rows)}</table>" if len(rows) > 1 else ""
 
 
