@@ -19,17 +19,53 @@ from papers.vu2021.losses import vu_kd_loss, vu_va_loss
 from papers.vu2021.model import MultitaskCNN, MultitaskGRU
 
 ROOT = Path(__file__).resolve().parents[1]
-VP = {"ccc_weight": "code", "bin_support": "linspace", "lam": 0.6, "temperature": 1.5}
+VP = {"ccc_weight": "code", "bin_support": "linspace", "lam": 0.6, "temperature": 1.5, "method": "paper"}
 
 
 def test_cnn_and_gru_shapes():
     cnn = MultitaskCNN("basic", (1, 1, 1, 1), 4, embed_dim=32, feature_dim=128, n_bins=20).eval()
     expr, va = cnn(torch.randn(3, 3, 20, 20))
     assert expr.shape == (3, 7) and va.shape == (3, 2, 20)
-    assert cnn.features(torch.randn(3, 3, 20, 20)).shape == (3, 128)
+    assert cnn.features(torch.randn(3, 3, 20, 20)).shape == (3, 256)      # EXPR head's 128, VA head's 128
     gru = MultitaskGRU(128, 16, 20)
-    expr, va = gru(torch.randn(2, 9, 128))
+    expr, va = gru(torch.randn(2, 9, 256))
     assert expr.shape == (2, 9, 7) and va.shape == (2, 9, 2, 20)
+
+
+def test_each_task_has_its_own_head_and_gru():
+    """Fig. 2: the EXPR output reads only the EXPR head / GRU, the VA output only the VA one."""
+    cnn = MultitaskCNN("basic", (1, 1, 1, 1), 4, embed_dim=32, feature_dim=8, n_bins=5).eval()
+    f = torch.randn(4, 16)
+    e, v = cnn.heads(f)
+    g = f.clone()
+    g[:, 8:] += 1.0                                   # change the VA head's features only
+    e2, v2 = cnn.heads(g)
+    assert torch.equal(e, e2) and not torch.allclose(v, v2)
+    gru = MultitaskGRU(8, 4, 5).eval()
+    x = torch.randn(2, 6, 16)
+    y = x.clone()
+    y[..., :8] += 1.0                                 # change the EXPR GRU's input only
+    (e, v), (e2, v2) = gru(x), gru(y)
+    assert torch.equal(v, v2) and not torch.allclose(e, e2)
+
+
+def test_paper_profile_cnn_is_he_et_al_resnet50_with_the_ferplus_layout(tmp_path):
+    """stem caffe: 7x7/2 stem + max pool, 2048-d pooled output; vu2021.cnn.weights loads a
+    resnet50_ferplus_dag file key for key (here a random one saved in that layout)."""
+    from common.backbones.resnet_dag import FerPlusResNet50
+    from papers.vu2021.model import build_cnn
+    cfg = {"block": "bottleneck", "layers": [3, 4, 6, 3], "width": 64, "embed_dim": 0, "stem": "caffe",
+           "feature_dim": 128, "n_bins": 20, "dropout": 0.5, "weights": ""}
+    model = build_cnn(cfg)
+    assert model.backbone.embed_dim == 2048 and model.backbone.stem[0].kernel_size == (7, 7)
+    torch.manual_seed(1)
+    dag = FerPlusResNet50().eval()
+    torch.save(dag.state_dict(), tmp_path / "resnet50_ferplus_dag.pth")
+    loaded = build_cnn({**cfg, "weights": str(tmp_path / "resnet50_ferplus_dag.pth")}).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1                      # normalised faces in [-1, 1]
+    ferplus_input = (x * 0.5 + 0.5) * 255 - torch.tensor([131.0912, 103.8827, 91.4953]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(loaded.backbone(loaded._input(x)), dag(ferplus_input), atol=1e-4)
 
 
 def test_seven_classes_drops_other_and_unannotated():
@@ -113,9 +149,9 @@ def test_student_equals_teacher_has_no_distillation_loss():
 def test_gru_teacher_loss_learns_a_toy_signal():
     torch.manual_seed(0)
     x = torch.randn(64, 8, 6)
-    expr = (x[..., 0] > 0).long() * 3                        # class 0 or 3 from feature 0
-    va = torch.stack([torch.tanh(x[..., 1]), torch.tanh(x[..., 2])], -1)
-    model = MultitaskGRU(6, 16, 10)
+    expr = (x[..., 0] > 0).long() * 3                        # class 0 or 3 from the EXPR features' first
+    va = torch.stack([torch.tanh(x[..., 4]), torch.tanh(x[..., 5])], -1)     # VA from the VA features
+    model = MultitaskGRU(3, 16, 10)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     batch = {"expr": {"expr": expr, "va": torch.full_like(va, -5.0)}, "va": {"expr": torch.full_like(expr, -1), "va": va}}
     losses = []
@@ -137,7 +173,7 @@ def test_weights_load_and_mismatch_names_file_and_key(tmp_path):
     path = tmp_path / "best.pt"
     torch.save(cnn.state_dict(), path)
     other = vt.load_model(MultitaskCNN("basic", (1, 1, 1, 1), 4, embed_dim=32), path)
-    assert torch.equal(other.expr_head.weight, cnn.expr_head.weight)
+    assert torch.equal(other.expr_head.fc1.weight, cnn.expr_head.fc1.weight)
     with pytest.raises(vt.WeightsMismatch, match="best.pt.*size|best.pt.*key"):
         vt.load_model(MultitaskCNN("basic", (1, 1, 1, 1), 8, embed_dim=32), path)
     with pytest.raises(vt.WeightsMismatch, match="best.pt: missing key"):

@@ -8,10 +8,11 @@ Every sample carries both labels, the missing one as the invalid marker (EXPR -1
 teacher (Eq. 7) reads only its set's own task; the student with shared annotations (Eq. 10)
 also reads the other label where an Aff-Wild2 frame has it.
 
-Balancing (the protocol the paper takes from Deng et al. 2020; as the official code's
-torchsampler): every training sample is drawn with replacement with probability inversely
-proportional to the size of its class (EXPR: the 7 classes of the merged set; Affect EXPR_VA:
-its expression classes) or of its cell in a 20 x 20 valence-arousal histogram (Mixed VA).
+Balancing (the protocol the paper takes from Deng et al. 2020, not detailed there): every
+training sample is drawn with replacement with probability inversely proportional to the size of
+its class (Mixed EXPR: the 7 classes of the merged set) or of its cell in a 20 x 20 valence-arousal
+histogram (Mixed VA); the Affect EXPR_VA set by its class (method paper) or, as the released
+sampler, by 1/cell + 1/class normalised by the maximum (method released; ledger: affectnet_sampler).
 An epoch draws `samples_per_epoch` samples per set, redrawn every epoch (seeded), so one epoch
 sees a balanced sample of the whole set rather than every (near-duplicate) 30 fps frame.
 
@@ -20,8 +21,10 @@ Pixels: Aff-Wild2 frames come from the face-pixel cache (common/features/faces.p
 with faces.format jpeg a lazy array whose frames are decoded when indexed, i.e. in the training
 DataLoader's `vu2021.cnn.num_workers` processes and in as many for evaluation);
 stills are decoded once (common.features.visual.decode_faces) at the same size S.
-Augmentation (Sec. 3.3): random translation (a random `crop` x `crop` window of the face padded
-by `pad` px; the centre window at evaluation) and random horizontal flip.
+Augmentation (Sec. 3.3), `VIEWS[method]`: method paper, random translation (a random `crop` x
+`crop` window of the face padded by `pad` px; the centre window at evaluation) and random
+horizontal flip; method released, the released transforms (ledger: crop_zoom): the face resized to
+int(1.2 crop) px, then a random crop x crop window and a flip (train) or the centre window (eval).
 """
 from __future__ import annotations
 
@@ -88,13 +91,32 @@ def expr_balance_weights(expr: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def va_balance_weights(va: np.ndarray, bins: int = 20) -> np.ndarray:
-    """1 / (count of the sample's cell in a bins x bins valence-arousal histogram)."""
+def va_cell_weights(va: np.ndarray, bins: int = 20) -> np.ndarray:
+    """1 / (count of the sample's cell in a bins x bins valence-arousal histogram over the labels'
+    own range), unnormalised."""
     hist, xe, ye = np.histogram2d(va[:, 0], va[:, 1], bins=[bins, bins])
     x = np.clip(np.digitize(va[:, 0], xe) - 1, 0, bins - 1)
     y = np.clip(np.digitize(va[:, 1], ye) - 1, 0, bins - 1)
-    w = 1.0 / hist[x, y]
+    return 1.0 / hist[x, y]
+
+
+def va_balance_weights(va: np.ndarray, bins: int = 20) -> np.ndarray:
+    """1 / (count of the sample's cell in a bins x bins valence-arousal histogram), summing to 1."""
+    w = va_cell_weights(va, bins)
     return w / w.sum()
+
+
+def cell_and_class_weights(expr: np.ndarray, va: np.ndarray, bins: int = 20) -> np.ndarray:
+    """The released Affect EXPR_VA sampler: 1/cell count + 1/class count, divided by the largest
+    (ledger: affectnet_sampler), then made to sum to 1 for drawing (the same draws)."""
+    counts = np.bincount(expr, minlength=N_EXPR).astype(np.float64)
+    w = va_cell_weights(va, bins) + 1.0 / counts[expr]
+    w = w / w.max()
+    return w / w.sum()
+
+
+# method -> the Affect EXPR_VA set's sampling weights (expr, va) (ledger: affectnet_sampler)
+BOTH_WEIGHTS = {"paper": lambda expr, va: expr_balance_weights(expr), "released": cell_and_class_weights}
 
 
 def _video_part(videos: list, cache, task: str, frame_step: int):
@@ -132,7 +154,8 @@ def build_streams(params: dict, streams=STREAMS) -> dict[str, Stream]:
         expr.append(still.expression if still.expression is not None else np.full(n, EXPR_NA, np.int64))
         va.append(still.va if still.va is not None else np.full((n, 2), VA_NA, np.float32))
         expr, va = np.concatenate(expr), np.concatenate(va)
-        weight = va_balance_weights(va) if name == "va" else expr_balance_weights(expr)
+        weight = va_balance_weights(va) if name == "va" else \
+            BOTH_WEIGHTS[vp["method"]](expr, va) if name == "both" else expr_balance_weights(expr)
         from_video = np.arange(len(expr)) < n_video
         out[name] = Stream(name, sources, np.concatenate(where), expr, va, weight, from_video)
     return out
@@ -159,6 +182,47 @@ def augment(image: torch.Tensor, crop: int, pad: int, train: bool, downsample: i
     return _shrink(normalise(image), downsample)
 
 
+def zoom_size(crop: int) -> int:
+    """The released transforms' resize: int(1.2 x the input size) px, 134 for 112 (ledger: crop_zoom)."""
+    return int(crop * 1.2)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8-valued (..., 3, S, S) -> (..., 3, size, size) bilinear with antialiasing, rounded to
+    whole levels as PIL's Resize returns an 8-bit image (torchvision's tensor resize does the same)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images.float()
+    flat = images.float().reshape(-1, *images.shape[-3:])
+    out = torch.nn.functional.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False,
+                                          antialias=True)
+    return out.round().clamp(0, 255).reshape(*images.shape[:-2], size, size)
+
+
+def resize_crop(image: torch.Tensor, crop: int, pad: int, train: bool, downsample: int = 1) -> torch.Tensor:
+    """The released transforms (method released; ledger: crop_zoom): Resize(int(1.2 crop)), then
+    RandomCrop(crop) + RandomHorizontalFlip (train) or CenterCrop(crop) (eval). `pad` is not used.
+
+    The random draws are torchvision's, in its order (crop top, crop left, flip), from torch's global
+    generator, so a seeded run cuts the windows the released transforms cut.
+    """
+    image = _resize(image, zoom_size(crop))
+    room = image.shape[-1] - crop
+    if train:
+        top = int(torch.randint(0, room + 1, size=(1,)).item())
+        left = int(torch.randint(0, room + 1, size=(1,)).item())
+    else:       # torchvision CenterCrop: int(round((S - crop) / 2))
+        top = left = int(round(room / 2.0))
+    image = image[..., top:top + crop, left:left + crop]
+    if train and torch.rand(1) < 0.5:
+        image = image.flip(-1)
+    return _shrink(normalise(image), downsample)
+
+
+def resize_centre_batch(images: torch.Tensor, crop: int, pad: int, downsample: int = 1) -> torch.Tensor:
+    """The evaluation input of a batch under method released: resize, centre window, normalise, shrink."""
+    return resize_crop(images, crop, pad, False, downsample)
+
+
 def _shrink(images: torch.Tensor, downsample: int) -> torch.Tensor:
     """Average-pool by `downsample` (1 = as is): the default profile's CPU budget (see params.yaml)."""
     return torch.nn.functional.avg_pool2d(images, downsample) if downsample > 1 else images
@@ -172,9 +236,9 @@ class TaskStreams(Dataset):
     """
 
     def __init__(self, streams: dict[str, Stream], samples_per_epoch: int, crop: int, pad: int,
-                 seed: int, downsample: int = 1):
+                 seed: int, downsample: int = 1, method: str = "paper"):
         self.streams, self.n, self.crop, self.pad, self.seed = streams, samples_per_epoch, crop, pad, seed
-        self.downsample = downsample
+        self.downsample, self.view = downsample, VIEWS[method]
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -189,7 +253,7 @@ class TaskStreams(Dataset):
         out = {}
         for k, s in self.streams.items():
             j = self.draws[k][i]
-            out[k] = {"image": augment(s.image(j), self.crop, self.pad, True, self.downsample),
+            out[k] = {"image": self.view(s.image(j), self.crop, self.pad, True, self.downsample),
                       "expr": torch.tensor(s.expr[j]), "va": torch.from_numpy(s.va[j])}
         return out
 
@@ -229,8 +293,10 @@ def eval_frames(params: dict, split: str, stride: int, cache=None) -> EvalFrames
 class EvalBatches(Dataset):
     """Item k = the k-th centre-window, normalised image batch of the evaluation frames."""
 
-    def __init__(self, frames: EvalFrames, crop: int, pad: int, batch_size: int, downsample: int = 1):
+    def __init__(self, frames: EvalFrames, crop: int, pad: int, batch_size: int, downsample: int = 1,
+                 method: str = "paper"):
         self.frames, self.crop, self.pad, self.batch_size, self.downsample = frames, crop, pad, batch_size, downsample
+        self.view = EVAL_VIEWS[method]
 
     def __len__(self) -> int:
         return -(-len(self.frames) // self.batch_size)
@@ -238,14 +304,14 @@ class EvalBatches(Dataset):
     def __getitem__(self, k):
         rows = self.frames.where[k * self.batch_size:(k + 1) * self.batch_size]
         images = torch.stack([torch.from_numpy(np.array(self.frames.sources[s][r])) for s, r in rows])
-        return augment_batch(images, self.crop, self.pad, self.downsample)
+        return self.view(images, self.crop, self.pad, self.downsample)
 
 
 def eval_batches(frames: EvalFrames, crop: int, pad: int, batch_size: int, downsample: int = 1,
-                 workers: int = 0):
+                 workers: int = 0, method: str = "paper"):
     """Centre-window, normalised image batches of the evaluation frames, in order; with `workers`
     > 0 they are decoded (jpeg face cache) and cut in that many DataLoader processes, same batches."""
-    batches = EvalBatches(frames, crop, pad, batch_size, downsample)
+    batches = EvalBatches(frames, crop, pad, batch_size, downsample, method)
     if workers <= 0:
         yield from (batches[k] for k in range(len(batches)))
         return
@@ -259,6 +325,11 @@ def augment_batch(images: torch.Tensor, crop: int, pad: int, downsample: int = 1
     room = images.shape[-1] - crop
     top = room // 2
     return _shrink(normalise(images[..., top:top + crop, top:top + crop]), downsample)
+
+
+# method -> the training view of one face and the evaluation view of a batch (ledger: crop_zoom)
+VIEWS = {"paper": augment, "released": resize_crop}
+EVAL_VIEWS = {"paper": augment_batch, "released": resize_centre_batch}
 
 
 # ------------------------------------------------------------------------------ the GRU stage (Sec. 3.4)
@@ -287,9 +358,9 @@ class Track:
 class SequenceStreams(torch.utils.data.Dataset):
     """Item i = one 32-frame sequence from each set: {set: {"x": (T, D), "expr", "va"}}.
 
-    The GRU stage uses the Aff-Wild2 sets only, as the official code (its CNN-RNN loaders are
-    Mixed_EXPR and Mixed_VA over Aff-Wild2 videos): stills make no sequences. Training windows
-    overlap by half (hop T/2, official code); each epoch draws `samples_per_epoch` windows of each
+    The GRU stage uses the Aff-Wild2 sets only, as the released code (its CNN-RNN loaders are
+    Mixed_EXPR and Mixed_VA over Aff-Wild2 videos; ledger: gru_training_sets): stills make no
+    sequences. Training windows overlap by half (hop T/2, the released loaders; ledger: gru_windows); each epoch draws `samples_per_epoch` windows of each
     set uniformly (seeded by seed, epoch); each sequence is mirrored as a whole with probability 1/2.
     """
 

@@ -1,7 +1,6 @@
 """Vu et al. 2021 (ICCVW), Sec. 3.2: every loss of the paper, Eqs. 1-10.
 
-One batch holds N samples of every training set; the outputs of all sets come from one forward
-pass (`train.forward_sets`).
+One batch holds N samples of every training set; its outputs come from `train.FORWARD_SETS`.
     supervision  L^(1) = CE (Eq. 1, `common.losses.masked_cross_entropy`); L^(2) = sum over V, A
                  of CE on the bin + w (1 - CCC) of the bins' expectation (Eq. 2, `vu_va_loss`);
                  L^(3) = L^(1) + L^(2) on the EXPR_VA set (Eq. 3)
@@ -15,6 +14,10 @@ pass (`train.forward_sets`).
 Sums over the N samples are means here (the same minimiser; the learning rate absorbs N), and
 every loss follows the rules of `common.losses` (invalid entries masked with zero gradient, a
 graph-connected 0 when nothing is valid, teacher outputs detached).
+
+vu2021.method picks, once per call, between the paper's reading and the released code's
+(papers/vu2021/ledger.yaml): the VA bins (`BINS_FLOAT64`), the CCC's variances (`CCC_UNBIASED`)
+and the weighting of Eq. 10's labelled and unlabelled rows (`EQ10`).
 """
 from __future__ import annotations
 
@@ -27,17 +30,23 @@ from common.losses import (EXPR_INVALID, VA_INVALID, ccc_loss, distillation_rows
 
 # --------------------------------------------------------------------------- VA as bins (Eq. 2)
 
-def va_to_bins(va: torch.Tensor, n_bins: int = 20, low: float = -1.0, high: float = 1.0
-               ) -> torch.Tensor:
+def va_to_bins(va: torch.Tensor, n_bins: int = 20, low: float = -1.0, high: float = 1.0,
+               float64_edges: bool = False) -> torch.Tensor:
     """Bin index of each valence/arousal value: K equal-width bins on [low, high] (Vu Eq. 2).
 
     Bin k holds [low + k w, low + (k + 1) w), w = (high - low) / K; the right edge `high` goes
     into the last bin, values outside the range are clamped to the first/last bin. The invalid
     marker (-5) and NaN become -1, the ignore index of `masked_cross_entropy`.
+    float64_edges=False (method paper): the edges in the labels' own dtype, so a label on an edge
+        (-0.8 in float32) falls in the bin the edge opens, as the decimal value does.
+    float64_edges=True (method released): float64 edges against the float32 label widened to
+        float64, as np.digitize(y_float32, np.linspace(-1, 1, K + 1)) (ledger: va_bins): -0.8, -0.6,
+        0.7 and 0.9 of the 0.1 grid then fall one bin lower.
     """
-    edges = torch.linspace(low, high, n_bins + 1, dtype=va.dtype, device=va.device)
+    dtype = torch.float64 if float64_edges else va.dtype
+    edges = torch.linspace(low, high, n_bins + 1, dtype=dtype, device=va.device)
     # right=True: index i with edges[i-1] <= value < edges[i], like numpy.digitize.
-    index = torch.bucketize(va.contiguous(), edges, right=True) - 1
+    index = torch.bucketize(va.contiguous().to(dtype), edges, right=True) - 1
     index = index.clamp(0, n_bins - 1)
     invalid = (va == VA_INVALID) | torch.isnan(va)
     return torch.where(invalid, torch.full_like(index, -1), index)
@@ -74,7 +83,7 @@ def bins_expectation(bin_logits: torch.Tensor, low: float = -1.0, high: float = 
 
 def vu_va_loss(bin_logits: torch.Tensor, va_target: torch.Tensor, mask=None,
                ccc_weight="paper", support: str = "centres", unbiased=False,
-               low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+               low: float = -1.0, high: float = 1.0, float64_edges: bool = False) -> torch.Tensor:
     """Vu Eq. 2: sum over valence, arousal of CE(onehot(bin(y_i)), SF(t_i)) + w (1 - CCC(y_i, E_i)).
 
     bin_logits (B, 2, K), va_target (B, 2) in [-1, 1] with -5 for a missing label.
@@ -83,7 +92,8 @@ def vu_va_loss(bin_logits: torch.Tensor, va_target: torch.Tensor, mask=None,
     ccc_weight: "paper" -> w = 1/B (Eq. 2 as printed; B = bin_logits.shape[0], the batch size,
         counting masked rows too); "code" -> w = 1 (Vu's official code, lambda_ccc = 1);
         a number -> that w.
-    support, unbiased: see `bin_values` and `ccc` ("linspace" and True are what the code does).
+    support, unbiased, float64_edges: see `bin_values`, `ccc` and `va_to_bins` ("linspace", True and
+    True are what the released code does).
     """
     if bin_logits.dim() != 3 or bin_logits.shape[1] != 2:
         raise ValueError(f"bin_logits has shape {tuple(bin_logits.shape)}, expected (B, 2, K)")
@@ -103,7 +113,7 @@ def vu_va_loss(bin_logits: torch.Tensor, va_target: torch.Tensor, mask=None,
     # Both terms read the logits: clear the invalid rows once, before either uses them.
     bin_logits = zero_invalid(bin_logits, valid.unsqueeze(-1))
     n_bins = bin_logits.shape[-1]
-    bins = va_to_bins(zero_invalid(va_target, valid), n_bins, low, high)
+    bins = va_to_bins(zero_invalid(va_target, valid), n_bins, low, high, float64_edges)
     bins = torch.where(valid, bins, torch.full_like(bins, -1))
     expectation = bins_expectation(bin_logits, low, high, support)
 
@@ -179,11 +189,19 @@ def _flat(expr_logits, va_logits, expr, va):
             expr.reshape(-1), va.reshape(-1, 2))
 
 
+# method -> the CCC of Eq. 2 with n - 1 variances (torch.std, ledger: ccc_variance)
+CCC_UNBIASED = {"paper": False, "released": True}
+# method -> float64 bin edges (np.digitize, ledger: va_bins)
+BINS_FLOAT64 = {"paper": False, "released": True}
+
+
 def supervision(task: str, expr_logits, va_logits, expr, va, vp: dict) -> torch.Tensor:
     """L^(1) (Eq. 1) or L^(2) (Eq. 2); rows without a label for `task` are left out."""
     if task == "expr":
         return masked_cross_entropy(expr_logits, expr, ignore=EXPR_INVALID)          # Eq. 1
-    return vu_va_loss(va_logits, va, ccc_weight=vp["ccc_weight"], support=vp["bin_support"])  # Eq. 2
+    method = vp["method"]
+    return vu_va_loss(va_logits, va, ccc_weight=vp["ccc_weight"], support=vp["bin_support"],
+                      unbiased=CCC_UNBIASED[method], float64_edges=BINS_FLOAT64[method])  # Eq. 2
 
 
 def distillation(task: str, s_expr, s_va, t_expr, t_va, vp: dict, mask=None) -> torch.Tensor:
@@ -204,9 +222,26 @@ def teacher_loss(outputs: dict, batch: dict, vp: dict) -> torch.Tensor:
     return total
 
 
+def eq10_by_share(na: torch.Tensor, g, share: torch.Tensor) -> torch.Tensor:
+    """Eq. 10's secondary term, method paper: the sum over the N rows of H^(j) (NA rows) or G_j
+    (labelled rows), as a mean over rows: each part weighted by its share of the rows."""
+    return (1 - share) * na + (share * g if g is not None else 0.0)
+
+
+def eq10_halves(na: torch.Tensor, g, share: torch.Tensor) -> torch.Tensor:
+    """Eq. 10's secondary term, method released: the mean of the NA part and the labelled part
+    whichever their shares (half each when the batch holds both; ledger: eq10_halves)."""
+    parts = [p for p, present in ((na, bool(share < 1)), (g, g is not None)) if present]
+    return sum(parts) / len(parts)
+
+
+EQ10 = {"paper": eq10_by_share, "released": eq10_halves}
+
+
 def student_loss(outputs: dict, teacher_outputs: dict, batch: dict, vp: dict, sharing: bool) -> torch.Tensor:
     """Eq. 9 (sharing=False) or Eq. 10 (sharing=True)."""
     lam = vp["lam"]
+    eq10 = EQ10[vp["method"]]
     total = 0.0
     for name, (s_e, s_v) in outputs.items():
         t_e, t_v = teacher_outputs[name]
@@ -219,13 +254,13 @@ def student_loss(outputs: dict, teacher_outputs: dict, batch: dict, vp: dict, sh
             if not sharing:                                                   # Eq. 9: H^(j)
                 total = total + distillation(task, s_e, s_v, t_e, t_v, vp)
                 continue
-            # Eq. 10, frame by frame: H^(j) if y^(j) is NA, G_j otherwise. The two masked means
-            # are weighted by their share of the rows, so this is the mean over rows of the
-            # per-row loss (the CCC term of G_j is a statistic over the labelled rows).
+            # Eq. 10, frame by frame: H^(j) if y^(j) is NA, G_j otherwise (the CCC term of G_j is
+            # a statistic over the labelled rows); EQ10 weighs the two parts.
             labelled = (expr != EXPR_INVALID) if task == "expr" else (va[:, 0] != VA_INVALID)
             share = labelled.float().mean()
             na = distillation(task, s_e, s_v, t_e, t_v, vp, mask=~labelled)
             g = lam * supervision(task, s_e, s_v, expr, va, vp) \
-                + (1 - lam) * distillation(task, s_e, s_v, t_e, t_v, vp, mask=labelled)
-            total = total + (1 - share) * na + (share * g if bool(labelled.any()) else 0.0)  # Eq. 10
+                + (1 - lam) * distillation(task, s_e, s_v, t_e, t_v, vp, mask=labelled) \
+                if bool(labelled.any()) else None
+            total = total + eq10(na, g, share)                                     # Eq. 10
     return total

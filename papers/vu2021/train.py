@@ -6,9 +6,12 @@
   in `papers/vu2021/data.py`.
 * Scoring (Sec. 4.2): CCC per dimension and the EXPR criterion 0.67 F1 + 0.33 accuracy.
 * Features for the GRU stage (Sec. 3.4): every frame through the frozen CNN, as is and mirrored,
-  into a feature cache keyed by the CNN's weights.
+  into a feature cache keyed by the CNN's weights: each task head's 128-d feature, EXPR then VA.
 * The GRU (Sec. 3.4): teacher (Eq. 7) and student (Eq. 10) over 32-frame sequences of those
   features (`data.Track`, `data.SequenceStreams`).
+vu2021.method picks, once per run, the paper's reading or the released code's (ledger.yaml): one
+forward pass over the mixed batch or one per training set (`FORWARD_SETS`), and the early stop
+(`EARLY_STOP`); the data and loss twins are in data.py and losses.py.
 """
 from __future__ import annotations
 
@@ -66,11 +69,24 @@ def load_model(model: nn.Module, path: str | Path) -> nn.Module:
 # ------------------------------------------------------------------------------------- training
 
 def forward_sets(model: nn.Module, batch: dict, key: str = "image") -> dict:
-    """Every set's outputs from ONE forward pass (BatchNorm sees the whole mixed batch)."""
+    """Every set's outputs from ONE forward pass (BatchNorm sees the whole mixed batch): method paper,
+    Sec. 3.2's batch of N instances of every set."""
     names = list(batch)
     sizes = [batch[n][key].shape[0] for n in names]
     expr_logits, va_logits = model(torch.cat([batch[n][key] for n in names]))
     return dict(zip(names, zip(expr_logits.split(sizes), va_logits.split(sizes))))
+
+
+def forward_each_set(model: nn.Module, batch: dict, key: str = "image") -> dict:
+    """One forward pass per training set, so in training mode each set's BatchNorm statistics are
+    its own: method released (one self.resnet50(input_image) per task; ledger: per_set_batchnorm)."""
+    return {name: model(part[key]) for name, part in batch.items()}
+
+
+FORWARD_SETS = {"paper": forward_sets, "released": forward_each_set}
+# method -> epochs without improvement before stopping; the released default is 6 (ledger: early_stop)
+EARLY_STOP = {"paper": lambda section: section["early_stop"],
+              "released": lambda section: 6 if section["early_stop"] else 0}
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -78,7 +94,8 @@ def forward_sets(model: nn.Module, batch: dict, key: str = "image") -> dict:
 def score(expr_true, expr_logits, va_true, va_pred) -> dict:
     """Sec. 4.2 metrics: CCC per dimension; EXPR criterion 0.67 F1 + 0.33 accuracy (7 classes).
 
-    `score` = criterion + CCC_V + CCC_A selects the best epoch, as the official code does.
+    `score` = criterion + CCC_V + CCC_A selects the best epoch; the released trainer selects and stops
+    on the same sum (ledger: model_selection).
     """
     expr = expr_metrics(expr_true, expr_logits, num_classes=vd.N_EXPR)
     va = va_metrics(va_true, va_pred)
@@ -101,7 +118,7 @@ def predict_frames(model: MultitaskCNN, frames: vd.EvalFrames, cfg: dict, vp: di
     device = module_device(model)      # fit() puts the model on the GPU when there is one
     logits, va = [], []
     for images in vd.eval_batches(frames, cfg["crop"], cfg["pad"], cfg["eval_batch"],
-                                    cfg["downsample"], workers=cfg.get("num_workers", 0)):
+                                    cfg["downsample"], workers=cfg.get("num_workers", 0), method=vp["method"]):
         e, v = model(images.to(device))
         logits.append(e.float().cpu())
         va.append(va_prediction(v.float(), vp).cpu())
@@ -122,10 +139,10 @@ def _cached(store: dict, key, make):
     return store[key]
 
 
-def train_config(section: dict, seed: int) -> TrainConfig:
+def train_config(section: dict, seed: int, method: str = "paper") -> TrainConfig:
     return TrainConfig(epochs=section["epochs"], batch_size=section["batch_size"],
                        lr=section["lr"], betas=tuple(section["betas"]), seed=seed,
-                       monitor="score", mode="max", early_stop=section["early_stop"],
+                       monitor="score", mode="max", early_stop=EARLY_STOP[method](section),
                        num_workers=section.get("num_workers", 0))   # CNN: faces decoded in the workers
 
 
@@ -141,13 +158,14 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
     val = _cached(_FRAMES, (root, size, "validation"),
                   lambda: vd.eval_frames(params, "validation", vp["eval_stride"]))
     dataset = vd.TaskStreams({k: streams[k] for k in sets}, cfg["samples_per_epoch"],
-                             cfg["crop"], cfg["pad"], seed, cfg["downsample"])
+                             cfg["crop"], cfg["pad"], seed, cfg["downsample"], vp["method"])
     torch.manual_seed(seed)                      # the initial weights depend on the seed only
     model = build_cnn(cfg)
+    forward = FORWARD_SETS[vp["method"]]
 
     if student is None:
         def loss_fn(net, batch):
-            return teacher_loss(forward_sets(net, batch), batch, vp)               # Eq. 7
+            return teacher_loss(forward(net, batch), batch, vp)                    # Eq. 7
     else:
         teacher = load_model(build_cnn(cfg), Path(teacher_dir) / "best.pt").eval()
         for p in teacher.parameters():
@@ -157,7 +175,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
             teacher.to(module_device(net))    # no-op after the first batch
             with torch.no_grad():
                 t_out = forward_sets(teacher, batch)
-            return student_loss(forward_sets(net, batch), t_out, batch, vp,
+            return student_loss(forward(net, batch), t_out, batch, vp,
                                 sharing=student == "eq10")                     # Eq. 9 / 10
 
     def evaluate(net):
@@ -169,7 +187,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
 
     dataset.set_epoch(epochs_done(out))          # resuming after a kill replays the same draws
 
-    fitted = fit(model, dataset, loss_fn, evaluate, train_config(cfg, seed), out,
+    fitted = fit(model, dataset, loss_fn, evaluate, train_config(cfg, seed, vp["method"]), out,
                  on_epoch_end=[redraw], progress=progress)
     result = {"kind": kind, "seed": seed, "epochs_run": len(fitted["history"]),
               "best_epoch": fitted["best"]["epoch"], "train_seconds": round(time.perf_counter() - started, 2)}
@@ -193,25 +211,26 @@ def epochs_done(out: Path) -> int:
 # ---------------------------------------------------------------- features for the GRU stage
 
 FEATURE_EXTRACTOR = "vu2021_cnn"
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"          # 2: the two heads' features (EXPR, VA), 2 x feature_dim
 
 
 class _Features(nn.Module):
     def __init__(self, model: MultitaskCNN):
         super().__init__()
-        self.backbone, self.neck = model.backbone, model.neck
+        self.model = model
 
     def forward(self, x):
-        return self.neck(self.backbone(x))
+        return self.model.features(x)
 
 
-def feature_caches(root: Path, cnn_dir: Path, cfg: dict) -> dict[bool, FeatureCache]:
-    """{flipped: cache} of one CNN's 128-d features, keyed by its weights' hash."""
+def feature_caches(root: Path, cnn_dir: Path, cfg: dict, method: str = "paper") -> dict[bool, FeatureCache]:
+    """{flipped: cache} of one CNN's per-task 128-d features, keyed by its weights' hash and the
+    evaluation view of the method."""
     sha = file_sha256(Path(cnn_dir) / "best.pt")[:16]
     return {flip: FeatureCache(root, FEATURE_EXTRACTOR, FEATURE_VERSION,
                                {"weights_sha256": sha, "flip": flip, "crop": cfg["crop"],
-                                "pad": cfg["pad"], "downsample": cfg["downsample"]},
-                               cfg["feature_dim"])
+                                "pad": cfg["pad"], "downsample": cfg["downsample"], "view": method},
+                               2 * cfg["feature_dim"])
             for flip in (False, True)}
 
 
@@ -222,8 +241,8 @@ def extract_features(params: dict, cnn_dir: Path, root: Path, videos: list) -> d
     The mirrored copy lets the GRU stage apply the paper's sequence-level flip (Sec. 3.4: "the
     same augmentation ... in sequence level") to cached features: a flipped sequence reads it.
     """
-    cfg = params["vu2021"]["cnn"]
-    caches = feature_caches(root, cnn_dir, cfg)
+    cfg, method = params["vu2021"]["cnn"], params["vu2021"]["method"]
+    caches = feature_caches(root, cnn_dir, cfg, method)
     todo = [v for v in videos if not all(c.has(v.video) for c in caches.values())]
     if not todo:
         return caches
@@ -237,7 +256,7 @@ def extract_features(params: dict, cnn_dir: Path, root: Path, videos: list) -> d
         for flip, cache in caches.items():
             out = []
             for chunk in pixels.split(batch):
-                images = vd.augment_batch(chunk.flip(-1) if flip else chunk, crop, pad, cfg["downsample"])
+                images = vd.EVAL_VIEWS[method](chunk.flip(-1) if flip else chunk, crop, pad, cfg["downsample"])
                 out.append(net(images.to(device)).float().cpu())
             cache.put(v.video, torch.cat(out).numpy())
     return caches
@@ -293,9 +312,10 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
     dataset = vd.SequenceStreams(tracks["train"], length, seed, g["samples_per_epoch"])
     torch.manual_seed(seed)
     model = build_gru(params)
+    forward = FORWARD_SETS[vp["method"]]        # the GRUs have no BatchNorm: the same outputs either way
     if kind == "teacher":
         def loss_fn(net, batch):
-            return teacher_loss(forward_sets(net, batch, "x"), batch, vp)              # Eq. 7
+            return teacher_loss(forward(net, batch, "x"), batch, vp)                   # Eq. 7
     else:
         teacher = load_model(build_gru(params), Path(teacher_dir) / "best.pt").eval()
 
@@ -303,14 +323,14 @@ def train_gru(params: dict, kind: str, seed: int, tracks: dict, out: Path,
             teacher.to(module_device(net))
             with torch.no_grad():
                 t_out = forward_sets(teacher, batch, "x")
-            return student_loss(forward_sets(net, batch, "x"), t_out, batch, vp, sharing=True)  # Eq. 10
+            return student_loss(forward(net, batch, "x"), t_out, batch, vp, sharing=True)  # Eq. 10
 
     def redraw(state, **_):
         dataset.set_epoch(state.epoch)
 
     dataset.set_epoch(epochs_done(out))
     fitted = fit(model, dataset, loss_fn, lambda net: track_score(net, tracks["validation"], length, vp),
-                 train_config(g, seed), out, on_epoch_end=[redraw], progress=progress)
+                 train_config(g, seed, vp["method"]), out, on_epoch_end=[redraw], progress=progress)
     result = {"kind": kind, "seed": seed, "epochs_run": len(fitted["history"]),
               "best_epoch": fitted["best"]["epoch"]}
     for split in ("validation", "test"):
