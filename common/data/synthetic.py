@@ -68,9 +68,15 @@ for _e, _name in enumerate(EXPR_NAMES):
         PROTOTYPES[_e, _AU[_a]] = 1.0
 
 
+# embedded: the official layout plus test labels, metadata/ (videos.csv, latent truth, audio events).
+# real_release: only what the real Aff-Wild2 ships (as_real_release), to run `data.source: real` on.
+LAYOUTS = ("embedded", "real_release")
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """The `corpus` section of params.yaml, checked for ranges."""
+    layout: str = "embedded"
     seed: int = 2022
     subjects: int = 24
     videos_per_subject: int = 1
@@ -111,6 +117,8 @@ class CorpusConfig:
     def check(self) -> None:
         def bad(key, why):
             raise ParamsError(f"params.yaml: corpus.{key} = {getattr(self, key)!r}: {why}")
+        if self.layout not in LAYOUTS:
+            bad("layout", f"use one of {', '.join(LAYOUTS)}")
         if self.subjects < 3:
             bad("subjects", "need at least 3 subjects (one per split)")
         if self.videos_per_subject < 1:
@@ -795,6 +803,8 @@ def generate(cfg: CorpusConfig, out: str | Path, progress: bool = True) -> dict:
         _write_tables(tmp, video_rows, stills, subjects, plans)
         summary = summarise(video_rows, stills, mtl_counts, time.time() - started, tmp)
         (tmp / "metadata" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.layout == "real_release":
+            as_real_release(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -802,6 +812,18 @@ def generate(cfg: CorpusConfig, out: str | Path, progress: bool = True) -> dict:
         if tmp.exists():
             shutil.rmtree(tmp)
     return summary
+
+
+def as_real_release(root: Path) -> None:
+    """Cut a generated corpus down to what the real Aff-Wild2 release holds: no test labels (no
+    Test_Set folders, no MTL test.txt: the organisers keep them), no metadata/ (no videos.csv, so
+    frame rates come from the names and frame counts from the label files; no latent truth, no
+    audio events). The two-person _left/_right tracks and the frames without a face stay as
+    generated; the side/ still-image sets stand in for the separate sets a user converts."""
+    for task_dir in TASK_DIRS.values():
+        shutil.rmtree(root / "annotations" / task_dir / SPLIT_DIRS["test"])
+    (root / "annotations" / MTL_DIR / MTL_FILES["test"]).unlink()
+    shutil.rmtree(root / "metadata")
 
 
 def _map(jobs, workers, progress):
