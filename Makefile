@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: gpu-check test reproduce env weights lab benchmark benchmark-pipeline clean-data
+.PHONY: gpu-check test reproduce smoke env weights lab benchmark benchmark-pipeline clean-data
 
 env: $(STAMP)
 
@@ -26,10 +26,21 @@ weights: $(STAMP)
 test: $(STAMP) weights
 	$(PY) -m pytest -n 2 -q
 
-# The whole pipeline (default profile): corpus -> features -> papers -> reports/index.html.
+# The whole pipeline: corpus -> features -> papers -> reports/index.html. PROFILE=default (the
+# default) runs here with `dvc repro`; any other profile (`make smoke` = PROFILE=smoke, or
+# PROFILE=paper) runs the same pipeline in its own workspace profiles/<profile>/ (common/workspace.py),
+# with its reports in reports/<profile>/, so profiles never overwrite each other and no file is edited.
 # The corpus stage prints its one-screen summary. Stages run with the venv first on PATH.
+PROFILE ?= default
 reproduce: $(STAMP) weights
+ifeq ($(PROFILE),default)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+else
+	$(PY) -m common.workspace $(PROFILE)
+endif
+
+smoke:
+	$(MAKE) reproduce PROFILE=smoke
 
 # JupyterLab on papers/ with the project's kernel, registered in the venv as `python3` (the name every
 # notebook and the papermill runner use); it starts in the project root, as the pipeline's runs do.

@@ -27,7 +27,8 @@ def kernel_spec(python: str = sys.executable, root: Path = ROOT) -> dict:
     """The kernel.json of the project's kernel: `python` runs ipykernel, starting in `root`."""
     return {
         "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 f"--IPKernelApp.exec_lines=import os; os.chdir({str(root)!r})"],
+                 # A profile's workspace (common/workspace.py) runs its notebooks in its own root.
+                 f"--IPKernelApp.exec_lines=import os; os.chdir(os.environ.get('AFFECT_REPRO_ROOT', {str(root)!r}))"],
         "display_name": DISPLAY_NAME,
         "language": "python",
         "env": {"PYTHONHASHSEED": "0", "DVC_NO_ANALYTICS": "1"},
