@@ -13,10 +13,11 @@ from common.backbones.resnet import ResNet
 from common.params import load_params
 from common.train import TrainState
 from common.data.sequences import Normalizer, window_starts
-from papers.zhang2021.data import (Trial, WindowDataset, average_windows, load_trials, make_folds, predict,
-                                   random_loader)
+from common.backbones.tcn import TemporalBlock
+from papers.zhang2021.data import (NORMALIZATION, Trial, WindowDataset, average_windows, load_trials, make_folds,
+                                   predict, random_loader)
 from papers.zhang2021.model import LeaderFollowerFusion, ZhangMultimodal, ZhangUnimodal
-from papers.zhang2021.train import BackboneRelease, merge_folds, min_lr_floor, train_fold
+from papers.zhang2021.train import BackboneRelease, merge_folds, min_lr_floor, released_merge, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"visual": 12, "mfcc": 5, "vggish": 7}
@@ -263,8 +264,39 @@ def test_train_fold_under_the_released_method_learns_and_keys_its_choices(tmp_pa
     assert r["metrics"]["validation_ccc"] > 0.5 and r["metrics"]["test_ccc"] > 0.5
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["weight_decay"] == 1e-3            # base/trainer.py:88
+    assert summary["config"]["batch_size"] == 8                 # main.py:102
     merged = merge_folds(params["zhang2021"], [r["predictions"]["test"]] * 2, clip="late")
     np.testing.assert_allclose(merged["test0"], np.clip(r["predictions"]["test"]["test0"], -1, 1), atol=1e-6)
+
+
+def test_released_tcn_skip_convolution_has_the_xavier_init():
+    torch.manual_seed(0)
+    released = TemporalBlock(256, 128, 5, 1, 0.1, "zhang_released").skip.weight
+    paper = TemporalBlock(256, 128, 5, 1, 0.1).skip.weight
+    xavier = math.sqrt(2) * math.sqrt(2 / (256 + 128))          # std of xavier_uniform(gain sqrt 2)
+    assert released.std().item() == pytest.approx(xavier, rel=0.05)
+    assert paper.std().item() == pytest.approx(1 / math.sqrt(256) / math.sqrt(3), rel=0.05)   # PyTorch default
+
+
+def test_released_normalisation_leaves_visual_embeddings_and_scales_audio_per_partition():
+    rng = np.random.default_rng(0)
+    def trial(name, split, shift):
+        feats = {"visual": rng.standard_normal((50, 6)).astype(np.float32) * 3 + 1,
+                 "mfcc": (rng.standard_normal((50, 4)) + shift).astype(np.float32)}
+        return Trial(name, name, split, np.zeros((50, 2), np.float32), np.ones(50, bool), feats)
+    train, val, test = [trial("t", "train", 0.0)], [trial("v", "validation", 5.0)], [trial("x", "test", -2.0)]
+    norms = NORMALIZATION["released"](train, val, test, ("visual", "mfcc"))
+    np.testing.assert_array_equal(norms["train"]("visual", train[0].features["visual"]), train[0].features["visual"])
+    for split, items in (("train", train), ("validation", val), ("test", test)):
+        z = norms[split]("mfcc", items[0].features["mfcc"])
+        assert abs(z.mean()) < 1e-5 and z.std(ddof=1) == pytest.approx(1.0, abs=1e-5)   # one scalar, n - 1
+    paper = NORMALIZATION["paper"](train, val, test, ("visual", "mfcc"))
+    assert paper["validation"] is paper["train"] and abs(paper["validation"]("mfcc", val[0].features["mfcc"]).mean()) > 3
+
+
+def test_released_merge_refuses_fewer_frames_than_models():
+    with pytest.raises(ValueError, match="more frames than models"):
+        released_merge([np.zeros(3)] * 6, "late")
 
 
 def test_backbone_release_is_a_noop_without_a_backbone():

@@ -9,7 +9,7 @@ the feature caches (`cache_loader`) or on synthetic arrays in tests (`random_loa
   every frame is covered; trials shorter than a window are zero-padded. Under method paper the
   padding is masked out of the loss; under released (`pad_in_loss`) it enters the loss with label
   0 and its features are normalised zeros, as sucv/ABAW2@71d40fb base/dataset.py:211-243 pads
-  before normalising and base/trainer.py:560 (its CCCLoss has no mask) scores every frame
+  before normalising and base/trainer.py:328 (its CCCLoss has no mask) scores every frame
   (ledger: padding_in_loss).
 * Labels: frames marked -5 keep their place in time and are masked out of the loss and the
   metric. The paper (and its code) instead delete the -5 rows before windowing (Sec. 4.2, "the
@@ -25,7 +25,7 @@ the feature caches (`cache_loader`) or on synthetic arrays in tests (`random_loa
   - released: ONE scalar mean and std per feature type (all dimensions of all frames together,
     std with n - 1), computed separately for the fold's training, validation and test partitions,
     and each partition normalised with its own (`ScalarNormalizer`; sucv/ABAW2@71d40fb
-    calculate_mean_and_std.py:193-222, base/dataset.py:152-164). The visual embeddings are left
+    calculate_mean_and_std.py:21-50, base/dataset.py:152-164). The visual embeddings are left
     as the encoder gives them: the released code normalises face pixels before its CNN and never
     the CNN's output.
 * Folds (Sec. 4.3): the training trials are cut into folds - 1 contiguous chunks of about equal
@@ -119,7 +119,7 @@ def make_folds(trials: list[Trial], n_folds: int = 6) -> list[dict]:
 class ScalarNormalizer:
     """Released normalisation: one mean and one std per feature type over all dimensions of all
     frames of the given trials, the std with n - 1 (sucv/ABAW2@71d40fb calculate_mean_and_std.py:
-    199-205 flatten every trial's matrix and sum, :214-222 divide the squared deviations by
+    27-33 flatten every trial's matrix and sum, :42-50 divide the squared deviations by
     lengths - 1). Names in `skip` pass through unchanged (the visual embeddings)."""
 
     def __init__(self, items, names, skip=("visual",)):
@@ -131,10 +131,10 @@ class ScalarNormalizer:
             for item in items:
                 a = np.asarray(item.features[name], dtype=np.float64)
                 n, s = n + a.size, s + a.sum()
-            mean = s / (n + 1e-10)                                  # :205
+            mean = s / (n + 1e-10)                                  # :33
             ss = sum(float(((np.asarray(item.features[name], dtype=np.float64) - mean) ** 2).sum())
                      for item in items)
-            self.mean[name], self.std[name] = mean, float(np.sqrt(ss / (n - 1)))   # :221-222
+            self.mean[name], self.std[name] = mean, float(np.sqrt(ss / (n - 1)))   # :49-50
 
     def __call__(self, name: str, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)

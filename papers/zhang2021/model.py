@@ -59,12 +59,12 @@ class LeaderFollowerFusion(nn.Module):
 class ReleasedFusion(LeaderFollowerFusion):
     """The fusion as the released code computes it (ledger: fusion_audio_qv, fusion_scores).
 
-    sucv/ABAW2@71d40fb model/model.py:336-362: each branch has three linear maps; the visual
+    sucv/ABAW2@71d40fb model/model.py:222-248: each branch has three linear maps; the visual
     branch's three take its TCN output, but the audio branches' Q and V maps take the output of
-    their K map (x1 and x2 are overwritten by the K outputs at :337-338 before :341-346 read them),
+    their K map (x1 and x2 are overwritten by the K outputs at :223-224 before :226-232 read them),
     so their Q = W_q (W_k h + b_k) + b_q. The scores are softmax(K Q^T / sqrt(d_k)) over the last
-    axis (:356-358), i.e. this class's `k` maps play the paper's queries; the residual adds V and
-    a LayerNorm over the (3, d_k) block follows (:360-362). The code stacks (visual, VGGish, MFCC);
+    axis (:242-244), i.e. this class's `k` maps play the paper's queries; the residual adds V and
+    a LayerNorm over the (3, d_k) block follows (:246-248). The code stacks (visual, VGGish, MFCC);
     attention over the modality axis is the same under a reordering, so branches keep the order
     of BRANCHES here and the fixture test maps the weights across.
     """

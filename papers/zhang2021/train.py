@@ -19,7 +19,7 @@ Training (paper -> here):
   rebuilds the optimiser and the scheduler at the initial LR at each release (ledger:
   release_schedule), which is not done here.
 * Paper and released code both reload the best weights at the end of every epoch (Sec. 4.4;
-  base/trainer.py:490-491 with main.py:110 `load_best_at_each_epoch` default 1; ledger:
+  base/trainer.py:258-259 with main.py:110 `load_best_at_each_epoch` default 1; ledger:
   reload_best). Method paper follows the profile's `reload_best_each_epoch` (paper profile: on,
   default and smoke: off); method released always reloads.
 * End-to-end training needs face-crop windows (B, T, 3, 40, 40); the models and the hook accept
@@ -169,6 +169,7 @@ class Method:
     pad_in_loss: bool            # a short trial's padding enters the CCC loss with label 0
     reload_best: bool | None     # None: the profile's reload_best_each_epoch
     weight_decay: float | None   # None: the profile's weight_decay
+    batch_size: int | None       # None: the profile's batch_size
     drop_invalid: bool | None    # None: the profile's drop_invalid
     split_ccc: Callable          # (items, predictions, emotion) -> CCC of a split
     merge: Callable              # (fold traces of one trial, clip, params section) -> merged trace
@@ -180,11 +181,11 @@ def _paper_merge(predictions, clip, z):
 
 METHOD = {
     "paper": Method("paper", NORMALIZATION["paper"], pad_in_loss=False, reload_best=None, weight_decay=None,
-                    drop_invalid=None, split_ccc=split_ccc, merge=_paper_merge),
-    # sucv/ABAW2@71d40fb: base/trainer.py:88 (weight decay), main.py:110 + base/trainer.py:490
-    # (reload), preprocessing.py:333 + 109 (-5 rows deleted)
+                    batch_size=None, drop_invalid=None, split_ccc=split_ccc, merge=_paper_merge),
+    # sucv/ABAW2@71d40fb: base/trainer.py:88 (weight decay), main.py:102 (batch 8), main.py:110 +
+    # base/trainer.py:258 (reload), preprocessing.py:333 + 109 (-5 rows deleted)
     "released": Method("released", NORMALIZATION["released"], pad_in_loss=True, reload_best=True, weight_decay=1e-3,
-                       drop_invalid=True, split_ccc=released_split_ccc,
+                       batch_size=8, drop_invalid=True, split_ccc=released_split_ccc,
                        merge=lambda predictions, clip, z: released_merge(predictions, clip)),
 }
 
@@ -203,8 +204,8 @@ def drop_invalid(z: dict) -> bool:
 
 
 def train_config(z: dict, seed: int) -> TrainConfig:
-    wd = method_of(z).weight_decay
-    return TrainConfig(epochs=z["epochs"], batch_size=z["batch_size"], lr=z["lr"],
+    wd, bs = method_of(z).weight_decay, method_of(z).batch_size
+    return TrainConfig(epochs=z["epochs"], batch_size=z["batch_size"] if bs is None else bs, lr=z["lr"],
                        weight_decay=z["weight_decay"] if wd is None else wd, seed=seed, monitor="ccc", mode="max",
                        early_stop=z["early_stop"], plateau_patience=z["plateau_patience"],
                        plateau_factor=z["plateau_factor"], min_lr=z["min_lr"])

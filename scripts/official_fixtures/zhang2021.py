@@ -146,7 +146,7 @@ def stub_backbone(official):
 
 
 def multimodal(official) -> dict:
-    """my_2d1ddy as the code fixes its sizes (model.py:290-307: encoder1 reads embedding_dim // 4 =
+    """my_2d1ddy as the code fixes its sizes (model.py:176-193: encoder1 reads embedding_dim // 4 =
     128 visual channels, the regressor 224 = 128 + 96 inputs, the audio TCNs 32 x 4): a 512-d frame
     embedding, a visual TCN of one 128-channel block (kernel 3), VGGish 128-d, MFCC 39-d; weights
     from generated_weights(seed 11)."""
@@ -176,7 +176,7 @@ def multimodal(official) -> dict:
     out = {"frames": frames.numpy(), "vggish": vggish.numpy(), "mfcc": mfcc.numpy(), "seed": np.array(11), **shapes}
     with torch.no_grad():
         net.eval()
-        out["y_eval"] = net(frames, vggish, mfcc).numpy()   # the trainer's call order, base/trainer.py:553
+        out["y_eval"] = net(frames, vggish, mfcc).numpy()   # the trainer's call order, base/trainer.py:321
         out.update({f"eval/{k}": v for k, v in seen.items()})
         net.train()
         out.update(fix_dropout(net, b, seed=3))
@@ -206,7 +206,7 @@ def unimodal(official) -> dict:
 
 def window_loss(official) -> dict:
     """experiment_regular.CCCLoss on (B, T, 1) windows, called as the trainer calls it:
-    criterion(outputs, labels, weights) (base/trainer.py:560), and with the arguments in order."""
+    criterion(outputs, labels, weights) (base/trainer.py:328), and with the arguments in order."""
     from experiment_regular import CCCLoss
     g = torch.Generator().manual_seed(5)
     labels = torch.rand(4, 30, 1, generator=g) * 2 - 1

@@ -237,7 +237,7 @@ def test_scalar_normalisation_per_partition_matches_calculate_mean_and_std():
         norm = ScalarNormalizer(trials_of(z, part, split), ("mfcc", "vggish"))
         for m in ("mfcc", "vggish"):
             mean, std = z[f"stats/{m}/{part}"]
-            # the released script sums float32 arrays (calculate_mean_and_std.py:204), here float64
+            # the released script sums float32 arrays (calculate_mean_and_std.py:32), here float64
             assert norm.mean[m] == pytest.approx(mean, rel=1e-6) and norm.std[m] == pytest.approx(std, rel=1e-6)
 
 
