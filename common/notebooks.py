@@ -7,6 +7,15 @@ notebook's own parameters cell (papermill itself would accept a misspelt name si
 executed copy goes to `reports/<paper>/<notebook>.ipynb`; the notebook itself writes the plain
 metrics JSON (`reports/<paper>/<notebook>.json`) that downstream stages depend on, because
 papermill stamps times into every executed notebook and its hash changes on each run.
+
+The kernel draws figures with matplotlib's inline backend, so the executed copy (and the report's
+HTML of it) carries every figure as an image output. It is started by `RunnerKernelManager`, which
+keeps the `dvc repro` log free of two kernel messages that say nothing about the notebook: the
+TCP-without-encryption warning (the kernel runs on this machine: it listens on IPC sockets in the
+Jupyter runtime folder instead), and "KeyboardInterrupt caught in kernel": jupyter_client's
+shutdown interrupts the kernel (SIGINT to its process group) before asking it to exit, and a
+kernel not yet back at rest reports that as an error. nbclient shuts the kernel down only after
+the last cell, or after a cell failed, so there is nothing to interrupt.
 """
 from __future__ import annotations
 
@@ -19,6 +28,23 @@ from pathlib import Path
 from common.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
+INLINE = "module://matplotlib_inline.backend_inline"     # ipykernel's own default, unless MPLBACKEND says otherwise
+
+
+def runner_kernel_manager():
+    """The kernel manager class the runner gives papermill (see the module docstring)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class RunnerKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
+
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down:      # jupyter_client.manager._async_shutdown_kernel interrupts first
+                return
+            await super()._async_interrupt_kernel()
+
+    return RunnerKernelManager
 
 
 class NotebookError(RuntimeError):
@@ -79,14 +105,16 @@ def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
                             f"its parameters cell declares {', '.join(sorted(declared))}")
     final = out_dir / f"{notebook}.ipynb"
     started = time.perf_counter()
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
+    os.environ["MPLBACKEND"] = INLINE               # figures as image outputs, even if the caller set Agg
     if threads:
         os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))   # the kernel inherits them
     try:
         with atomic_path(final, ".ipynb") as tmp:
             papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
                                        cwd=str(ROOT), progress_bar=False, execution_timeout=timeout,
-                                       request_save_on_cell_execute=False)
+                                       request_save_on_cell_execute=False,
+                                       kernel_manager_class=runner_kernel_manager())
     finally:
         for k, v in saved.items():
             if v is None:

@@ -1,0 +1,35 @@
+"""The papermill runner (common/notebooks.py) as a student and the `make reproduce` log see it: the
+executed copy carries the figures as image outputs, even when the caller chose a non-interactive
+backend, and the kernel adds nothing to the log but what the notebook prints."""
+import os
+
+import nbformat
+
+from common import notebooks
+
+
+def _toy_paper(tmp_path, monkeypatch, *cells):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('out_dir = ""', metadata={"tags": ["parameters"]}),
+                *(nbformat.v4.new_code_cell(c) for c in cells)]
+    paper = tmp_path / "papers" / "toy"
+    paper.mkdir(parents=True)
+    nbformat.write(nb, paper / "probe.ipynb")
+    monkeypatch.setattr(notebooks, "ROOT", tmp_path)
+
+
+def test_figures_are_image_outputs_and_the_kernel_is_quiet(tmp_path, monkeypatch, capfd):
+    _toy_paper(tmp_path, monkeypatch,
+               "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(); ax.plot([0, 1, 0]); plt.show()",
+               "fig, ax = plt.subplots(); ax.bar([1, 2], [3, 4])       # shown at the end of the cell, no plt.show()",
+               "print('hello from the notebook')")
+    monkeypatch.setenv("MPLBACKEND", "Agg")          # as a script or a test session may have set it
+    executed = notebooks.run_notebook("toy", "probe", reports_dir=tmp_path / "reports")
+    cells = nbformat.read(executed, 4).cells
+    images = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in cells if "fig, ax" in c.source]
+    assert images == [1, 1], [c.outputs for c in cells]
+    assert os.environ["MPLBACKEND"] == "Agg"          # the caller's environment is restored
+    log = "".join(capfd.readouterr())
+    assert "without encryption" not in log and "KeyboardInterrupt" not in log, log
+    assert not list(tmp_path.glob("kernel-ipc*")) and not list((tmp_path / "reports" / "toy").glob("kernel-*"))
