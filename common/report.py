@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from common import report_charts
+from common.data.affwild2 import test_labels_released
 from common.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,8 @@ CLAIM_KINDS = {
                             "These check this repository's configuration. They are not results."),
 }
 UNCLASSIFIED = "unclassified"
+# papers/<paper>/claims.csv: delta is the smallest effect of interest, declared from the paper's own numbers.
+CLAIMS_HEADER = ["id", "kind", "parameter", "note", "delta", "delta_reason"]
 
 
 # ---- claims ------------------------------------------------------------------------------------
@@ -168,8 +171,10 @@ def notebook_summary(paper: str, notebook: str, title: str, params, started: flo
     the profile and data source of `params`, the seconds since `started` (time.perf_counter()), then
     `fields` in the order given (results, claims, leaderboard, differences, anything else)."""
     import time
+    # The real release keeps its test labels back: the report then shows the test rows as not released.
+    released = {} if params["data"]["source"] != "real" else {"test_labels": test_labels_released(params["data"]["root"])}
     return {"paper": paper, "notebook": notebook, "title": title, "profile": params["profile"],
-            "data": params["data"]["source"], "seconds": round(time.perf_counter() - started, 1), **fields}
+            "data": params["data"]["source"], **released, "seconds": round(time.perf_counter() - started, 1), **fields}
 
 
 def write_notebook_summary(out_dir: str | Path, paper: str, notebook: str, title: str, params, started: float,
@@ -292,7 +297,7 @@ def read_claim_kinds(paper_dir: Path) -> list[dict]:
     parameter that builds it in (for kind "built into the data"), and a note."""
     path = paper_dir / "claims.csv"
     rows = []
-    for line, row in read_csv_rows(path, ["id", "kind", "parameter", "note"]):
+    for line, row in read_csv_rows(path, CLAIMS_HEADER):
         if row["kind"] not in CLAIM_KINDS:
             raise ValueError(f"{path}:{line}: kind {row['kind']!r}; known: {sorted(CLAIM_KINDS)}")
         if row["kind"] == "built into the data" and not row["parameter"].strip():
@@ -402,8 +407,22 @@ def banner(data_source: str) -> str:
             "its effect across runs.</p>")
 
 
+NOT_RELEASED = "test labels not released"
+
+
+NOT_RELEASED_NOTE = (f"<p class=banner>This corpus has no test labels (the real release keeps them back): "
+                     f"every test-set number reads <i>{NOT_RELEASED}</i>, and the test split is empty.</p>")
+
+
+def test_labels_missing(results: list[dict]) -> bool:
+    """Whether some notebook ran on a corpus without test labels (the real release)."""
+    return any(r.get("test_labels") is False for r in results)
+
+
 def results_table(published: list[dict], results: list[dict]) -> str:
-    """Published beside reproduced for every published number, plus reproduced-only rows."""
+    """Published beside reproduced for every published number, plus reproduced-only rows. On a
+    corpus without test labels a test-split row says so instead of a number."""
+    hidden = test_labels_missing(results)
     reproduced = {(r.get("table"), r.get("row"), r.get("column")): r for res in results for r in res.get("results", [])}
     tables = sorted({p["table"] for p in published} | {k[0] for k in reproduced if k[0]}, key=str)
     parts = []
@@ -415,16 +434,24 @@ def results_table(published: list[dict], results: list[dict]) -> str:
         pub = {(p["table"], p["row"], p["column"]): p for p in published}
         for key in keys:
             p, r = pub.get(key), reproduced.get(key)
+            if hidden and (p or r or {}).get("split") == "test":
+                r = {"split": "test", "value": None, "not_released": True}
             value = r.get("value") if r else None
             ci = (f"[{fmt(r.get('low'))}, {fmt(r.get('high'))}]" if r and r.get("low") is not None
                   else f"± {fmt(r.get('spread'))} (n={r.get('n')})" if r and r.get("spread") is not None else "")
             delta = fmt(value - p["value"]) if p and value is not None else ""
             rows.append(f"<tr><td>{html.escape(key[1])}</td><td>{html.escape(key[2])}</td>"
                         f"<td>{html.escape((p or r or {}).get('split', ''))}</td>"
-                        f"<td class=num>{fmt(p['value']) if p else ''}</td><td class=num>{fmt(value) if r else '<span class=muted>not run</span>'}</td>"
+                        f"<td class=num>{fmt(p['value']) if p else ''}</td><td class=num>{reproduced_cell(r)}</td>"
                         f"<td class=num>{ci}</td><td class=num>{delta}</td></tr>")
         parts.append(f"<h3>Table {html.escape(str(table))}</h3><table>{''.join(rows)}</table>")
     return "\n".join(parts)
+
+
+def reproduced_cell(r: dict | None) -> str:
+    if r is None:
+        return "<span class=muted>not run</span>"
+    return f"<span class=muted>{NOT_RELEASED}</span>" if r.get("not_released") else fmt(r.get("value"))
 
 
 def claims_table(results: list[dict]) -> str:
@@ -528,10 +555,21 @@ def external_references(text: str) -> list[str]:
 
 # ---- pages -------------------------------------------------------------------------------------
 
+def remove_stale_pages(out_dir: Path, results: list[dict]) -> list[Path]:
+    """Delete each notebook page (<notebook>.html) of out_dir whose results JSON is gone (a failed
+    or removed stage), so no page outlives the results it shows; the paper's index.html is rebuilt."""
+    live = {r["notebook"] for r in results}
+    stale = [p for p in sorted(out_dir.glob("*.html")) if p.name != "index.html" and p.stem not in live]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def paper_report(paper: str, reports: Path) -> dict:
     paper_dir, out_dir = ROOT / "papers" / paper, reports / paper
     published = read_published(paper_dir)
     results = read_results(out_dir) if out_dir.exists() else []
+    remove_stale_pages(out_dir, results)
     source = next((r.get("data") for r in results if r.get("data")), "synthetic")
     kinds = read_claim_kinds(paper_dir)
     results = [{**r, "claims": classify_claims(r.get("claims", []), kinds)} for r in results]
@@ -545,7 +583,7 @@ def paper_report(paper: str, reports: Path) -> dict:
             notebooks.append(f"<li><a href=\"{res['notebook']}.html\">{html.escape(res.get('title', res['notebook']))}</a>"
                              f" <span class=muted>({fmt(res.get('seconds'), 1)} s, profile {html.escape(str(res.get('profile', '?')))})</span></li>")
     body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
-            banner(source), "<h2>Claims</h2>", counts_sentence(counts) if claims else "",
+            banner(source), NOT_RELEASED_NOTE if test_labels_missing(results) else "", "<h2>Claims</h2>", counts_sentence(counts) if claims else "",
             report_charts.claims_chart(claims), claims_table(results),
             "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
     diff = differences_table(results)

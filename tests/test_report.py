@@ -65,6 +65,29 @@ def test_notebook_html_is_offline_and_renders_math(tmp_path):
     assert report.external_references('<script src="https://cdn.x/y.js"></script>') == ["https://cdn.x/y.js"]
 
 
+def test_test_rows_say_test_labels_not_released_on_the_real_release():
+    published = [{"table": "1", "row": "MM", "column": "test", "value": 0.6, "split": "test", "note": ""},
+                 {"table": "1", "row": "MM", "column": "validation", "value": 0.5, "split": "validation", "note": ""}]
+    row = lambda split, value: {"table": "1", "row": "MM", "column": split, "value": value, "split": split}
+    results = [{"paper": "x", "data": "real", "results": [row("test", float("nan")), row("validation", 0.45)]}]
+    assert "not released" not in report.results_table(published, results)     # a corpus with test labels
+    results[0]["test_labels"] = False
+    html_text = report.results_table(published, results)
+    assert html_text.count(report.NOT_RELEASED) == 1 and "0.450" in html_text and "not run" not in html_text
+
+
+def test_a_page_whose_results_are_gone_is_removed(tmp_path):
+    """A failed or removed stage leaves no page behind: table2.html without table2.json goes."""
+    out = tmp_path / "reports" / "zhang2021"
+    out.mkdir(parents=True)
+    (out / "table1.json").write_text(json.dumps({"paper": "zhang2021", "title": "Table 1", "seconds": 1.0}))
+    for name in ("table1.html", "table2.html"):
+        (out / name).write_text("<html>old</html>")
+    report.build(tmp_path / "reports")
+    assert (out / "table1.html").exists() and not (out / "table2.html").exists()
+    assert "table2" not in (out / "index.html").read_text()
+
+
 def test_build_writes_an_index_with_leaderboard_and_timings(tmp_path, monkeypatch):
     reports = tmp_path / "reports"
     (reports / "zhang2021").mkdir(parents=True)
@@ -137,10 +160,10 @@ def test_the_named_generator_parameters_exist():
 
 
 def test_claims_csv_errors_name_the_line(tmp_path):
-    (tmp_path / "claims.csv").write_text("id,kind,parameter,note\na,finding,,\nb,obvious,,\n")
+    (tmp_path / "claims.csv").write_text("id,kind,parameter,note,delta,delta_reason\na,finding,,,,\nb,obvious,,,,\n")
     with pytest.raises(ValueError, match=r"claims\.csv:3: kind 'obvious'"):
         report.read_claim_kinds(tmp_path)
-    (tmp_path / "claims.csv").write_text("id,kind,parameter,note\na,built into the data,,\n")
+    (tmp_path / "claims.csv").write_text("id,kind,parameter,note,delta,delta_reason\na,built into the data,,,,\n")
     with pytest.raises(ValueError, match=r"claims\.csv:2: a claim built into the data must name the generator parameter"):
         report.read_claim_kinds(tmp_path)
 
