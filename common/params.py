@@ -5,7 +5,10 @@ it, `params/<profile>.yaml` (params/smoke.yaml, params/paper.yaml), that holds o
 profile changes, in the base's order; `load_params` lays it over the base. Every key a profile
 file or a command-line override names must already exist in the base with a value of the same
 kind, so a typo stops the run with the file and the key's full path instead of being silently
-ignored. params.yaml's own `profile:` key picks the profile (`dvc exp run -S profile=smoke`); a
+ignored. The base itself is checked against common/params_schema.yaml, the declared key list
+and types (a typo in the base has nothing else to be checked against), and every value, wherever
+it is set, against the ranges of RANGES below (batch_size >= 1, fractions in [0, 1], lr > 0, ...).
+params.yaml's own `profile:` key picks the profile (`dvc exp run -S profile=smoke`); a
 command's `--profile` overrides it.
 
 `python -m common.params` (the first DVC stage, which tracks params.yaml and depends on the
@@ -18,6 +21,10 @@ name fixed keys of params.yaml, which would miss the overrides.
 from __future__ import annotations
 
 import argparse
+import difflib
+import fnmatch
+import functools
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from common.files import atomic_write_text
 
 PROFILES = ("smoke", "default", "paper")
 PROFILE_DIR = "params"          # params/<profile>.yaml beside params.yaml; `default` is the base itself
+SCHEMA = Path(__file__).with_name("params_schema.yaml")   # the base's declared keys and types
 
 
 class ParamsError(ValueError):
@@ -150,7 +158,7 @@ def _typed(base: Any, new: Any, where: str, full: str) -> Any:
     if not ok:
         raise ParamsError(
             f"{where}: '{full}' = {new!r} has the wrong type; the base value is "
-            f"{base!r} ({type(base).__name__})."
+            f"{base!r} ({type(base).__name__}).{_number_hint(new)}"
         )
     if isinstance(base, list):
         template = base[0] if base else None
@@ -158,6 +166,133 @@ def _typed(base: Any, new: Any, where: str, full: str) -> Any:
             return [_typed(template, item, where, f"{full}[{i}]") for i, item in enumerate(new)]
         return thaw(new)
     return new
+
+
+# ------------------------------------------------------------------ the base's schema and the ranges
+
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _number_hint(value: Any) -> str:
+    """The fix for a number that YAML read as text. PyYAML reads YAML 1.1, where a float needs a dot
+    and a signed exponent: `1e-3` and `1.0e3` are strings, `1.0e-3` and `0.001` are numbers. DVC
+    reads params.yaml as YAML 1.2 (a float there), so the text is refused rather than converted:
+    both then read the same value."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    as_yaml = yaml.safe_dump(number).splitlines()[0]            # PyYAML writes floats it reads back
+    return (f" YAML 1.1 (PyYAML) reads {value} as text, not a number: write it with a dot and a signed "
+            f"exponent, as {as_yaml}.")
+
+
+def declared(value: Any) -> str:
+    """The schema's notation for `value`'s type (what to declare for a new key)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {declared(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return f"[{declared(value[0]) if value else 'int'}]"
+    return next((name for name, kind in TYPES.items() if type(value) is kind), type(value).__name__)
+
+
+def check_declared(value: Any, spec: Any, where: str, full: str = "") -> Any:
+    """`value` (the base sections, or part of them) checked against the declared `spec` of
+    params_schema.yaml: every declared key present, no other key, each leaf of its declared type
+    (an int where a float is declared becomes that float). Returns the checked copy."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: '{full}' must be a mapping (declared in {SCHEMA}), got {value!r}.")
+        for key in value:
+            if key not in spec:
+                path = f"{full}.{key}" if full else str(key)
+                close = difflib.get_close_matches(str(key), map(str, spec), n=1)
+                raise ParamsError(
+                    f"{where}: unknown key '{path}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                    + f". Known keys here: {', '.join(map(str, spec))}. Fix the spelling, or declare a new key "
+                    f"in {SCHEMA} under the same path ({key}: {declared(value[key])}).")
+        missing = [key for key in spec if key not in value]
+        if missing:
+            paths = ", ".join(f"'{full}.{key}'" if full else f"'{key}'" for key in missing)
+            raise ParamsError(f"{where}: {paths} missing (declared in {SCHEMA}); add it, or fix its spelling.")
+        return {key: check_declared(value[key], spec[key], where, f"{full}.{key}" if full else key) for key in value}
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: '{full}' = {value!r} must be a list of {spec[0]} (declared in {SCHEMA}).")
+        return [check_declared(item, spec[0], where, f"{full}[{i}]") for i, item in enumerate(value)]
+    kind = TYPES[spec]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ParamsError(f"{where}: '{full}' = {value!r} has the wrong type; {SCHEMA.name} declares "
+                          f"{spec}.{_number_hint(value)}")
+    return value
+
+
+class Range:
+    """A numeric range, `low`/`high` None for unbounded, each end included unless `open_*`."""
+
+    def __init__(self, low=None, high=None, open_low=False, open_high=False, items=False):
+        self.low, self.high, self.open_low, self.open_high, self.items = low, high, open_low, open_high, items
+
+    def ok(self, x) -> bool:
+        return (math.isfinite(x) and (self.low is None or (x > self.low if self.open_low else x >= self.low))
+                and (self.high is None or (x < self.high if self.open_high else x <= self.high)))
+
+    def __str__(self):
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low}"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+
+
+NON_EMPTY = "a non-empty list"
+
+# Ranges by key pattern (fnmatch over the dotted path, e.g. `vu2021.cnn.batch_size`), so a new knob
+# with one of these names gets its rule. A list value is checked item by item. A value outside its
+# range would train with something else than asked (batch_size 0 became 1), give an empty table
+# (seeds: []) or fail far from the cause (epochs: -1, a bare StopIteration).
+RANGES = [
+    ("*batch_size", Range(1)), ("*.extract_batch", Range(1)), ("*.eval_batch", Range(1)),
+    ("*.epochs", Range(1)), ("*.seeds", NON_EMPTY), ("*.folds", Range(1)),
+    ("*.lr", Range(0, open_low=True)), ("*.min_lr", Range(0)), ("*weight_decay", Range(0)),
+    ("*.early_stop", Range(0)), ("*.plateau_patience", Range(0)), ("*.step_lr_epochs", Range(0)),
+    ("*.num_workers", Range(0)), ("*.steps_per_epoch", Range(0)),
+    ("*.plateau_factor", Range(0, 1, open_low=True, open_high=True)), ("*.step_lr_gamma", Range(0, 1, open_low=True)),
+    ("*.temperature", Range(0, open_low=True)), ("*.betas", Range(0, 1, open_high=True)),
+    # probabilities and shares of something
+    ("*_fraction", Range(0, 1)), ("*_fractions", Range(0, 1)), ("corpus.coverage.*", Range(0, 1)),
+    ("*dropout", Range(0, 1, open_high=True)), ("*.mask_prob", Range(0, 1)), ("*.mask_ratio", Range(0, 1, open_high=True)),
+    ("*.lam", Range(0, 1)), ("corpus.jpeg_quality", Range(1, 100)),
+]
+
+
+def check_ranges(values: dict, where: str, path: str = "") -> None:
+    """Every value of `values` (a section tree, as set in the file `where`) inside its RANGES rule."""
+    for key, value in values.items():
+        full = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict):
+            check_ranges(value, where, full)
+            continue
+        for pattern, rule in RANGES:
+            if not fnmatch.fnmatchcase(full, pattern):
+                continue
+            if rule is NON_EMPTY:
+                if not value:
+                    raise ParamsError(f"{where}: '{full}' = {value!r} must be {NON_EMPTY}.")
+                continue
+            numbers = value if isinstance(value, list) else [value]
+            bad = [x for x in numbers if isinstance(x, (int, float)) and not isinstance(x, bool) and not rule.ok(x)]
+            if bad:
+                raise ParamsError(f"{where}: '{full}' = {value!r} is out of range: {'each item ' if isinstance(value, list) else ''}"
+                                  f"must be {rule}.")
+
+
+@functools.lru_cache(maxsize=1)
+def read_schema() -> dict:
+    """params_schema.yaml, read once per process (it is code, not a setting)."""
+    return _read_mapping(SCHEMA, "declared sections")
 
 
 def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dict:
@@ -169,7 +304,7 @@ def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dic
             known = ", ".join(sorted(map(str, base))) or "(none)"
             raise ParamsError(
                 f"{where}: unknown key '{full}'. Known keys here: {known}. "
-                "Fix the spelling or add the key to the base section first."
+                f"Fix the spelling, or add the key to the base section (and declare it in {SCHEMA.name}) first."
             )
         merged[key] = _typed(base[key], value, where, full)
     return merged
@@ -177,7 +312,9 @@ def merge_checked(base: dict, override: dict, where: str, path: str = "") -> dic
 
 def override(params: dict, overrides: dict, where: str = "overrides") -> Params:
     """`params` with `overrides` (same nesting) laid over it, checked as a profile file is."""
-    return freeze(merge_checked(params, overrides, where))
+    merged = merge_checked(params, overrides, where)
+    check_ranges(overrides, where)
+    return freeze(merged)
 
 
 def _shadowed_keys(section: dict, path: str = "") -> list[str]:
@@ -230,15 +367,19 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None,
     if shadowed:
         raise ParamsError(f"{path}: key(s) {', '.join(shadowed)} have the name of a dict method, so "
                           "params.<section>.<key> could not read them; rename them.")
-    params = raw
+    params = raw = check_declared(raw, read_schema(), str(path))
+    check_ranges(raw, str(path))
     overriding = profile_file(path, chosen)
     if overriding is not None:
         if not overriding.is_file():
             raise ParamsError(f"{overriding}: not found; the {chosen} profile's overrides of {path} live there "
                               f"(an empty file = the base unchanged).")
-        params = merge_checked(raw, _read_mapping(overriding, "sections"), str(overriding))
+        changes = _read_mapping(overriding, "sections")
+        params = merge_checked(raw, changes, str(overriding))
+        check_ranges(changes, str(overriding))
     if overrides:
         params = merge_checked(params, overrides, f"{path} (overrides)")
+        check_ranges(overrides, f"{path} (overrides)")
     return Params({"profile": chosen, **params})
 
 

@@ -319,6 +319,20 @@ def restore(ckpt_path: Path, model, optimizer, scheduler, identity: str = "") ->
     return TrainState(**json.loads(ckpt["state"])), ckpt["best_weights"]
 
 
+def process_batch(cfg: TrainConfig, world: int) -> int:
+    """Each process's batch, batch_size / world, so that DDP optimises as one process would.
+
+    No silent clamping: a batch_size under 1, under the world size or not a multiple of it, and
+    epochs under 1, are refused with the fix (max(1, 0 // world) used to train batch_size 0 with
+    batch 1, and epochs -1 ended in a bare StopIteration)."""
+    if cfg.epochs < 1:
+        raise ValueError(f"TrainConfig.epochs = {cfg.epochs}: at least 1 epoch is needed; set the params' epochs >= 1.")
+    if cfg.batch_size < 1 or cfg.batch_size % world:
+        raise ValueError(f"TrainConfig.batch_size = {cfg.batch_size} cannot be split over {world} process(es): "
+                         f"set the params' batch_size to a positive multiple of {world}.")
+    return cfg.batch_size // world
+
+
 def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate: Callable,
         cfg: TrainConfig, out_dir: str | Path, collate_fn=None, params: list | None = None,
         on_epoch_end: list[Callable] = (), progress: bool = True, key: dict | None = None) -> dict:
@@ -361,7 +375,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
         if resumed is not None:                          # resume after a kill
             state, best_weights = resumed
 
-        per_process_batch = max(1, cfg.batch_size // world)
+        per_process_batch = process_batch(cfg, world)
         while state.epoch < cfg.epochs and not state.stop:
             epoch = state.epoch
             # The batch order depends only on (seed, epoch): resuming replays the same epochs.

@@ -21,7 +21,8 @@ def smoke():
 def test_sections_read_as_attributes_and_as_keys(smoke):
     z = smoke.zhang2021
     assert z.epochs == z["epochs"] == 2 and z.tcn.visual == [16, 16] and smoke.profile == "smoke"
-    assert "epochs" in z and z.get("nope", 3) == 3 and list(z)[:2] == ["dims", "workers"]
+    base_order = list(yaml.safe_load((ROOT / "params.yaml").read_text())["zhang2021"])
+    assert "epochs" in z and z.get("nope", 3) == 3 and list(z) == base_order
     assert isinstance(z, dict) and isinstance(z.tcn, Params) and isinstance(z.seeds, FrozenList)
     with pytest.raises(AttributeError, match="no parameter 'epoch'.*epochs"):
         z.epoch
@@ -111,3 +112,94 @@ def test_resolved_files_are_sorted_even_after_oyaml(smoke, tmp_path):
     assert before == after
     plain = thaw(smoke)
     assert yaml.dump(smoke) == yaml.dump(plain) and yaml.safe_dump(smoke) == yaml.safe_dump(plain)
+
+
+# ---------------------------------------------------------------- the base's schema and the ranges
+
+def _edited(tmp_path, key: str, value=None, file: str = "params.yaml", rename: str = "", raw: str = "") -> Path:
+    """A copy of params.yaml and params/ where `file` has `key` (dotted) set to `value`, renamed to
+    `rename`, deleted (value None), or written as the `raw` YAML text (e.g. 1e-3, which YAML 1.1 reads
+    as a string). Returns the copied params.yaml."""
+    path = _copy_tree(tmp_path)
+    target = tmp_path / file
+    data = yaml.safe_load(target.read_text())
+    *parents, last = key.split(".")
+    node = data
+    for name in parents:
+        node = node.setdefault(name, {})
+    items = list(node.items()) + ([] if last in node else [(last, None)])
+    node.clear()
+    for k, v in items:
+        if k != last:
+            node[k] = v
+        elif rename:
+            node[rename] = v
+        elif raw or value is not None:
+            node[k] = "@raw@" if raw else value
+    target.write_text(yaml.safe_dump(data, sort_keys=False).replace("'@raw@'", raw))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(key="data.source", rename="sorce"), r"unknown key 'data\.sorce' \(did you mean 'source'\?\)"),
+    (dict(key="zhang2021.d_q", value=32), r"unknown key 'zhang2021\.d_q'.*params_schema\.yaml.*\(d_q: int\)"),
+    (dict(key="zhang2021.epochs", value="six"), r"'zhang2021\.epochs' = 'six' has the wrong type.*declares int"),
+    (dict(key="zhang2021.lr", raw="1e-3"), r"'zhang2021\.lr' = '1e-3' has the wrong type.*YAML 1\.1.*as 0\.001"),
+    (dict(key="zhang2021.min_lr", raw="1e-6"), r"'zhang2021\.min_lr' = '1e-6'.*as 1\.0e-06"),
+    (dict(key="zhang2021.seeds", value=[]), r"'zhang2021\.seeds' = \[\] must be a non-empty list"),
+    (dict(key="zhang2021.batch_size", value=0), r"'zhang2021\.batch_size' = 0 is out of range: must be >= 1"),
+    (dict(key="zhang2021.epochs", value=-1), r"'zhang2021\.epochs' = -1 is out of range: must be >= 1"),
+    (dict(key="corpus.no_face_fraction", value=1.5), r"'corpus\.no_face_fraction' = 1\.5 is out of range: must be in \[0, 1\]"),
+    (dict(key="corpus.split_fractions", value=[0.6, -0.2, 0.2]), r"'corpus\.split_fractions'.*each item must be in \[0, 1\]"),
+    (dict(key="zhang2021.lr", value=0.0), r"'zhang2021\.lr' = 0\.0 is out of range: must be > 0"),
+    (dict(key="data.source"), r"'data\.source' missing \(declared in .*params_schema\.yaml\)"),
+    (dict(key="zhang2021.tcn", rename="tcm"), r"unknown key 'zhang2021\.tcm' \(did you mean 'tcn'\?\)"),
+])
+def test_the_base_is_checked_against_its_schema_and_ranges(tmp_path, edit, message):
+    """Before the schema a typo in the base (`data.sorce`) loaded and failed as KeyError: 'source'
+    inside a notebook, and batch_size 0, seeds [] or epochs -1 loaded and ran."""
+    path = _edited(tmp_path, **edit)
+    with pytest.raises(ParamsError, match=message) as err:
+        load_params(path, "smoke")
+    assert str(err.value).startswith(f"{path}:")               # the base is named, not params/smoke.yaml
+
+
+def test_a_typo_in_the_base_is_not_blamed_on_the_profile(tmp_path):
+    """smoke.yaml overrides zhang2021.epochs: a base that misspells it used to be reported as an
+    unknown key of params/smoke.yaml."""
+    path = _edited(tmp_path, "zhang2021.epochs", rename="epoch")
+    with pytest.raises(ParamsError, match=r"unknown key 'zhang2021\.epoch' \(did you mean 'epochs'\?\)") as err:
+        load_params(path, "smoke")
+    assert str(err.value).startswith(f"{path}:") and "smoke.yaml" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(key="zhang2021.epochs", value=-1), r"'zhang2021\.epochs' = -1 is out of range: must be >= 1"),
+    (dict(key="zhang2021.seeds", value=[]), r"'zhang2021\.seeds' = \[\] must be a non-empty list"),
+    (dict(key="fer.batch_size", value=0), r"'fer\.batch_size' = 0 is out of range"),
+    (dict(key="liu2023.lr", raw="1e-3"), r"'liu2023\.lr' = '1e-3' has the wrong type.*YAML 1\.1.*as 0\.001"),
+])
+def test_profile_values_get_the_same_ranges_named_with_their_file(tmp_path, edit, message):
+    path = _edited(tmp_path, file="params/smoke.yaml", **edit)
+    with pytest.raises(ParamsError, match=message) as err:
+        load_params(path, "smoke")
+    assert str(err.value).startswith(str(tmp_path / "params" / "smoke.yaml") + ":")
+
+
+def test_overrides_get_the_ranges_too(smoke):
+    for bad, message in [({"zhang2021": {"batch_size": 0}}, r"overrides: 'zhang2021\.batch_size' = 0"),
+                         ({"vu2021": {"seeds": []}}, r"'vu2021\.seeds' = \[\] must be a non-empty list"),
+                         ({"vu2021": {"cnn": {"dropout": 1.0}}}, r"'vu2021\.cnn\.dropout' = 1\.0.*in \[0, 1\)")]:
+        with pytest.raises(ParamsError, match=message):
+            override(smoke, bad)
+    with pytest.raises(ParamsError, match=r"\(overrides\): 'zhang2021\.epochs' = 0"):
+        load_params(ROOT / "params.yaml", "smoke", overrides={"zhang2021": {"epochs": 0}})
+
+
+def test_the_schema_declares_the_base_and_every_profile_fits_the_ranges():
+    from common.params import read_schema
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw.pop("profile")
+    assert list(read_schema()) == list(raw)                          # every section, in the base's order
+    for profile in ("default", "smoke", "paper"):
+        load_params(ROOT / "params.yaml", profile)                   # raises on any key, type or range

@@ -137,7 +137,10 @@ def test_resume_restores_every_rng_a_step_draws_from(tmp_path):
 
 def test_runtime_switches_come_from_the_train_section(tmp_path):
     from common.train import with_runtime_settings
-    (tmp_path / "params.yaml").write_text("train: {compile: true, deterministic: true, channels_last: false}\n")
+    import yaml
+    raw = yaml.safe_load((HERE.parent / "params.yaml").read_text())     # a whole base: every key is checked
+    raw.update(profile="default", train={"compile": True, "deterministic": True, "channels_last": False})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     cfg = with_runtime_settings(TrainConfig(deterministic=False), tmp_path / "params.yaml")
     assert (cfg.compile, cfg.deterministic, cfg.channels_last) == (True, False, False)   # explicit wins
     cfg = with_runtime_settings(TrainConfig(), tmp_path / "absent.yaml")
