@@ -183,6 +183,24 @@ def test_temporal_model_learns_a_toy_signal(tmp_path):
     assert tvm["tvm_models"] == 2 and "validation" not in tvm
 
 
+def test_epoch_keeper_takes_each_task_from_its_best_epoch():
+    """One evaluation per epoch (ledger: mid_epoch_validation); valence and arousal from their own best
+    epochs; a tie keeps the earlier epoch under method: paper and moves to the later one under method:
+    released (the code's >=, ledger: checkpoint_per_task)."""
+    import types
+    scores = [{"valence": 0.3, "arousal": 0.6}, {"valence": 0.5, "arousal": 0.4}, {"valence": 0.5, "arousal": 0.6}]
+    model = torch.nn.Linear(1, 1)
+    for later_ties, expect in ((False, {"valence": 2, "arousal": 1}), (True, {"valence": 3, "arousal": 3})):
+        keeper = ex.EpochKeeper(["val"], [], lambda net, part: {}, (0, 0), later_ties=later_ties)
+        calls = 0
+        for epoch, row in enumerate(scores, 1):
+            keeper.evaluate = lambda net, row=row: row
+            calls += 1
+            keeper(model, types.SimpleNamespace(history=[keeper.evaluate(model)], epoch=epoch))
+        assert {t: keeper.best[t][1] for t in ("valence", "arousal")} == expect
+        assert calls == len(scores)
+
+
 def test_ensemble_average_and_selection():
     a, b = {"v": np.array([[0.0, 1.0], [1.0, 0.0]])}, {"v": np.array([[1.0, 0.0], [0.0, 0.0]])}
     assert np.allclose(ex.average([a, b])["v"], [[0.5, 0.5], [0.5, 0.0]])

@@ -35,7 +35,7 @@ from common.files import atomic_write_json
 from common.parallel import RESULT, finished_runs
 from common.runs import config_key
 from common.train import TrainConfig, fit
-from common import report
+from common import ledger, report
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.weights import recorded_provenance
 from papers.liu2023.data import NORMALISERS, ChunkDataset, TASKS, load_clips, predict
@@ -191,7 +191,7 @@ def train_run(params: dict, clips, cfg: dict, plan: str, seed: int, out_dir, pro
     train_cfg = TrainConfig(epochs=method.epochs, batch_size=method.batch_size, lr=lp["lr"],
                             weight_decay=lp["weight_decay"], seed=seed,
                             monitor="mean" if val else "train_loss", mode="max" if val else "min",
-                            step_lr_epochs=step_lr_epochs, step_lr_gamma=method.step_lr_gamma)
+                            step_lr_epochs=step_lr_epochs, step_lr_gamma=method.step_lr_gamma, amp=method.amp)
     result = fit(model, data, LOSSES[method.name](lp["alpha"], lp["beta"]), keeper.evaluate, train_cfg, out_dir,
                  on_epoch_end=lr_hooks + [keeper], progress=progress)
 
@@ -314,7 +314,7 @@ def network_provenance(params: dict, name: str) -> str:
 def feature_differences(params: dict | None = None) -> list[dict]:
     """One row per bank feature: the paper's extractor, this pipeline's (with, given params, what this
     run's network is and how it scores on held-out data), and why they differ (the "feature" rows of
-    papers/liu2023/differences.yaml)."""
+    papers/liu2023/ledger.yaml)."""
     from common.features import bank
     low_level = ("fbank", "egemaps", "compare")
     rows = []
@@ -322,15 +322,15 @@ def feature_differences(params: dict | None = None) -> list[dict]:
         run = network_provenance(params, r["feature"]) if params else ""
         kind = ("not built" if bank.get(r["feature"]).cache is None else "low level" if r["feature"] in low_level else
                 "published" if run.startswith("this run: published weights") else "pipeline")
-        rows += report.differences("liu2023", "feature", params=params, feature=r["feature"], bank_paper=r["paper"],
+        rows += ledger.differences("liu2023", "feature", params=params, feature=r["feature"], bank_paper=r["paper"],
                                    here=r["here"] + (f". {run}" if run else ""), kind=kind)
     return rows
 
 
 def setting_differences(params: dict, pool, n_clips: int) -> list[dict]:
     """The training settings of this run beside the paper's (Sec. 3.3-3.5, 4.2): the "settings" rows of
-    papers/liu2023/differences.yaml."""
-    return report.differences("liu2023", "settings", params=params, n_configs=len(pool),
+    papers/liu2023/ledger.yaml, every method row among them."""
+    return ledger.differences("liu2023", "settings", params=params, n_configs=len(pool),
                               configurations="; ".join(row_label(c) for c in pool), n_clips=n_clips)
 
 

@@ -45,6 +45,7 @@ class Method:
     segments_per_item: int       # segments per training item: chunk_segments (paper), 1 (released)
     batch_size: int              # items per optimiser step
     later_ties: bool             # a validation CCC equal to the best so far moves the best epoch (released: >=)
+    amp: bool                    # mixed precision on CUDA (fit's default); the code trains in float32
 
     @staticmethod
     def of(lp: dict) -> "Method":
@@ -54,7 +55,7 @@ class Method:
         if name == "paper":
             return Method(name, lp["epochs"], lp["step_lr_epochs"], lp["step_lr_gamma"], normalise=True,
                           pad_in_loss=False, segments_per_item=lp["chunk_segments"], batch_size=lp["batch_size"],
-                          later_ties=False)
+                          later_ties=False, amp=True)
         rel = lp.get("released")
         if not isinstance(rel, dict) or not {"epochs", "step_lr_epochs"} <= set(rel):
             raise ValueError("params.yaml liu2023.released must hold epochs and step_lr_epochs (the code's 25 and "
@@ -62,7 +63,7 @@ class Method:
         # One segment per item as the code's SequenceData; the same frames per step as the paper method.
         return Method(name, rel["epochs"], rel["step_lr_epochs"], lp["step_lr_gamma"], normalise=False,
                       pad_in_loss=True, segments_per_item=1, batch_size=lp["batch_size"] * lp["chunk_segments"],
-                      later_ties=True)
+                      later_ties=True, amp=False)
 
 
 # --------------------------------------------------------------------------- Eq. 10, both ways
