@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import report
+from common import ledger
 from common.features import vggish, visual
 from common.features.extract import open_audio_cache
 from common.parallel import finished_runs
@@ -47,11 +47,11 @@ def network_provenance(params: dict) -> dict:
 
 
 def differences(params: dict, group: str) -> list[dict]:
-    """Where this run differs from the paper, and why (the report's table): the rows of group
-    "table1" (the training set-up) or "table2" (the merge, the test set) of
-    papers/zhang2021/differences.yaml, filled in from params and the networks' records."""
+    """Where this run differs from the paper and from the released code, and why (the report's
+    table): the rows of group "table1" (the training set-up) or "table2" (the merge, the test set)
+    of papers/zhang2021/ledger.yaml, filled in from params and the networks' records."""
     provenance = network_provenance(params)
-    return report.differences("zhang2021", group, params=params, frame_encoder=provenance["frame encoder"],
+    return ledger.differences("zhang2021", group, params=params, frame_encoder=provenance["frame encoder"],
                               vggish=provenance["VGGish"],
                               frame_published=provenance["frame encoder"].startswith("published weights"),
                               vggish_published=provenance["VGGish"].startswith("published weights"),
