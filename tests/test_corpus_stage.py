@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def params_file(tmp_path, source, root):
     text = (ROOT / "params.yaml").read_text()
     data = yaml.safe_load(text)
-    data["data"] = {"source": source, "root": str(root)}
+    data["data"].update(source=source, root=str(root))
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -85,7 +85,11 @@ def test_the_fingerprint_is_rewritten_exactly_when_the_real_corpus_changes(tiny_
     assert corpus.write_fingerprint(params, out)
     assert not corpus.write_fingerprint(params, out)
     face = next((root / "cropped_aligned").rglob("*.jpg"))
-    face.write_bytes(b"x")                                             # a replaced face crop
+    face.with_suffix(".tmp").write_bytes(b"x")
+    face.with_suffix(".tmp").replace(face)                             # a face crop replaced atomically
+    assert corpus.write_fingerprint(params, out)
+    other = next(f for f in (root / "cropped_aligned").rglob("*.jpg") if f.parent != face.parent)
+    other.unlink()                                                     # a face crop removed
     assert corpus.write_fingerprint(params, out)
     wav = next((root / "videos").glob("*.wav"))
     wav.rename(wav.with_suffix(".wav.bak"))                            # an audio file gone

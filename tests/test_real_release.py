@@ -1,0 +1,110 @@
+"""The real-data path end to end: a generated corpus laid out exactly as the real Aff-Wild2 ships
+(`corpus.layout: real_release`: no test labels, no MTL test file, no metadata/, so no latent truth,
+no audio events and no videos.csv; fps from the names; _left/_right tracks; frames without a face),
+read with `data.source: real` through the corpus stage, the shared features, Zhang's Table 1
+notebook and the report, as tests/test_pipeline.py runs the embedded corpus.
+
+What a user of the real corpus must bring, as README "Using the real Aff-Wild2" says: published
+VGGish weights (no audio-event labels to pre-train on: a saved state dict stands in for them here)
+and the still-image sets under side/.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import report
+from common.data import affwild2, corpus, synthetic
+from common.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = {"layout": "real_release", "subjects": 6, "two_person_videos": 1, "seconds": [10, 12],
+          "image_size": 32, "no_face_fraction": 0.1, "side_sets": {"affectnet": 30, "expw": 30, "afew_va": 30},
+          "workers": 2}
+
+
+def _real_params_file(base: Path, release: Path, weights: Path) -> Path:
+    """params.yaml of the repository, smoke profile, `data.source: real` at the release, every
+    output under base, VGGish loaded from `weights`."""
+    text = (ROOT / "params.yaml").read_text()
+    for old, new in (("profile: default", "profile: smoke"), ("source: synthetic", "source: real"),
+                     ("root: data/affwild2", f"root: {release}"), ("root: data/features", f"root: {base}/features"),
+                     ('  weights: ""                # local published VGGish', f'  weights: {weights}  # local published VGGish')):
+        assert text.count(old) >= 1, old
+        text = text.replace(old, new, 1)
+    text = text.replace("model_dir: data/models", f"model_dir: {base}/models")
+    path = base / "params.yaml"
+    path.write_text(text)
+    shutil.copytree(ROOT / "params", base / "params")
+    return path
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    base = tmp_path_factory.mktemp("real_release")
+    params = load_params(ROOT / "params.yaml", "smoke", overrides={"corpus": CORPUS})
+    root = base / "aff-wild2"
+    synthetic.generate(synthetic.CorpusConfig.from_params(params["corpus"]), root, progress=False)
+    return base, root
+
+
+def test_the_release_layout_holds_only_what_the_real_corpus_ships(release):
+    _, root = release
+    assert not (root / "metadata").exists() and not affwild2.test_labels_released(root)
+    ann = root / "annotations"
+    assert not list(ann.rglob("Test_Set")) and not (ann / "MTL_Challenge" / "test.txt").exists()
+    assert (ann / "MTL_Challenge" / "train.txt").is_file()
+    faces = {p.name for p in (root / "cropped_aligned").iterdir()}
+    labelled = {p.stem for p in ann.rglob("*_Set/*.txt")}
+    assert faces - labelled                                 # the test videos' faces ship, their labels do not
+    assert any(v.endswith("_left") for v in faces) and any(v.endswith("_right") for v in faces)
+    tracks = [v for split in ("train", "validation") for v in affwild2.read_split(root, split)]
+    assert all(v.fps == affwild2.parse_fps(v.video) == 30.0 for v in tracks)      # from the name
+    assert any(not v.has_image.all() for v in tracks)       # frames without a face
+
+
+@pytest.fixture(scope="module")
+def real_pipeline(release):
+    """The smoke pipeline on the release with `source: real`: corpus stage, features, Zhang Table 1, report."""
+    from common.features import faces, vggish, visual
+    from common.features.extract import extract_audio
+    from common.notebooks import run_notebook
+    base, root = release
+    smoke = load_params(ROOT / "params.yaml", "smoke")
+    torch.manual_seed(0)
+    weights = base / "vggish_published.pt"              # stands in for the published VGGish weights
+    torch.save(vggish.vg.build_vggish(smoke["vggish"]).state_dict(), weights)
+    path = _real_params_file(base, root, weights)
+    stage_out = base / "data" / "affwild2"
+    assert corpus.main(["--params", str(path), "--stage-out", str(stage_out)]) == 0
+    params = load_params(path)
+    faces.extract_faces(params, workers=2, progress=False)
+    extract_audio(params, "mfcc", workers=2, progress=False)
+    visual.pretrain_frame_encoder(params, progress=False)
+    visual.extract_visual(params, progress=False)
+    vggish.pretrain_vggish(params, progress=False)
+    vggish.extract_vggish(params, progress=False)
+    reports = base / "reports"
+    run_notebook("zhang2021", "table1", {"params_path": str(path)}, reports)
+    index = report.build(reports, params_path=path)
+    return params, stage_out, reports, index
+
+
+def test_the_corpus_stage_indexes_the_release(real_pipeline):
+    _, stage_out, _, _ = real_pipeline
+    summary = json.loads((stage_out / "real_corpus.json").read_text())
+    assert summary["test_labels"] is False and summary["splits"]["test"]["tracks"] == 0
+    assert summary["splits"]["train"]["tracks"] > 0 and summary["splits"]["validation"]["tracks"] > 0
+
+
+def test_the_report_is_built_and_says_test_labels_are_not_released(real_pipeline):
+    _, _, reports, index = real_pipeline
+    assert index == reports / "index.html" and index.is_file()
+    table1 = json.loads((reports / "zhang2021" / "table1.json").read_text())
+    assert table1["data"] == "real" and table1["results"]
+    assert table1["test_labels"] is False
+    page = (reports / "zhang2021" / "index.html").read_text()
+    assert "test labels not released" in page
+    assert "real Aff-Wild2" in index.read_text()
