@@ -12,6 +12,9 @@ uses each task's own annotations of a split, "MTL" the MTL file of that split (S
 The features enter as the backbones give them, as in the paper; `zscore: true` standardises them with
 the training frames' statistics instead (on the embedded corpus that let the 1000 audio dimensions
 swamp the 64-unit LSTM output: I+A MTL 1.14 vs 1.32 raw).
+
+`method: released` adds the released code's row filter (`RELEASED_ROWS`, ledger: row_filter) to every
+set, training and evaluation alike, and its stream order (`STREAM_ORDER`, ledger: stream_order).
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ from common.features import fer, soundnet
 
 TASKS = ("va", "expr", "au")
 STREAMS = ("va", "expr", "au", "mtl")      # Algorithm 1-2 order: T = [va, expr, au, mtl]
+# The released loader yields (MTL, VA, EXPR, AU) and the trainer steps in that order
+# (EuiseokJeong/2022_ABAW_imlab@bb0513c:dataloader.py:52, trainer.py:136) (ledger: stream_order).
+STREAM_ORDER = {"paper": STREAMS, "released": ("mtl", "va", "expr", "au")}
+AUDIO_SR, AUDIO_SECONDS = 22050, 10        # extract_audio.py:24 audio_crop(sec=10, sample_rate=22050)
 
 
 @dataclass
@@ -37,6 +44,7 @@ class Corpus:
     track_start: np.ndarray         # (N,) first row of each row's track
     sets: dict                      # (split, set name) -> {"rows", "va", "expr", "au"}
     offsets: np.ndarray             # (N_img,) frame offsets, e.g. [-50, -40, ..., 0]
+    face: np.ndarray | None = None  # (N,) bool: a face was found in the frame
 
 
 def frame_offsets(t_img: float, fps: float, stride: int, n_img: int) -> np.ndarray:
@@ -57,11 +65,52 @@ def _mtl_set(params: dict, split: str, index: dict) -> dict | None:
     return {"rows": rows, "va": mtl["va"][keep], "expr": mtl["expr"][keep], "au": mtl["au"][keep]}
 
 
+def keep_all(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarray, face_at, audio_samples: np.ndarray
+             ) -> np.ndarray:
+    """method: paper: every labelled frame is a sample (frames before a track's start or without a face
+    take the nearest earlier frame's features, data.inputs); the paper states no row filter."""
+    return np.ones(len(frame), bool)
+
+
+def released_rows(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarray, face_at, audio_samples: np.ndarray
+                  ) -> np.ndarray:
+    """The rows the released pipeline keeps (ledger: row_filter), from its index arithmetic:
+
+    task "va" / "expr" / "au": label line k of a per-task file (k = 0-based frame `frame`) is kept when
+      * its text holds no "-1" or "-5" (dataloader.py:123, a substring test: a VA value of -1.000 counts
+        too, as does any AU of -1);
+      * the merged image feature k exists: 1-based frames k-50, k-40, ..., k all have a face
+        (extract_audio.py:119-124 with minus_num=0, extract_audio.py:204), i.e. 0-based k-51, ..., k-1;
+      * the audio feature k exists: the track's audio lasts >= 10 s (extract_audio.py:37) and
+        k * floor(samples / frames) >= 10 s * 22050 (extract_audio.py:40-42);
+    task "mtl": the MTL row of 1-based image n = frame + 1 is kept when no label field equals "-1" or "-5"
+      (dataloader.py:106, list membership: -1.000 stays), 1-based frames n-50, ..., n all have a face,
+      and audio file n exists: n * floor(samples / frames) >= 10 s * 22050 and n <= frames - 1.
+    labels: {task: values} of the rows; frame, n_frames, audio_samples: per row; face_at(offsets) ->
+    (rows, len(offsets)) bool, faces at frame + offset (False before the track's start).
+    """
+    need = AUDIO_SECONDS * AUDIO_SR
+    per_frame = audio_samples // np.maximum(n_frames, 1)
+    if task == "mtl":
+        marked = ((labels["va"] == -5).any(1) | (labels["expr"] == -1) | (labels["au"] == -1).any(1))
+        idx, window = frame + 1, np.arange(-50, 1, 10)
+        audio = (audio_samples >= need) & (idx * per_frame >= need) & (idx <= n_frames - 1)
+    else:
+        marked = {"va": lambda y: (y <= -1).any(1), "expr": lambda y: y == -1,
+                  "au": lambda y: (y == -1).any(1)}[task](labels[task])
+        idx, window = frame, np.arange(-51, 0, 10)
+        audio = (audio_samples >= need) & (idx * per_frame >= need)
+    return ~marked & face_at(window).all(1) & audio
+
+
+RELEASED_ROWS = {"paper": keep_all, "released": released_rows}
+
+
 def load_corpus(params: dict) -> Corpus:
     jp = params["jeong2022"]
     img_cache, _ = fer.feature_caches(params)
     aud_cache = soundnet.feature_cache(params)
-    imgs, auds, vas, exprs, aus, starts, splits = [], [], [], [], [], [], []
+    imgs, auds, vas, exprs, aus, starts, splits, faces, audio = [], [], [], [], [], [], [], [], []
     index, n = {}, 0
     for split in SPLITS:
         for t in read_split(params["data"]["root"], split):
@@ -72,11 +121,27 @@ def load_corpus(params: dict) -> Corpus:
             exprs.append(np.where(t.expr_mask, t.expr, -1))
             aus.append(np.where(t.au_mask, t.au, -1.0).astype(np.float32))
             starts.append(np.full(t.n_frames, n, np.int64))
+            faces.append(t.has_image)
+            fps = float(t.fps or jp["fps"])      # the audio lasts as long as the video (its length in samples)
+            audio.append(np.full(t.n_frames, int(round(t.n_frames / fps * AUDIO_SR)), np.int64))
             splits.append(np.full(t.n_frames, SPLITS.index(split)))
             n += t.n_frames
     img, aud = np.concatenate(imgs), np.concatenate(auds)
     va, expr, au = np.concatenate(vas), np.concatenate(exprs), np.concatenate(aus)
     split_of = np.concatenate(splits)
+    face, audio_samples, track_start = np.concatenate(faces), np.concatenate(audio), np.concatenate(starts)
+    track_len = np.bincount(track_start, minlength=len(track_start))[track_start]
+    keep_rows = RELEASED_ROWS[jp.get("method", "paper")]
+
+    def filtered(task: str, labelled: dict) -> dict:
+        rows = labelled["rows"]
+        frame = rows - track_start[rows]
+
+        def face_at(offsets):
+            at = frame[:, None] + offsets[None, :]
+            return (at >= 0) & face[np.clip(rows[:, None] + offsets[None, :], 0, len(face) - 1)]
+        keep = keep_rows(task, labelled, frame, track_len[rows], face_at, audio_samples[rows])
+        return {k: v[keep] for k, v in labelled.items()}
     train = split_of == 0
     if params["jeong2022"]["zscore"]:
         for x in (img, aud):                                # z-score with training statistics
@@ -88,13 +153,13 @@ def load_corpus(params: dict) -> Corpus:
         in_split = split_of == s
         for task, valid in (("va", (va != -5).all(1)), ("expr", expr != -1), ("au", (au != -1).any(1))):
             rows = np.flatnonzero(in_split & valid)
-            sets[(split, task)] = {"rows": rows, "va": va[rows], "expr": expr[rows], "au": au[rows]}
+            sets[(split, task)] = filtered(task, {"rows": rows, "va": va[rows], "expr": expr[rows], "au": au[rows]})
         mtl = _mtl_set(params, split, index)
         if mtl is not None:
-            sets[(split, "mtl")] = mtl
+            sets[(split, "mtl")] = filtered("mtl", mtl)
     fps = float(params["corpus"]["fps"]) if params["data"]["source"] == "synthetic" else float(jp["fps"])
     offsets = frame_offsets(float(jp["t_img"]), fps, jp["stride"], jp["n_img"])
-    return Corpus(img, aud, va, expr, au, np.concatenate(starts), sets, offsets)
+    return Corpus(img, aud, va, expr, au, track_start, sets, offsets, face)
 
 
 def inputs(corpus: Corpus, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

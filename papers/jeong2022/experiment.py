@@ -129,15 +129,8 @@ def student_predictions(params: dict, corpus, rows: list[dict], students: str | 
 
 def evaluation_sets(corpus, prediction, split: str = "validation"):
     """{set: {task: labels}} and {set: {task: predictions}} of one run's predictions, the sets of JEONG_SET_TASKS."""
-    from common.metrics import JEONG_SET_TASKS
-    frames, pred = prediction
-    truth, guess = {}, {}
-    for name, tasks in JEONG_SET_TASKS.items():
-        labelled = corpus.sets[(split, name)]
-        at = np.searchsorted(frames, labelled["rows"])
-        truth[name] = {t: labelled[t] for t in tasks}
-        guess[name] = {t: pred[t][at] for t in tasks}
-    return truth, guess
+    from papers.jeong2022.train import evaluation_sets as sets_of
+    return sets_of(corpus, prediction, split)
 
 
 def authors_metric(corpus, prediction, seed: int, shuffles: int, set_sizes=None) -> list[dict]:

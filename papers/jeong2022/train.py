@@ -1,8 +1,9 @@
 """Jeong et al. 2022 Sec. 4.3-4.4: teacher (Eq. 11, Algorithm 1) and student (Eq. 12, Algorithm 2) training.
 
 Both run in common.train.fit with round-robin sub-steps: every step draws one batch from each
-task set in the order T = [va, expr, au, mtl] and takes one Adam step per batch. Batch sizes
-follow the official code: proportional to the task sets' sizes, the largest `batch_size` (256).
+task set in the order T = [va, expr, au, mtl] (method: released: [mtl, va, expr, au]) and takes one
+Adam step per batch. Batch sizes as Sec. 3 and the released loader (dataloader.py:62-71): max_iter =
+ceil(largest set / `batch_size`), each set floor(its size / max_iter) (ledger: batch_sizes).
 An epoch is `steps_per_epoch` steps of randomly drawn frames (0 = as many steps as one pass over
 the largest set takes); the paper's epoch is a full pass.
 
@@ -15,7 +16,13 @@ Losses (the shared ones in common/losses.py, Jeong's own in papers/jeong2022/los
                (Eq. 10); the MTL set trains on L_mtl^s (Algorithm 2)
   gamma_i      exp(0.5 n_i), n_i = epochs without a new best validation metric of task i (Deng et al.),
                counted on the STL validation sets; recomputed from fit's history, so resuming keeps it
-Early stop on the validation P_MTL (official code) after `early_stop` epochs without improvement.
+Early stop on the validation P_MTL after `early_stop` epochs without improvement (trainer.py:108-117).
+
+`jeong2022.method` picks, once, the losses (losses.TEACHER_LOSS / STUDENT_LOSS), the architecture
+(model.ARCHITECTURE), the row filter and stream order (data.py) and, under `released`, the task
+discriminator's weight (epoch + 1) / epochs (trainer.py:125, ledger: discriminator_weight) and the
+per-epoch validation metric that selects the model and counts gamma's epochs: the authors' batch-wise
+procedure (common.metrics.jeong_code_metric, trainer.py:165-204, ledger: selection_metric).
 """
 from __future__ import annotations
 
@@ -28,26 +35,35 @@ from torch.utils.data import Dataset
 
 from common.device import module_device
 from common.files import atomic_write_json
-from common.losses import ccc_loss, masked_bce_with_logits, masked_cross_entropy
-from common.metrics import au_metrics, batch_averaged, expr_metrics, va_metrics
+from common.metrics import JEONG_SET_TASKS, au_metrics, batch_averaged, expr_metrics, jeong_code_metric, va_metrics
 from common.train import TrainConfig, fit
 from common.weights import load_weights_file
-from papers.jeong2022.data import STREAMS, TASKS, Corpus, batch, inputs
-from papers.jeong2022.losses import (TaskPatience, jeong_au_distillation, jeong_expr_distillation,
-                                     jeong_student_loss, jeong_va_distillation)
-from papers.jeong2022.model import JeongNet
+from papers.jeong2022.data import STREAM_ORDER, STREAMS, TASKS, Corpus, batch, inputs
+from papers.jeong2022.losses import DOMAIN_WEIGHT, STUDENT_LOSS, TEACHER_LOSS, TaskPatience, paper_supervision
+from papers.jeong2022.model import ARCHITECTURE, JeongNet, keras_init
+
+supervision_loss = paper_supervision          # Eqs. 2, 4, 6, 7 (losses.py)
+
+
+def method_of(jp: dict) -> str:
+    method = jp.get("method", "paper")
+    if method not in ARCHITECTURE:
+        raise ValueError(f"params jeong2022.method must be one of {sorted(ARCHITECTURE)}, got {method!r}")
+    return method
 
 
 def build_model(jp: dict, inputs_kind: str) -> JeongNet:
-    return JeongNet(inputs_kind, lstm=jp["lstm"], trunk=tuple(jp["trunk"]), heads=tuple(jp["heads"]),
-                    dropout=jp["dropout"])
+    net = JeongNet(inputs_kind, lstm=jp["lstm"], trunk=tuple(jp["trunk"]), heads=tuple(jp["heads"]),
+                   dropout=jp["dropout"], **ARCHITECTURE[method_of(jp)])
+    return keras_init(net)                     # the paper names no initialiser (ledger: initialisation)
 
 
 def batch_sizes(corpus: Corpus, largest: int) -> dict:
-    """Per task set: proportional to its training size, the largest set gets `largest` (official code)."""
+    """Per task set: max_iter = ceil(largest set / `largest`), batch = floor(set / max_iter) (Sec. 3,
+    dataloader.py:62-71); at least 2 frames, which batch norm needs."""
     n = {s: len(corpus.sets[("train", s)]["rows"]) for s in STREAMS}
-    top = max(n.values())
-    return {s: max(2, int(round(largest * n[s] / top))) for s in STREAMS}
+    max_iter = -(-max(n.values()) // largest)
+    return {s: max(2, n[s] // max_iter) for s in STREAMS}
 
 
 class RoundRobinSteps(Dataset):
@@ -71,37 +87,34 @@ class RoundRobinSteps(Dataset):
         return out
 
 
-def supervision_loss(out: dict, b: dict, task: str) -> torch.Tensor:
-    if task == "va":
-        return ccc_loss(out["va"], b["va"])                                   # Eq. 2
-    if task == "expr":
-        return masked_cross_entropy(out["expr"], b["expr"])                   # Eq. 4
-    if task == "au":
-        return masked_bce_with_logits(out["au"], b["au"])                     # Eq. 6
-    return sum(supervision_loss(out, b, t) for t in TASKS)                    # Eq. 7 (mtl)
-
-
 def teacher_loss(model, b: dict, stream: str) -> torch.Tensor:
-    return supervision_loss(model(b["img"], b["aud"]), b, stream)             # Eq. 11
+    return supervision_loss(model(b["img"], b["aud"]), b, stream)             # Eq. 11 (method: paper)
 
 
-def make_student_loss(teacher: JeongNet, gamma: dict, jp: dict):
-    temperature, alpha, beta = jp["temperature"], jp["alpha"], jp["beta"]
+def make_teacher_loss(jp: dict, schedule: dict):
+    """loss(model, batch, stream) of the teacher under jeong2022.method (losses.TEACHER_LOSS)."""
+    loss_of = TEACHER_LOSS[method_of(jp)]
+
+    def loss(model, b: dict, stream: str) -> torch.Tensor:
+        return loss_of(model(b["img"], b["aud"]), b, stream, schedule["domain_weight"])
+    return loss
+
+
+def make_student_loss(teacher: JeongNet, gamma: dict, jp: dict, schedule: dict | None = None):
+    """loss(model, batch, stream) of the student against the frozen `teacher` (losses.STUDENT_LOSS)."""
+    loss_of = STUDENT_LOSS[method_of(jp)]
+    schedule = schedule if schedule is not None else {"domain_weight": 0.0}
 
     def loss(model, b: dict, stream: str) -> torch.Tensor:
         out = model(b["img"], b["aud"])
-        if stream == "mtl":
-            return supervision_loss(out, b, "mtl")                            # Algorithm 2: L_mtl^s
-        # fit() moves the student and the batches; the frozen teacher follows them (issue 11)
-        if module_device(teacher) != b["img"].device:
-            teacher.to(b["img"].device)
-        with torch.no_grad():
-            soft = teacher(b["img"], b["aud"])
-        dist = {"va": jeong_va_distillation(out["va"], soft["va"]),                          # Eq. 8
-                "expr": jeong_expr_distillation(out["expr"], soft["expr"], temperature),     # Eq. 9
-                "au": jeong_au_distillation(out["au"], soft["au"])}                          # Eq. 10
-        sup = {stream: supervision_loss(out, b, stream)}
-        return jeong_student_loss(sup, dist, stream, gamma, alpha, beta)                     # Eq. 12
+        soft = None
+        if stream != "mtl":
+            # fit() moves the student and the batches; the frozen teacher follows them (issue 11)
+            if module_device(teacher) != b["img"].device:
+                teacher.to(b["img"].device)
+            with torch.no_grad():
+                soft = teacher(b["img"], b["aud"])
+        return loss_of(out, soft, b, stream, gamma, jp, schedule["domain_weight"])
     return loss
 
 
@@ -143,6 +156,28 @@ def task_scores(labelled: dict, pred: dict, tasks=TASKS, style: str = "abaw") ->
     return out
 
 
+def authors_scores(model: JeongNet, corpus: Corpus, split: str, seed: int) -> dict:
+    """The released code's validation metric on the split's four sets: shuffled, cut into batches in
+    proportion to the sets, scored batch by batch and averaged (trainer.valid, utils.get_metric), as
+    common.metrics.jeong_code_metric computes it. Keys stl_va, stl_expr, stl_au, stl_total, mtl_*, mtl."""
+    truth, guess = evaluation_sets(corpus, predict_split(model, corpus, split), split)
+    out = jeong_code_metric(truth, guess, seed=seed)
+    return {k: v for k, v in out.items() if isinstance(v, float)}
+
+
+def evaluation_sets(corpus: Corpus, prediction: tuple, split: str = "validation") -> tuple[dict, dict]:
+    """{set: {task: labels}} and {set: {task: predictions}} of one run's predictions (frames, {task: array}),
+    the sets of common.metrics.JEONG_SET_TASKS, as jeong_code_metric takes them."""
+    frames, pred = prediction
+    truth, guess = {}, {}
+    for name, tasks in JEONG_SET_TASKS.items():
+        labelled = corpus.sets[(split, name)]
+        at = np.searchsorted(frames, labelled["rows"])
+        truth[name] = {t: labelled[t] for t in tasks}
+        guess[name] = {t: pred[t][at] for t in tasks}
+    return truth, guess
+
+
 def predict_split(model: JeongNet, corpus: Corpus, split: str) -> tuple[np.ndarray, dict]:
     """Predictions for every row of the split's evaluation sets, each frame once (the sets overlap)."""
     rows = np.unique(np.concatenate([v["rows"] for (sp, _), v in corpus.sets.items() if sp == split]))
@@ -158,7 +193,7 @@ def every_kth(corpus: Corpus, split: str, k: int) -> Corpus:
         if key[0] == split:
             sets[key] = {name: a[::k] for name, a in v.items()}
     return Corpus(corpus.img, corpus.aud, corpus.va, corpus.expr, corpus.au, corpus.track_start, sets,
-                  corpus.offsets)
+                  corpus.offsets, corpus.face)
 
 
 def evaluate_split(model: JeongNet, corpus: Corpus, split: str, styles=("abaw",), predicted=None) -> dict:
@@ -189,6 +224,7 @@ def train_run(params: dict, corpus: Corpus, role: str, inputs_kind: str, seed: i
               teacher_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Train one teacher or student; write result.json (metrics on validation and test) and return it."""
     jp = params["jeong2022"]
+    method = method_of(jp)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -197,16 +233,24 @@ def train_run(params: dict, corpus: Corpus, role: str, inputs_kind: str, seed: i
     n_steps = jp["steps_per_epoch"] or int(np.ceil(max(
         len(corpus.sets[("train", s)]["rows"]) / sizes[s] for s in STREAMS)))
     gamma = {t: 1.0 for t in TASKS}
-    hooks = []
+    # released: the discriminator's weight (epoch + 1) / epochs, `linear_domain_weight: True`
+    # overriding `domain_weight: 0` (config.py:37-39, trainer.py:125) (ledger: discriminator_weight)
+    released = method == "released"
+    weight_in = DOMAIN_WEIGHT[method]
+    schedule = {"domain_weight": weight_in(0, jp["epochs"])}
+
+    def next_domain_weight(state, **_):
+        schedule["domain_weight"] = weight_in(state.epoch, jp["epochs"])     # state.epoch: epochs done
+    hooks = [next_domain_weight]
     if role == "teacher":
-        loss_fn = teacher_loss
+        loss_fn = make_teacher_loss(jp, schedule)
     elif role == "student":
         if teacher_dir is None:
             raise ValueError("a student needs teacher_dir, the folder of its trained teacher")
         teacher = build_model(jp, inputs_kind)
         teacher.load_state_dict(load_weights_file(Path(teacher_dir) / "best.pt"))
         teacher.eval()
-        loss_fn = make_student_loss(teacher, gamma, jp)
+        loss_fn = make_student_loss(teacher, gamma, jp, schedule)
 
         def update_gamma(state, **_):
             # gamma_i = exp(0.5 n_i) from the epochs without improvement so far (Sec. 4.3)
@@ -222,15 +266,20 @@ def train_run(params: dict, corpus: Corpus, role: str, inputs_kind: str, seed: i
     # Model selection, early stop and gamma read the validation sets every `eval_stride`-th frame
     # (neighbouring frames are nearly the same sample); the reported metrics use every frame.
     monitor_corpus = every_kth(corpus, "validation", jp["eval_stride"])
+    evaluations = []
 
     def evaluate(m) -> dict:
+        if released:          # trainer.valid: the batch-wise metric, reshuffled at every validation
+            evaluations.append(None)
+            return authors_scores(m, monitor_corpus, "validation", seed=1000 * seed + len(evaluations))
         return evaluate_split(m, monitor_corpus, "validation")["abaw"]
 
     cfg = TrainConfig(epochs=jp["epochs"], batch_size=1, lr=jp["lr"], seed=seed, monitor="mtl",
-                      mode="max", early_stop=jp["early_stop"], substeps=STREAMS)
+                      mode="max", early_stop=jp["early_stop"], substeps=STREAM_ORDER[method])
     fit(model, RoundRobinSteps(corpus, sizes, n_steps), loss_fn, evaluate, cfg, out_dir,
         collate_fn=lambda items: items[0], on_epoch_end=hooks, progress=progress)
-    result = {"role": role, "inputs": inputs_kind, "seed": seed, "batch_sizes": sizes, "steps_per_epoch": n_steps,
+    result = {"role": role, "inputs": inputs_kind, "seed": seed, "method": method, "batch_sizes": sizes,
+              "steps_per_epoch": n_steps,
               "gamma_final": dict(gamma), "seconds": round(time.perf_counter() - started, 2)}
     for split in ("validation", "test"):
         scores = evaluate_split(model, corpus, split, ("abaw", "code"))
