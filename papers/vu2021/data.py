@@ -358,8 +358,8 @@ class Track:
 class SequenceStreams(torch.utils.data.Dataset):
     """Item i = one 32-frame sequence from each set: {set: {"x": (T, D), "expr", "va"}}.
 
-    The GRU stage uses the Aff-Wild2 sets only, as the released code (its CNN-RNN loaders are
-    Mixed_EXPR and Mixed_VA over Aff-Wild2 videos; ledger: gru_training_sets): stills make no
+    The GRU stage uses the Aff-Wild2 sets only, as the released code (ledger: gru_training_sets), its
+    CNN-RNN loaders being Mixed_EXPR and Mixed_VA over Aff-Wild2 videos: stills make no
     sequences. Training windows overlap by half (hop T/2, the released loaders; ledger: gru_windows); each epoch draws `samples_per_epoch` windows of each
     set uniformly (seeded by seed, epoch); each sequence is mirrored as a whole with probability 1/2.
     """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import report
+from common import ledger
 from common.data.affwild2 import read_split
 from common.files import atomic_write_json
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
@@ -104,33 +104,39 @@ def per_seed(rows: list[dict], kind: str, split: str, metric: str) -> np.ndarray
 
 
 CNN_PROVENANCE = ("trained in the pipeline from random initialisation (no published weights, and no pre-training: "
-                  "the teachers and students start from scratch); a published FER+ file (resnet50_ferplus_dag.pth) "
-                  "cannot be used by this run: common.backbones.resnet_dag.load_ferplus_resnet50 reads it into its own "
-                  "Caffe-stride ResNet-50, but this CNN is common.backbones.resnet.ResNet (stride on the 3x3, another "
-                  "input normalisation) and vu2021.cnn has no weights key")
+                  "the teachers and students start from scratch); vu2021.cnn.weights takes a published FER+ file "
+                  "(resnet50_ferplus_dag.pth) for the ResNet-50 of stem caffe (the paper profile's)")
 
 
 def cnn_provenance(params: dict) -> str:
-    """Where the weights of Vu's CNN come from. It has no pre-training stage, weights file or params key
-    (params.yaml rejects an unknown vu2021.cnn.weights), so every run trains it here from random
-    initialisation: says so, and why a FER+ file cannot be used yet."""
+    """Where the weights of Vu's CNN come from: the FER+ file of vu2021.cnn.weights (the backbone; the
+    heads start random), or, when it is empty, random initialisation in every run."""
+    path = params["vu2021"]["cnn"]["weights"]
+    if path:
+        return (f"backbone weights loaded from {path} (the published resnet50_ferplus_dag FER+ ResNet-50), "
+                "heads from random initialisation, then trained in the pipeline")
     return CNN_PROVENANCE
 
 
 def differences(params: dict) -> list[dict]:
-    """Where every run of this paper differs from the paper, and why (the report's table): the "cnn"
-    rows of papers/vu2021/differences.yaml, filled in from params."""
+    """Where every run of this paper differs from the paper and from the released code, and why (the
+    report's table): the "cnn" rows of papers/vu2021/ledger.yaml, filled in from params."""
     return _differences(params, "cnn")
 
 
 def gru_differences(params: dict) -> list[dict]:
-    """The GRU stage's rows (Tables 3-4) of papers/vu2021/differences.yaml."""
+    """The GRU stage's rows (Tables 3-4) of papers/vu2021/ledger.yaml."""
     return _differences(params, "gru")
+
+
+def table4_differences(params: dict) -> list[dict]:
+    """Table 4's own rows (the test set, the comparison rows) of papers/vu2021/ledger.yaml."""
+    return _differences(params, "table4")
 
 
 def _differences(params: dict, *groups: str) -> list[dict]:
     c = params["vu2021"]["cnn"]
-    return report.differences("vu2021", *groups, params=params, cnn_provenance=cnn_provenance(params),
+    return ledger.differences("vu2021", *groups, params=params, cnn_provenance=cnn_provenance(params),
                               pixels=c["crop"] // c["downsample"], size=params["faces"]["size"],
                               n_seeds=len(params["vu2021"]["seeds"]))
 

@@ -37,16 +37,20 @@ def va_to_bins(va: torch.Tensor, n_bins: int = 20, low: float = -1.0, high: floa
     Bin k holds [low + k w, low + (k + 1) w), w = (high - low) / K; the right edge `high` goes
     into the last bin, values outside the range are clamped to the first/last bin. The invalid
     marker (-5) and NaN become -1, the ignore index of `masked_cross_entropy`.
-    float64_edges=False (method paper): the edges in the labels' own dtype, so a label on an edge
-        (-0.8 in float32) falls in the bin the edge opens, as the decimal value does.
+    float64_edges=False (method paper): the decimal bins, index floor((y - low) / w) with a 1e-6 bin
+        tolerance, so a float32 label on the 0.1 grid (-0.4 is -0.40000001 in float32) falls in the
+        bin its decimal value opens.
     float64_edges=True (method released): float64 edges against the float32 label widened to
-        float64, as np.digitize(y_float32, np.linspace(-1, 1, K + 1)) (ledger: va_bins): -0.8, -0.6,
-        0.7 and 0.9 of the 0.1 grid then fall one bin lower.
+        float64, as np.digitize(y_float32, np.linspace(-1, 1, K + 1)) (ledger: va_bins): 8 of the 21
+        values of the 0.1 grid (-0.8, -0.6, -0.4, -0.3, -0.2, -0.1, 0.7, 0.9) fall one bin lower.
     """
-    dtype = torch.float64 if float64_edges else va.dtype
-    edges = torch.linspace(low, high, n_bins + 1, dtype=dtype, device=va.device)
-    # right=True: index i with edges[i-1] <= value < edges[i], like numpy.digitize.
-    index = torch.bucketize(va.contiguous().to(dtype), edges, right=True) - 1
+    if float64_edges:
+        edges = torch.linspace(low, high, n_bins + 1, dtype=torch.float64, device=va.device)
+        # right=True: index i with edges[i-1] <= value < edges[i], like numpy.digitize.
+        index = torch.bucketize(va.contiguous().double(), edges, right=True) - 1
+    else:
+        width = (high - low) / n_bins
+        index = torch.floor((va.double() - low) / width + 1e-6).long()
     index = index.clamp(0, n_bins - 1)
     invalid = (va == VA_INVALID) | torch.isnan(va)
     return torch.where(invalid, torch.full_like(index, -1), index)
@@ -93,7 +97,7 @@ def vu_va_loss(bin_logits: torch.Tensor, va_target: torch.Tensor, mask=None,
         counting masked rows too); "code" -> w = 1 (Vu's official code, lambda_ccc = 1);
         a number -> that w.
     support, unbiased, float64_edges: see `bin_values`, `ccc` and `va_to_bins` ("linspace", True and
-    True are what the released code does).
+    True are what the released code does (ledger: bin_support, ccc_variance, va_bins)).
     """
     if bin_logits.dim() != 3 or bin_logits.shape[1] != 2:
         raise ValueError(f"bin_logits has shape {tuple(bin_logits.shape)}, expected (B, 2, K)")
@@ -154,8 +158,8 @@ def vu_kd_loss(student_expr: torch.Tensor | None = None, teacher_expr: torch.Ten
     VA only (student_va, teacher_va: (B, 2, K) bin logits): Eq. 5, the sum of one KL per
         dimension (valence, arousal), each a mean over the batch.
     Both: Eq. 6 = Eq. 4 + Eq. 5.
-    temperature: the paper gives no value; the official code uses T = 1.5 and multiplies by
-    T^2 (scale_t2). mask: optional (B,), the samples that are distilled.
+    temperature: the paper gives no value; the released code uses T = 1.5 (ledger: kd_temperature)
+    and multiplies by T^2 (scale_t2). mask: optional (B,), the samples that are distilled.
     """
     if (student_expr is None) != (teacher_expr is None):
         raise ValueError("give both student_expr and teacher_expr, or neither")
