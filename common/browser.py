@@ -9,6 +9,9 @@ probe saw after the load event:
              unhandled promise rejections
   math       <math> elements, and how many of them the browser made MathMLElements with a size
   claims     `table.claims` tables and their claim rows
+  figures    a notebook's figures on a paper page (`img.figure`, common/report_figures.py), and in a
+             notebook's HTML the code cells that draw one (plt.show, savefig, a *_chart call) but
+             show no image: the figure the reader was promised is missing
 plus the console lines Chromium logged and, if asked, a screenshot. `problems(seen)` lists what
 is wrong (missing images, requests that left the file system, errors, unrendered MathML).
 
@@ -51,7 +54,13 @@ window.addEventListener('load',function(){setTimeout(function(){
     m instanceof MathMLElement&&m.getBoundingClientRect().width>0;}).length;
   var seen={images:imgs,resources:res,errors:errs,math:maths.length,math_rendered:rendered,
     claims_tables:document.querySelectorAll('table.claims').length,
-    claim_rows:document.querySelectorAll('table.claims tr[data-kind]').length,title:document.title};
+    claim_rows:document.querySelectorAll('table.claims tr[data-kind]').length,title:document.title,
+    figures:document.querySelectorAll('img.figure').length,figure_cells:0,empty_figure_cells:[]};
+  Array.prototype.forEach.call(document.querySelectorAll('.jp-CodeCell'),function(c,i){
+    var src=(c.querySelector('.jp-InputArea')||{}).textContent||'';
+    if(!/plt\.show\(|savefig\(|_chart\(/.test(src)){return;}
+    seen.figure_cells++;
+    if(!c.querySelector('.jp-OutputArea img')){seen.empty_figure_cells.push(i);}});
   document.documentElement.setAttribute('data-browser-check',JSON.stringify(seen));},0);});
 })();</script>"""
 _SEEN = re.compile(r'data-browser-check="([^"]*)"')
@@ -115,10 +124,11 @@ def open_page(path: str | Path, screenshot: str | Path | None = None, width: int
     return seen
 
 
-def problems(seen: dict, expect_math: bool = False, expect_claims: bool = False) -> list[str]:
+def problems(seen: dict, expect_math: bool = False, expect_claims: bool = False,
+             expect_figures: bool = False) -> list[str]:
     """What a reader would see broken: images that did not load, requests that left the file
-    system, script or console errors, MathML the browser did not render; and, when expected, no
-    equations or no claims table."""
+    system, script or console errors, MathML the browser did not render, notebook cells that draw
+    a figure but show none; and, when expected, no equations, no claims table or no notebook figure."""
     out = [f"image not loaded: {i['src']}" for i in seen["images"] if not i["ok"]]
     out += [f"external request: {r}" for r in seen["resources"] if not r.startswith(("file:", "data:"))]
     out += [f"error: {e}" for e in seen["errors"]]
@@ -128,19 +138,29 @@ def problems(seen: dict, expect_math: bool = False, expect_claims: bool = False)
         out.append("no <math> element: equations are not MathML")
     if expect_claims and not (seen["claims_tables"] and seen["claim_rows"]):
         out.append("no claims table with claim rows")
+    if seen.get("empty_figure_cells"):
+        out.append(f"code cells that draw a figure but show none (cells {seen['empty_figure_cells']} of the page)")
+    if expect_figures and not seen.get("figures"):
+        out.append("no figure of the notebooks on the page")
     return out
 
 
 def check_reports(reports: str | Path, screenshots: str | Path | None = None) -> dict[str, list[str]]:
-    """index.html and every <paper>/index.html under `reports`, screenshots under reports/screenshots/."""
+    """index.html, every <paper>/index.html (claims and the notebooks' figures expected) and every
+    executed notebook's page under `reports`; screenshots under reports/screenshots/."""
     reports = Path(reports)
     shots = Path(screenshots) if screenshots else reports / "screenshots"
     pages = [reports / "index.html", *sorted(reports.glob("*/index.html"))]
+    notebooks = sorted(p for p in reports.glob("*/*.html") if p.name != "index.html" and not p.name.startswith("."))
     found = {}
     for page in pages:
         name = "index" if page.parent == reports else page.parent.name
         seen = open_page(page, shots / f"{name}.png")
-        found[str(page.relative_to(reports))] = problems(seen, expect_claims=page.parent != reports)
+        paper = page.parent != reports
+        found[str(page.relative_to(reports))] = problems(seen, expect_claims=paper, expect_figures=paper)
+    for page in notebooks:
+        seen = open_page(page, shots / f"{page.parent.name}-{page.stem}.png")
+        found[str(page.relative_to(reports))] = problems(seen)
     return found
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import report_charts
+from common import report_charts, report_figures
 from common.data.affwild2 import test_labels_released
 from common.files import atomic_write_text
 
@@ -324,6 +324,8 @@ def shown_verdict(claim: dict) -> tuple[str, str]:
     """(label, css class) of a claim as the report states it: the computed verdict for findings,
     the kind for the claims counted apart."""
     kind, verdict = claim.get("kind", UNCLASSIFIED), claim.get("verdict", "inconclusive")
+    if claim.get("not_released"):
+        return NOT_RELEASED, "not-judgeable"
     if kind == "finding":
         return verdict, verdict.replace(" ", "-")
     if kind == "built into the data":
@@ -387,7 +389,7 @@ code{background:#f3f3f3;padding:0 .25em;border-radius:3px}.muted{color:#777}
 
 def page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+            f"<style>{CSS}{report_figures.CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -446,6 +448,14 @@ def results_table(published: list[dict], results: list[dict]) -> str:
                         f"<td class=num>{ci}</td><td class=num>{delta}</td></tr>")
         parts.append(f"<h3>Table {html.escape(str(table))}</h3><table>{''.join(rows)}</table>")
     return "\n".join(parts)
+
+
+def mark_not_released(result: dict, claims: list[dict]) -> list[dict]:
+    """On a corpus without test labels a claim that has no effect to judge (its test values are NaN)
+    is shown as "test labels not released" rather than as inconclusive."""
+    if result.get("test_labels") is not False:
+        return claims
+    return [{**c, "not_released": True} if not math.isfinite(c.get("effect", float("nan"))) else c for c in claims]
 
 
 def reproduced_cell(r: dict | None) -> str:
@@ -572,7 +582,7 @@ def paper_report(paper: str, reports: Path) -> dict:
     remove_stale_pages(out_dir, results)
     source = next((r.get("data") for r in results if r.get("data")), "synthetic")
     kinds = read_claim_kinds(paper_dir)
-    results = [{**r, "claims": classify_claims(r.get("claims", []), kinds)} for r in results]
+    results = [{**r, "claims": mark_not_released(r, classify_claims(r.get("claims", []), kinds))} for r in results]
     claims = [c for r in results for c in r.get("claims", [])]
     counts = claim_counts(claims)
     notebooks = []
@@ -582,9 +592,12 @@ def paper_report(paper: str, reports: Path) -> dict:
             notebook_to_html(ipynb, out_dir / f"{res['notebook']}.html")
             notebooks.append(f"<li><a href=\"{res['notebook']}.html\">{html.escape(res.get('title', res['notebook']))}</a>"
                              f" <span class=muted>({fmt(res.get('seconds'), 1)} s, profile {html.escape(str(res.get('profile', '?')))})</span></li>")
+    # the notebooks' own figures, under the claims each notebook judged (common/report_figures.py)
+    figures = report_figures.figures_section(results, out_dir, lambda c: shown_verdict(c)[0])
+    figures = ["<h2>Figures behind the claims</h2>", figures] if figures else []
     body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
             banner(source), NOT_RELEASED_NOTE if test_labels_missing(results) else "", "<h2>Claims</h2>", counts_sentence(counts) if claims else "",
-            report_charts.claims_chart(claims), claims_table(results),
+            report_charts.claims_chart(claims), claims_table(results), *figures,
             "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
     diff = differences_table(results)
     if diff:

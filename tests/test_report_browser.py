@@ -6,7 +6,9 @@ way in tests/test_pipeline.py (test_report_opens_in_chromium).
 Chromium is required, not optional: .ci/run installs Debian's `chromium` before `make test`, so a
 missing browser fails these tests with the install command instead of skipping them.
 """
+import base64
 import csv
+import io
 import json
 import time
 
@@ -24,10 +26,36 @@ def chromium():
     return path
 
 
+def _png() -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 2.5))
+    ax.bar(["300", "48", "36"], [0.5, 0.45, 0.4])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _executed_notebook(figure: bool):
+    """An executed notebook: an equation, and a cell that draws a figure, with its image output or without."""
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("fig, ax = plt.subplots(); ax.bar(lengths, ccc); plt.show()", execution_count=2)
+    if figure:
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"})]
+    nb.cells = [nbformat.v4.new_markdown_cell(r"Eq. 1: $\mathrm{CCC} = \frac{2 s_{xy}}{s_x^2 + s_y^2 + (\bar x - \bar y)^2}$"),
+                nbformat.v4.new_code_cell("1 + 1", execution_count=1),
+                nbformat.v4.new_markdown_cell("## Bars\n\nThe next cell draws the bars (`window.png`): look for the longest window on top."),
+                cell]
+    return nb
+
+
 @pytest.fixture(scope="module")
 def four_paper_report(tmp_path_factory):
     """A report built from notebook JSONs for all four papers, every claim id of each paper's
-    claims.csv judged, a leaderboard row per paper, and one executed-notebook page with equations."""
+    claims.csv judged, a leaderboard row per paper, and per paper one executed notebook with an
+    equation and a figure."""
     reports = tmp_path_factory.mktemp("browser") / "reports"
     for i, paper in enumerate(report.PAPERS):
         (reports / paper).mkdir(parents=True)
@@ -39,10 +67,7 @@ def four_paper_report(tmp_path_factory):
             "paper": paper, "notebook": "table1", "title": "Table 1", "seconds": 10.0 * (i + 1), "profile": "smoke",
             "data": "synthetic", "claims": claims,
             "leaderboard": [{"paper": paper, "model": "final", "split": "test", "p_va": 0.3 + 0.05 * i, "p_expr": 0.25}]}))
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell(r"Eq. 1: $\mathrm{CCC} = \frac{2 s_{xy}}{s_x^2 + s_y^2 + (\bar x - \bar y)^2}$"),
-                nbformat.v4.new_code_cell("1 + 1")]
-    nbformat.write(nb, str(reports / "zhang2021" / "table1.ipynb"))
+        nbformat.write(_executed_notebook(figure=True), str(reports / paper / "table1.ipynb"))
     report.build(reports)
     return reports
 
@@ -62,13 +87,14 @@ def test_report_pages_open_in_chromium(chromium, four_paper_report):
     assert len(index["images"]) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in index["images"])
     assert all(i["width"] > 300 and i["height"] > 100 for i in index["images"]), index["images"]
     for paper in report.PAPERS:
-        page = _check(reports / paper / "index.html", shots / f"{paper}.png", expect_claims=True)
+        page = _check(reports / paper / "index.html", shots / f"{paper}.png", expect_claims=True, expect_figures=True)
         with open(report.ROOT / "papers" / paper / "claims.csv", newline="") as f:
             assert page["claim_rows"] == sum(1 for _ in csv.DictReader(f)), paper      # every claim, classified
-        assert len(page["images"]) == 1 and page["images"][0]["ok"]                    # the claims chart
+        assert len(page["images"]) == 2 and page["figures"] == 1                      # the claims chart, the notebook's figure
         assert page["resources"] == []                                                 # nothing fetched at all
     notebook = _check(reports / "zhang2021" / "table1.html", shots / "zhang2021-table1.png", expect_math=True)
     assert notebook["math"] >= 1 and notebook["math_rendered"] == notebook["math"]
+    assert notebook["figure_cells"] == 1 and notebook["empty_figure_cells"] == []
     for name in ("index", *report.PAPERS, "zhang2021-table1"):
         assert (shots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     seconds = time.perf_counter() - started
@@ -90,3 +116,14 @@ def test_the_browser_check_sees_a_broken_page(chromium, tmp_path):
     assert "undefinedFunction is not defined" in text and "console.error: boom" in text
     assert "no <math> element" in text and "no claims table" in text
     assert not list(tmp_path.glob(".browser-check-*"))        # the probed copy is removed
+
+
+def test_the_browser_check_sees_a_figure_cell_without_its_figure(chromium, tmp_path):
+    """A notebook page whose plotting cell shows no image (a non-interactive backend), and a paper
+    page without any notebook figure, are both reported."""
+    nbformat.write(_executed_notebook(figure=False), str(tmp_path / "table1.ipynb"))
+    report.notebook_to_html(tmp_path / "table1.ipynb", tmp_path / "table1.html")
+    seen = browser.open_page(tmp_path / "table1.html")
+    assert seen["figure_cells"] == 1 and len(seen["empty_figure_cells"]) == 1
+    assert any("draw a figure but show none" in p for p in browser.problems(seen))
+    assert "no figure of the notebooks on the page" in browser.problems(seen, expect_figures=True)
