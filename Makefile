@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: gpu-check test reproduce smoke env weights lab benchmark benchmark-pipeline clean-data
+.PHONY: gpu-check test reproduce smoke env weights chromium lab benchmark benchmark-pipeline clean-data
 
 env: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): requirements.txt pyproject.toml
 weights: $(STAMP)
 	$(PY) -m common.published_weights
 
-test: $(STAMP) weights
+# Headless Chromium for the report pages: installed (Debian's chromium) when missing and this user
+# may (root, or sudo without a password); otherwise make stops here, first, with the one-line fix.
+chromium:
+	@scripts/chromium.sh
+
+test: chromium $(STAMP) weights
 	$(PY) -m pytest -n 2 -q
 
 # The whole pipeline: corpus -> features -> papers -> reports/index.html. PROFILE=default (the
@@ -32,7 +37,7 @@ test: $(STAMP) weights
 # with its reports in reports/<profile>/, so profiles never overwrite each other and no file is edited.
 # The corpus stage prints its one-screen summary. Stages run with the venv first on PATH.
 PROFILE ?= default
-reproduce: $(STAMP) weights
+reproduce: chromium $(STAMP) weights
 ifeq ($(PROFILE),default)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 else
@@ -42,15 +47,16 @@ endif
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
-# JupyterLab on papers/ with the project's kernel, registered in the venv as `python3` (the name every
-# notebook and the papermill runner use); it starts in the project root, as the pipeline's runs do.
+# JupyterLab on the project root (params.yaml, papers/, reports/ all in its file browser) with the
+# project's kernel, registered in the venv as `python3` (the name every notebook and the papermill
+# runner use); the kernel starts in the project root, as the pipeline's runs do.
 # As root (e.g. in a container): make lab LAB_ARGS=--allow-root
 KERNEL := $(VENV)/share/jupyter/kernels/python3/kernel.json
 $(KERNEL): $(STAMP) scripts/lab_kernel.py
 	$(PY) scripts/lab_kernel.py
 
 lab: $(KERNEL)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab papers/ $(LAB_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS)
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark_corpus.py

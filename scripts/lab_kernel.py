@@ -1,6 +1,6 @@
 """Register the project's Jupyter kernel in the virtual environment: `python scripts/lab_kernel.py`.
 
-`make lab` runs this, then `jupyter lab papers/`. Every notebook names the kernel `python3`, and
+`make lab` runs this, then JupyterLab on the project root. Every notebook names the kernel `python3`, and
 so does the pipeline's runner (`common.notebooks`, papermill), so the kernel is registered under
 that name, inside the environment (`<venv>/share/jupyter/kernels/python3/kernel.json`, ahead of
 ipykernel's built-in spec), with the display name "Python 3 (affect-repro)". It differs from the
@@ -9,7 +9,8 @@ runs it:
 * it starts in the project root (JupyterLab starts a kernel in the notebook's own folder, but the
   notebooks read `params.yaml` and write `reports/<paper>/` relative to the root, as papermill
   runs them with cwd = the root);
-* it sets PYTHONHASHSEED=0 and DVC_NO_ANALYTICS=1, as the Makefile does for every target.
+* it sets PYTHONHASHSEED=0 and DVC_NO_ANALYTICS=1, as the Makefile does for every target, and
+  MPLBACKEND to matplotlib's inline backend, so figures show in the notebook.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def kernel_spec(python: str = sys.executable, root: Path = ROOT) -> dict:
                  f"--IPKernelApp.exec_lines=import os; os.chdir(os.environ.get('AFFECT_REPRO_ROOT', {str(root)!r}))"],
         "display_name": DISPLAY_NAME,
         "language": "python",
-        "env": {"PYTHONHASHSEED": "0", "DVC_NO_ANALYTICS": "1"},
+        # figures inline, as common.notebooks runs them, whatever MPLBACKEND the shell that started Lab set
+        "env": {"PYTHONHASHSEED": "0", "DVC_NO_ANALYTICS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
         "metadata": {"debugger": True},
     }
 

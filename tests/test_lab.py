@@ -17,10 +17,12 @@ def test_notebooks_name_the_kernel_that_make_lab_registers():
     assert 'kernel_name="python3"' in (ROOT / "common" / "notebooks.py").read_text()
 
 
-def test_make_lab_registers_the_kernel_and_opens_the_papers():
+def test_make_lab_registers_the_kernel_and_opens_the_project_root():
+    """Lab's file browser starts at the root: params.yaml, papers/ and reports/ are all in reach."""
     make = (ROOT / "Makefile").read_text()
-    assert re.search(r"^lab:", make, re.M)
-    assert "scripts/lab_kernel.py" in make and "jupyter lab papers/" in make
+    lab = re.search(r"^lab:.*\n((?:\t.*\n)+)", make, re.M).group(1)
+    assert "scripts/lab_kernel.py" in make and "jupyter lab" in lab
+    assert '--ServerApp.root_dir="$(CURDIR)"' in lab and "papers/" not in lab
 
 
 def test_the_environment_installs_jupyterlab_and_seaborn():
