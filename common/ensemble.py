@@ -11,7 +11,9 @@ For M predictions p_1..p_M of the same frames:
     mu    = sum_i w_i mean(p_i)                    agreement-weighted mean level
     q_i   = p_i - mean(p_i) + mu                   each prediction centred on mu
     fused = sum_i w_i q_i    (fusion="weighted")   the paper's "weighted prediction"
-          = mean_i q_i       (fusion="mean")       Zhang's official code (plain mean of q_i)
+          = mean_i q_i       (fusion="mean")       a plain mean of the q_i, the step Zhang's released
+                                                   script takes (its mu keeps negative agreements and
+                                                   n - 1 variances: papers/zhang2021/train.py:released_merge)
 
 Notes on the reading:
 * The paper names the intra-class correlation (ICC); AVEC's script and Zhang's code use the

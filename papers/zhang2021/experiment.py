@@ -7,6 +7,7 @@ re-executed after a kill picks up finished runs instead of training them again.
 """
 from __future__ import annotations
 
+import copy
 from itertools import product
 from pathlib import Path
 
@@ -58,6 +59,14 @@ def differences(params: dict, group: str) -> list[dict]:
                               tcn_visual=" x ".join(map(str, params["zhang2021"]["tcn"]["visual"])))
 
 
+def with_method(params: dict, method: str) -> dict:
+    """A plain copy of params whose zhang2021.method is `method` (train.METHOD: paper | released)."""
+    out = copy.deepcopy(params)                  # a thawed, changeable copy (common.params)
+    out["zhang2021"]["method"] = method
+    method_of(out["zhang2021"])                  # refuses an unknown method here
+    return out
+
+
 def run_name(fold: int, emotion: str, modality: str, seed: int, window: int | None = None,
              method: str = "paper") -> str:
     """The run's folder name; method released runs get their own folders beside the paper's."""
@@ -92,16 +101,19 @@ def load_predictions(run_dir: str | Path, split: str) -> dict:
 
 def test_scores(params: dict, trials: list, root: str | Path, emotion: str, modality: str, seed: int,
                 folds, clip: str) -> dict:
-    """Test CCC of the fold-0 model alone and of the fold models merged by CCC centering (Sec. 4.5)."""
+    """Test CCC of the fold-0 model alone and of the fold models merged by CCC centering (Sec. 4.5),
+    and the merged predictions ({video: (N,)})."""
     z = params["zhang2021"]
     method = method_of(z)
     test = [t for t in trials if t.split == "test"]
+    if not test:        # the real release keeps its test labels back: no test CCC (the report says so)
+        return {"single": {f: float("nan") for f in folds}, "merged": float("nan"), "predictions": {}}
     per_fold = [load_predictions(Path(root) / run_name(f, emotion, modality, seed, method=method.name), "test")
                 for f in folds]
     single = {f: method.split_ccc(test, preds, emotion) for f, preds in zip(folds, per_fold)}
     # each test trial is merged on its own (train.merge_folds), by the method's merge
     merged = merge_folds(z, [{t.video: p[t.video] for t in test} for p in per_fold], clip)
-    return {"single": single, "merged": method.split_ccc(test, merged, emotion)}
+    return {"single": single, "merged": method.split_ccc(test, merged, emotion), "predictions": merged}
 
 
 @torch.no_grad()
