@@ -394,7 +394,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, loss_fn: Callable, evaluate:
             # host wait for the GPU to finish every step before it can queue the next one.
             total, count = torch.zeros((), dtype=torch.float64, device=device), 0
             for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                              disable=not progress or rank != 0):
+                              disable=None if progress and rank == 0 else True):    # None: bars only on a terminal
                 batch = _to(batch, device)
                 steps = [(batch[name], (name,)) for name in cfg.substeps] if cfg.substeps else [(batch, ())]
                 for sub_batch, names in steps:

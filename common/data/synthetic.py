@@ -818,8 +818,12 @@ def as_real_release(root: Path) -> None:
     """Cut a generated corpus down to what the real Aff-Wild2 release holds: no test labels (no
     Test_Set folders, no MTL test.txt: the organisers keep them), no metadata/ (no videos.csv, so
     frame rates come from the names and frame counts from the label files; no latent truth, no
-    audio events). The two-person _left/_right tracks and the frames without a face stay as
-    generated; the side/ still-image sets stand in for the separate sets a user converts."""
+    audio events), and one training video without audio (its wav removed: data.missing_audio). The
+    two-person _left/_right tracks and the frames without a face stay as generated; the side/
+    still-image sets stand in for the separate sets a user converts."""
+    with open(root / "metadata" / "videos.csv", newline="") as f:
+        train = [r["audio"] for r in csv.DictReader(f) if r["split"] == "train" and r["video"] + ".wav" == r["audio"]]
+    (root / "videos" / train[0]).unlink()
     for task_dir in TASK_DIRS.values():
         shutil.rmtree(root / "annotations" / task_dir / SPLIT_DIRS["test"])
     (root / "annotations" / MTL_DIR / MTL_FILES["test"]).unlink()
@@ -828,7 +832,7 @@ def as_real_release(root: Path) -> None:
 
 def _map(jobs, workers, progress):
     from tqdm import tqdm
-    bar = tqdm(total=len(jobs), desc="synthetic Aff-Wild2", unit="job", disable=not progress,
+    bar = tqdm(total=len(jobs), desc="synthetic Aff-Wild2", unit="job", disable=None if progress else True,
                file=sys.stderr)
     results = [None] * len(jobs)
     if workers == 1:

@@ -71,7 +71,7 @@ def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = Tr
     started = time.perf_counter()
     groups = audio_tracks(root)
     todo = audio_todo(groups, cache)
-    bar = tqdm(total=len(todo), desc=f"features: {name}", unit="audio", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"features: {name}", unit="audio", disable=None if progress else True, file=sys.stderr)
     with mp.get_context("fork").Pool(workers) if workers > 1 else _Serial() as pool:
         for wav, feats in zip(todo, pool.imap(_compute, [(name, wav) for wav in todo])):
             put_aligned(cache, groups[wav], feats, extractor.rate)

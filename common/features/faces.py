@@ -294,7 +294,7 @@ def extract_faces(params: dict, workers: int = 2, progress: bool = True) -> dict
     loader = DataLoader((TrackJpegs if jpeg else TrackFaces)(todo, size), batch_size=None, num_workers=workers,
                         multiprocessing_context="fork" if workers > 0 else None)
     bar = tqdm(total=sum(t.n_frames for t in todo), desc="features: faces", unit="frame",
-               disable=not progress, file=sys.stderr)
+               disable=None if progress else True, file=sys.stderr)
     for i, decoded in loader:
         track = todo[i]
         if jpeg:

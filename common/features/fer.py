@@ -203,7 +203,7 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
     started = time.perf_counter()
     tracks = [video for split in SPLITS for video in read_split(params["data"]["root"], split)]
     todo = [t for t in tracks if not (features.has(t.video) and posteriors.has(t.video))]
-    for track in tqdm(todo, desc="features: fer", disable=not progress, file=sys.stderr):
+    for track in tqdm(todo, desc="features: fer", disable=None if progress else True, file=sys.stderr):
         z, p = encode_track(model, faces.get(track.video, track.n_frames), fp["input_size"],
                             fp["crop"], fp["extract_batch"])
         features.put(track.video, z)

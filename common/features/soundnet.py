@@ -299,7 +299,7 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
     tracks = [video for split in SPLITS for video in read_split(params["data"]["root"], split)]
     todo = [t for t in tracks if not cache.has(t.video)]
     waves = {}
-    for track in tqdm(todo, desc="features: soundnet", disable=not progress, file=sys.stderr):
+    for track in tqdm(todo, desc="features: soundnet", disable=None if progress else True, file=sys.stderr):
         wav = str(track.audio_path or audio_path(params["data"]["root"], track.video))
         if wav not in waves:                 # _left / _right share the wav: resample once
             waves = {wav: read_waveform(wav)}

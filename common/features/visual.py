@@ -468,7 +468,7 @@ def _extract_visual(params: dict, workers: int, progress: bool) -> dict:
     loader = DataLoader(TrackFaces(todo, size), batch_size=None, num_workers=workers,
                         multiprocessing_context="fork" if workers > 0 else None)
     bar = tqdm(total=sum(t.n_frames for t in todo), desc=f"features: {EXTRACTOR}", unit="frame",
-               disable=not progress, file=sys.stderr)
+               disable=None if progress else True, file=sys.stderr)
     encoded_faces = 0
     for i, faces in loader:
         track = todo[i]
