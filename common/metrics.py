@@ -20,7 +20,7 @@ Three helpers study how a number was obtained rather than what it is: ``jeong_co
 reproduces Jeong et al.'s evaluation code (labelled rows only, each set shuffled with a seed and
 cut into proportionally sized batches, F1 with ``zero_division=1``, the plain mean over batches;
 REFERENCE_FACTS.md), ``batch_averaged`` averages any metric over consecutive mini-batches (a
-generic tool, and NOT what the authors' code does: it never shuffles), and ``bootstrap_ci``
+generic tool, and NOT what the released code does (ledger: evaluation_metric): it never shuffles), and ``bootstrap_ci``
 gives percentile confidence intervals by resampling whole videos. Because every metric here is
 a function of sums over frames (confusion counts, or the moments behind CCC), the bootstrap sums
 each video once and then builds every replicate with one matrix product instead of recomputing
@@ -466,17 +466,20 @@ def jeong_batch_sizes(set_sizes: dict, largest: int = 256) -> tuple[dict, int]:
     return sizes, max_iter
 
 
-def jeong_valid_rows(labels: dict, tasks) -> np.ndarray:
-    """Rows the authors' code keeps: no -5 (VA) or -1 (EXPR, AU) anywhere in the label row.
+def jeong_valid_rows(labels: dict, tasks, substring: bool = False) -> np.ndarray:
+    """Rows the authors' loader keeps: no -5 (VA) or -1 (EXPR, AU) anywhere in the label row.
 
     ``labels`` maps task -> (N, ...) annotations; a row of the MTL set is dropped if any of its
     three tasks carries a marker (the whole 22-value row), an AU row if any of its 12 AUs does.
+    ``substring``: the per-task files are tested as text ('-1' in line, EuiseokJeong/2022_ABAW_imlab@bb0513c:
+    dataloader.py:123), so a VA row with a value of -1 (written -1.000) is dropped too; the MTL file's
+    fields are compared whole (dataloader.py:106) (ledger: row_filter).
     """
     markers = {"va": VA_INVALID, "expr": EXPR_INVALID, "au": AU_INVALID}
     keep = None
     for task in tasks:
         a = np.asarray(labels[task], dtype=np.float64)
-        bad = a == markers[task]
+        bad = (a <= -1) if substring and task == "va" else a == markers[task]
         bad = bad.reshape(len(a), -1).any(axis=1)
         keep = ~bad if keep is None else keep & ~bad
     return keep
@@ -545,7 +548,8 @@ def jeong_code_metric(truth: dict, pred: dict, seed: int = 0, set_sizes: dict | 
     names and their tasks as in ``JEONG_SET_TASKS`` ("va", "expr", "au": one task each on its own
     annotation; "mtl": all three). Any subset of the sets may be given. The procedure:
 
-    1. label filtering: rows whose label row holds a -5 or -1 are dropped (``jeong_valid_rows``);
+    1. label filtering: rows whose label row holds a -5 or -1 are dropped (``jeong_valid_rows``; in
+       the single-task sets also a VA of -1, which the loader's text test catches);
     2. batch sizes (``jeong_batch_sizes``): max_iter = ceil(largest set / ``largest``), each set's
        batch = floor(its frames / max_iter), from ``set_sizes`` (default: the frame counts of the
        given sets after filtering, i.e. the formula applied to these sets; pass
@@ -577,7 +581,7 @@ def jeong_code_metric(truth: dict, pred: dict, seed: int = 0, set_sizes: dict | 
         lengths = {len(truth[name][t]) for t in tasks} | {len(pred[name][t]) for t in tasks}
         if len(lengths) != 1:
             raise ValueError(f"set {name}: the label and prediction arrays differ in length {sorted(lengths)}")
-        keep = jeong_valid_rows(truth[name], tasks)
+        keep = jeong_valid_rows(truth[name], tasks, substring=name != "mtl")
         if not keep.any():
             raise _no_valid_frames(f"jeong_code_metric (set {name})", len(keep), -1)
         kept[name] = keep

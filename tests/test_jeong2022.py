@@ -349,3 +349,32 @@ def test_fer_weights_round_trip_and_a_wrong_file_is_named(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(FerWeightsError, match=r"bad\.pt.*va_head\.bias"):
         load_fer_weights(other, tmp_path / "bad.pt")
+
+
+def test_keras_init_sets_the_forget_bias_and_glorot_bounds():
+    """model.keras_init: Keras' defaults (ledger: initialisation): zero Dense biases, Dense weights within
+    the glorot_uniform bound sqrt(6 / (fan_in + fan_out)), LSTM forget-gate bias 1, other biases 0,
+    an orthogonal recurrent kernel."""
+    from papers.jeong2022.model import keras_init
+    net = keras_init(JeongNet("I+A", lstm=8, trunk=(16, 8), heads=(8, 4)))
+    lin = net.trunk[0][0].requires_grad_(False)
+    assert float(lin.bias.abs().max()) == 0.0
+    bound = (6 / (lin.in_features + lin.out_features)) ** 0.5
+    assert float(lin.weight.abs().max()) <= bound and float(lin.weight.abs().max()) > 0.8 * bound
+    b = (net.lstm.bias_ih_l0 + net.lstm.bias_hh_l0).detach()
+    assert torch.equal(b[8:16], torch.ones(8)) and float(b[:8].abs().sum() + b[16:].abs().sum()) == 0.0
+    rec = net.lstm.weight_hh_l0.detach()                           # (4 units, units): orthonormal columns
+    assert torch.allclose(rec.T @ rec, torch.eye(8), atol=1e-5)
+
+
+def test_batch_sizes_follow_the_released_loader():
+    """train.batch_sizes: max_iter = ceil(largest / 256), floor(set / max_iter) for every set, as
+    common.metrics.jeong_batch_sizes (the loader's formula, held to the official loader in
+    tests/official) (ledger: batch_sizes)."""
+    from common.metrics import jeong_batch_sizes
+    from papers.jeong2022.train import batch_sizes
+    n = {"va": 1000, "expr": 700, "au": 520, "mtl": 90}
+    corpus = Corpus(None, None, None, None, None, None,
+                    {("train", s): {"rows": np.arange(k)} for s, k in n.items()}, None)
+    want, _ = jeong_batch_sizes(n, 256)
+    assert batch_sizes(corpus, 256) == want == {"va": 250, "expr": 175, "au": 130, "mtl": 22}

@@ -38,8 +38,8 @@ definitions; tests/test_soundnet_published.py holds the loader against the real 
 Our own state dicts (keys as in this module) load too. BN epsilon 1e-5 as Torch7's and the TF
 port's. A file that does not fit (another network, another width, another format) stops with
 SoundNetWeightsError naming the file, the params key and the first three mismatches, before any
-weight is copied. Input scaling as in the authors' code: waveform in [-1, 1] times 256 (Jeong's
-code: "scaled by 255 and clipped"), see `WAVEFORM_SCALE`.
+weight is copied. Input scaling as SoundNet's authors scale it: waveform in [-1, 1] times 256 (Jeong's
+released extraction scales by 255 and clips, ledger: audio_window), see `WAVEFORM_SCALE`.
 """
 from __future__ import annotations
 

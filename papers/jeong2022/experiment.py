@@ -14,7 +14,6 @@ import numpy as np
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.parallel import finished_run
 from common.runs import config_key
-from common.report import differences as report_differences
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from common.weights import PIPELINE, recorded_provenance
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
@@ -83,12 +82,13 @@ def fer_provenance(params: dict) -> str:
 
 
 def differences(params: dict) -> list[dict]:
-    """Every place where this run differs from the paper, and why (the report's table): the rows of
-    papers/jeong2022/differences.yaml, filled in from params and the networks' records."""
+    """Every place where this run differs from the paper or the released code, and why (the report's
+    table): the rows of papers/jeong2022/ledger.yaml, filled in from params and the networks' records."""
+    from common import ledger
     sound_here = soundnet_provenance(params)
     sound = ("published" if sound_here.startswith("published weights") else
              "local" if sound_here.startswith("weights loaded") else "pipeline")
-    return report_differences("jeong2022", "all", params=params, fer_here=fer_provenance(params),
+    return ledger.differences("jeong2022", "all", params=params, fer_here=fer_provenance(params),
                               sound_here=sound_here, sound=sound)
 
 

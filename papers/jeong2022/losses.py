@@ -64,7 +64,7 @@ def jeong_expr_distillation(student_logits: torch.Tensor, teacher_logits: torch.
     output divided by t and passed through softmax is the soft label the student learns from,
     so the teacher is the target here:
         L = -sum_c softmax(teacher / t)_c log softmax(student / t)_c, mean over rows.
-    The student's logits are divided by t too, as the released code does (and Hinton et al.); there is
+    The student's logits are divided by t too, as the released code does (ledger: distillation_temperature); there is
     no T^2 factor. Differs from Hinton et al.'s KL without T^2 (Vu's `hinton_kd(scale_t2=False)`)
     only by the teacher's entropy, a constant for the student. The released code makes the student
     the target in the EXPR and AU streams (utils.py:138, 142): `released_student_loss`
@@ -254,7 +254,7 @@ def keras_binary_crossentropy_cached_logits(y_true: torch.Tensor, logits: torch.
 
 
 def _released_labels(b: dict, task: str) -> torch.Tensor:
-    """The labels as the released code feeds them: VA values, EXPR one-hot, AU 0/1 (float). Its row
+    """The labels as the released code feeds them (ledger: swapped_supervision): VA values, EXPR one-hot, AU 0/1. Its row
     filter (data.py) dropped every row with a marker, so one here means the filter was bypassed."""
     y = b[task]
     bad = (y == -5).any(-1) if task == "va" else (y == -1) if task == "expr" else (y == -1).any(-1)

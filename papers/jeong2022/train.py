@@ -139,9 +139,9 @@ def task_scores(labelled: dict, pred: dict, tasks=TASKS, style: str = "abaw") ->
 
     style "abaw": over all frames of the set (Sec. 5.1, the ABAW definition);
     style "code": the mean over consecutive batches of 256 with F1 zero_division=1. This is NOT
-    what the authors' code does (it shuffles each set and sizes the batches in proportion to the
-    sets: common.metrics.jeong_code_metric, Table 4's notebook); it stays as the reading this
-    project used before, which Table 4 shows labelled as such."""
+    what the released code does (ledger: evaluation_metric): it shuffles each set and sizes the
+    batches in proportion to the sets (common.metrics.jeong_code_metric, Table 4's notebook); it stays
+    as the reading this project used before, which Table 4 shows labelled as such."""
     out = {}
     for t in tasks:
         if style == "abaw":

@@ -450,7 +450,7 @@ def fixture_metric(utils, dataloader_mod, tf) -> dict:
          "AU": loader.au_batch_size}
     out = {"max_iter": np.int64(loader.max_iter), "batch_sizes": np.array([b[k] for k in TASKS], np.int64)}
     for task, n in sizes.items():
-        va = np.clip(rng.normal(0, 0.4, (n, 2)), -1, 1).astype(np.float32)
+        va = np.clip(rng.normal(0, 0.4, (n, 2)), -0.999, 0.999).astype(np.float32)   # rows the loader keeps
         va_p = np.clip(0.6 * va + rng.normal(0, 0.3, (n, 2)), -1, 1).astype(np.float32)
         expr = rng.integers(0, 8, n)
         expr_p = rng.normal(0, 1, (n, 8)).astype(np.float32)
