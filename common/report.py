@@ -384,6 +384,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.banner{background:#ff
 .built-in{color:#555;font-weight:600}.not-judgeable{color:#3c5f86;font-weight:600}.check{color:#5e4a9c;font-weight:600}
 .unclassified{color:#b3261e;font-style:italic}img.chart{max-width:100%;height:auto;display:block;margin:.6em 0}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px}.muted{color:#777}
+table.papers{font-size:.92em}table.papers th,table.papers td{padding:.3em .45em}table.papers td:first-child{white-space:nowrap}table.papers th{font-size:.88em}
 """
 
 
@@ -423,14 +424,17 @@ def test_labels_missing(results: list[dict]) -> bool:
 
 def results_table(published: list[dict], results: list[dict]) -> str:
     """Published beside reproduced for every published number, plus reproduced-only rows. On a
-    corpus without test labels a test-split row says so instead of a number."""
+    corpus without test labels a test-split row says so instead of a number. The difference from the
+    published number is shown for runs on the real Aff-Wild2 only: the embedded corpus's absolute
+    values are not comparable with the paper's (the banner says so), only its effects are."""
     hidden = test_labels_missing(results)
+    real = any(r.get("data") == "real" for r in results)
     reproduced = {(r.get("table"), r.get("row"), r.get("column")): r for res in results for r in res.get("results", [])}
     tables = sorted({p["table"] for p in published} | {k[0] for k in reproduced if k[0]}, key=str)
     parts = []
     for table in tables:
         rows = ["<tr><th>row</th><th>column</th><th>split</th><th>published</th><th>reproduced</th>"
-                "<th>95% CI / spread</th><th>Δ</th></tr>"]
+                "<th>95% CI / spread</th>" + ("<th>reproduced − published</th>" if real else "") + "</tr>"]
         keys = [(p["table"], p["row"], p["column"]) for p in published if p["table"] == table]
         keys += [k for k in reproduced if k[0] == table and k not in keys]
         pub = {(p["table"], p["row"], p["column"]): p for p in published}
@@ -441,11 +445,11 @@ def results_table(published: list[dict], results: list[dict]) -> str:
             value = r.get("value") if r else None
             ci = (f"[{fmt(r.get('low'))}, {fmt(r.get('high'))}]" if r and r.get("low") is not None
                   else f"± {fmt(r.get('spread'))} (n={r.get('n')})" if r and r.get("spread") is not None else "")
-            delta = fmt(value - p["value"]) if p and value is not None else ""
+            delta = f"<td class=num>{fmt(value - p['value']) if p and value is not None else ''}</td>" if real else ""
             rows.append(f"<tr><td>{html.escape(key[1])}</td><td>{html.escape(key[2])}</td>"
                         f"<td>{html.escape((p or r or {}).get('split', ''))}</td>"
                         f"<td class=num>{fmt(p['value']) if p else ''}</td><td class=num>{reproduced_cell(r)}</td>"
-                        f"<td class=num>{ci}</td><td class=num>{delta}</td></tr>")
+                        f"<td class=num>{ci}</td>{delta}</tr>")
         parts.append(f"<h3>Table {html.escape(str(table))}</h3><table>{''.join(rows)}</table>")
     return "\n".join(parts)
 
