@@ -56,7 +56,15 @@ def differences(params: dict, group: str) -> list[dict]:
                               vggish=provenance["VGGish"],
                               frame_published=provenance["frame encoder"].startswith("published weights"),
                               vggish_published=provenance["VGGish"].startswith("published weights"),
-                              tcn_visual=" x ".join(map(str, params["zhang2021"]["tcn"]["visual"])))
+                              tcn_visual=channels_by_layers(params["zhang2021"]["tcn"]["visual"]))
+
+
+def channels_by_layers(channels: list) -> str:
+    """A TCN's size as the paper writes it (Sec. 3.1: "128 x 4", channels x layers): [16, 16] is
+    "16 x 2"; layers of different widths are listed, [64, 32] -> "64, 32 (2 layers)"."""
+    if len(set(channels)) == 1:
+        return f"{channels[0]} x {len(channels)}"
+    return f"{', '.join(map(str, channels))} ({len(channels)} layers)"
 
 
 def with_method(params: dict, method: str) -> dict:
