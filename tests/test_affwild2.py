@@ -671,3 +671,37 @@ def test_reads_a_generated_corpus(tmp_path):
         assert mtl["has_image"].all() and set(mtl["video"]) <= set(info)
     assert sorted(seen) == sorted(info)
     assert any(name.endswith("_left") for name in seen)
+
+
+# ---- test predictions in the annotation format ---------------------------------------------------
+
+def test_test_predictions_are_written_in_the_annotation_format_and_read_back(tmp_path):
+    from common.data.submission import SubmissionError, write_predictions
+    va = {"12-24-1920x1080": np.array([[0.25, -0.5], [1.3, 0.0], [-0.1, 0.9]], np.float32)}
+    (path,) = write_predictions(tmp_path, "VA", va)
+    assert path == tmp_path / "VA_Estimation_Challenge" / "12-24-1920x1080.txt"
+    assert path.read_text().splitlines()[0] == VA_HEADER and len(path.read_text().splitlines()) == 4
+    values, valid = aw.read_va_labels(path)                 # the reader takes it: one row per frame
+    np.testing.assert_allclose(values, [[0.25, -0.5], [1.0, 0.0], [-0.1, 0.9]], atol=1e-6)
+    assert valid.all()
+    (expr,) = write_predictions(tmp_path, "EXPR", {"v": np.array([0, 7, 3])})
+    np.testing.assert_array_equal(aw.read_expr_labels(expr)[0], [0, 7, 3])
+    (au,) = write_predictions(tmp_path, "AU", {"v": np.eye(12, dtype=int)[:3]})
+    np.testing.assert_array_equal(aw.read_au_labels(au)[0], np.eye(12)[:3])
+    with pytest.raises(SubmissionError, match="'bad'.*frame 2"):
+        write_predictions(tmp_path, "VA", {"bad": np.array([[0, 0], [np.nan, 0]])})
+    with pytest.raises(SubmissionError, match="shape"):
+        write_predictions(tmp_path, "VA", {"bad": np.zeros(3)})
+    assert not (tmp_path / "VA_Estimation_Challenge" / "bad.txt").exists()
+
+
+def test_the_jpeg_face_cache_names_a_truncated_face(corpus):
+    """The paper profile's cache stores same-size JPEGs as they are: a truncated one must be named
+    when the cache is built, not fail later inside the packed cache."""
+    from common.features.faces import face_jpeg
+    jpg = corpus / "cropped_aligned" / "7-25-480x360" / "00003.jpg"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(jpg, quality=95)
+    assert face_jpeg(str(jpg), 32) == jpg.read_bytes()
+    jpg.write_bytes(jpg.read_bytes()[:250])
+    with pytest.raises(AffWild2Error, match=rf"{jpg}: cannot decode this face image"):
+        face_jpeg(str(jpg), 32)

@@ -167,6 +167,19 @@ def test_notebooks_write_well_formed_results(tiny_pipeline):
     assert table2["leaderboard"][0]["split"] == "test" and -1 <= table2["leaderboard"][0]["p_va"] <= 1
 
 
+def test_table2_writes_test_predictions_in_the_annotation_format(tiny_pipeline):
+    """One VA file per test video (common.data.submission), each read back by the label reader with
+    one row per frame of the video."""
+    from common.data import affwild2
+    params, reports = tiny_pipeline
+    folder = reports / "zhang2021" / "test_predictions" / affwild2.TASK_DIRS["VA"]
+    test = affwild2.read_split(params["data"]["root"], "test", tasks=("VA",))
+    assert test and sorted(p.stem for p in folder.glob("*.txt")) == [v.video for v in test]
+    for video in test:
+        values, valid = affwild2.read_va_labels(folder / f"{video.video}.txt")
+        assert values.shape == (video.n_frames, 2) and valid.all()
+
+
 def test_window_exercises_answer_from_smoke_runs(tiny_pipeline):
     """window.ipynb, the chapter's last notebook, ran its three exercises under the smoke profile in the
     fixture: each answer cell printed its numbers (a short window, no overlap, the plain-mean merge)."""

@@ -27,12 +27,16 @@ import sys
 from pathlib import Path
 
 from common.data import synthetic
-from common.data.affwild2 import SPLITS, AffWild2Error, find_annotation_dir, read_split, test_labels_released
-from common.files import atomic_write_json
+from common.data.affwild2 import (AUDIO_SOURCE_EXTS, DEFAULT_AUDIO_CACHE, SPLITS, AffWild2Error, audio_base,
+                                  find_annotation_dir, read_split, test_labels_released)
+from common.files import atomic_path, atomic_write_json
 from common.params import ParamsError, load_params
 
+log = logging.getLogger(__name__)
 STAGE_OUT = Path("data/affwild2")
 FACELESS = ("warn", "error")        # data.faceless_videos: what a video with no face image does
+MISSING_AUDIO = ("error", "silence")  # data.missing_audio: what a video with no audio at all does
+SILENCE_DBFS = -90.0                # the stand-in's noise floor: log-energy features stay finite
 
 
 def _stat_lines(folder: Path, digest) -> int:
@@ -97,10 +101,39 @@ def _checked_root(root: str | Path) -> Path:
     return root
 
 
-def index_real_corpus(root: str | Path, stage_out: str | Path = STAGE_OUT, faceless: str = "warn") -> dict:
+def stand_in_silence(root: Path, video, policy: str) -> Path | None:
+    """For a track whose video has no audio at all (no wav, no video file in videos/): stop
+    (policy "error"), or write near-silence of the track's length where audio_path() looks for an
+    extracted wav (<root>/audio_wav/<base>.wav), so every audio feature of it is that of silence.
+    Returns the path written, or None when the track has audio."""
+    base = audio_base(video.video)
+    sources = [root / "videos" / f"{base}{ext}" for ext in (".wav",) + AUDIO_SOURCE_EXTS]
+    stand_in = root / DEFAULT_AUDIO_CACHE / f"{base}.wav"
+    if any(p.is_file() for p in sources):
+        return None
+    if policy == "error":
+        raise AffWild2Error(f"video {video.video!r} has no audio: none of {', '.join(map(str, sources))} exists; "
+                            f"put its wav or video file into {root / 'videos'}, or set data.missing_audio: "
+                            f"silence to use near-silence for it")
+    if not stand_in.is_file() and video.fps:
+        import numpy as np
+        import soundfile as sf
+        rate = 16000
+        n = int(round(video.n_frames / video.fps * rate))
+        noise = np.random.default_rng(0).standard_normal(n) * 10 ** (SILENCE_DBFS / 20)
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(stand_in, ".wav") as partial:
+            sf.write(partial, noise.astype(np.float32), rate, subtype="FLOAT", format="WAV")
+    log.warning("video %r has no audio: its audio features are those of near-silence (%s)", video.video, stand_in)
+    return stand_in
+
+
+def index_real_corpus(root: str | Path, stage_out: str | Path = STAGE_OUT, faceless: str = "warn",
+                      missing_audio: str = "error") -> dict:
     """Read every split of the real corpus at root (raising AffWild2Error with file and line on bad
     input) and write the stage's summary into stage_out/real_corpus.json. `faceless`: "error" stops
-    at a video whose face folder holds no image, "warn" logs it (common.data.affwild2.read_split)."""
+    at a video whose face folder holds no image, "warn" logs it (common.data.affwild2.read_split).
+    `missing_audio`: "error" stops at a video with no audio at all, "silence" stands in near-silence."""
     root, stage_out = _checked_root(root), Path(stage_out)
     if root.resolve() == stage_out.resolve() or stage_out.resolve() in root.resolve().parents:
         raise AffWild2Error(f"data.root {root} lies inside the corpus stage's output {stage_out}: DVC would copy "
@@ -108,6 +141,8 @@ def index_real_corpus(root: str | Path, stage_out: str | Path = STAGE_OUT, facel
                             "data.root at it.")
     if faceless not in FACELESS:
         raise ParamsError(f"params.yaml: data.faceless_videos is {faceless!r}; use warn or error")
+    if missing_audio not in MISSING_AUDIO:
+        raise ParamsError(f"params.yaml: data.missing_audio is {missing_audio!r}; use error or silence")
     summary = {"source": "real", "root": str(root.resolve()), "test_labels": test_labels_released(root),
                "splits": {}}
     for split in SPLITS:
@@ -117,9 +152,10 @@ def index_real_corpus(root: str | Path, stage_out: str | Path = STAGE_OUT, facel
             raise AffWild2Error(f"{root / 'cropped_aligned' / no_face[0]}: video {no_face[0]!r} has no face "
                                 f"image ({len(no_face)} such videos in {split}); extract its faces, or set "
                                 f"data.faceless_videos: warn to train on blank faces for it")
+        silent = [v.video for v in videos if stand_in_silence(root, v, missing_audio)]
         summary["splits"][split] = {
             "tracks": len(videos), "frames": int(sum(v.n_frames for v in videos)),
-            "faceless_tracks": no_face,
+            "faceless_tracks": no_face, "tracks_without_audio": silent,
             "labelled_frames": {"VA": int(sum(v.va_mask.sum() for v in videos)),
                                 "EXPR": int(sum(v.expr_mask.sum() for v in videos)),
                                 "AU": int(sum(v.au_mask.any(axis=1).sum() for v in videos))}}
@@ -150,7 +186,7 @@ def main(argv=None) -> int:
         if params["data"]["source"] == "real":
             logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
             summary = index_real_corpus(params["data"]["root"], args.stage_out,
-                                        params["data"]["faceless_videos"])
+                                        params["data"]["faceless_videos"], params["data"]["missing_audio"])
             if not summary["test_labels"]:
                 print("      test: test labels not released (no Test_Set folder, no MTL test.txt)")
             for split, s in summary["splits"].items():

@@ -134,10 +134,19 @@ def face_jpeg(path: str, size: int) -> bytes:
     """The bytes to store for one face: the file itself when it is size x size (decoding it then
     gives exactly `load_face`), else `load_face`'s resized pixels re-encoded."""
     from PIL import Image
-    with Image.open(path) as im:
-        same = im.size == (size, size)
+    try:
+        with Image.open(path) as im:
+            same = im.size == (size, size)
+    except OSError:
+        load_face(path, size)               # raises naming the file
+        raise
     if same:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
+        if not data.endswith(b"\xff\xd9"):
+            # No end-of-image marker: maybe truncated, which would surface only when the cache is
+            # decoded, far from the file. A full decode names the file if it is.
+            load_face(path, size)
+        return data
     return encode_jpeg(load_face(path, size))
 
 
