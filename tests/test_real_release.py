@@ -136,3 +136,10 @@ def test_the_report_is_built_and_says_test_labels_are_not_released(real_pipeline
     table2_rows = results.split("<h3>Table 2</h3>", 1)[1].split("</table>", 1)[0]
     assert table2_rows.count(report.NOT_RELEASED) >= len(test_rows) and "nan" not in table2_rows.lower()
     assert "real Aff-Wild2" in index.read_text()
+
+
+def test_an_unknown_layout_names_the_key():
+    from common.params import ParamsError
+    corpus_params = dict(load_params(ROOT / "params.yaml", "smoke")["corpus"], layout="real")
+    with pytest.raises(ParamsError, match=r"corpus\.layout = 'real'.*embedded, real_release"):
+        synthetic.CorpusConfig.from_params(corpus_params)
