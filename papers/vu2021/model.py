@@ -59,12 +59,13 @@ class MultitaskCNN(nn.Module):
         # The FER+ ResNet-50 was trained on 0-255 RGB minus its mean (resnet_dag.MEAN); the Caffe
         # stem reads that convention (the released code's input, ledger: ferplus_weights).
         self.ferplus_input = stem == "caffe"
+        self.ferplus_mean = [float(m) for m in FERPLUS_MEAN]      # a list attribute: TorchScript-able
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.ferplus_input:
-            return x
-        mean = torch.tensor(FERPLUS_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * 0.5 + 0.5) * 255.0 - mean
+        if self.ferplus_input:
+            mean = torch.tensor(self.ferplus_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            return (x * 0.5 + 0.5) * 255.0 - mean
+        return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2 * feature_dim): the EXPR head's 128-d feature, then the VA head's."""

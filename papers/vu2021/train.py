@@ -153,7 +153,7 @@ def train_cnn(params: dict, kind: str, seed: int, out: Path, teacher_dir: Path |
     sets, student = CNN_KINDS[kind]
     started = time.perf_counter()
     root, size = params["data"]["root"], vd.face_size(params)
-    streams = _cached(_STREAMS, (root, size, vp["frame_step"]),
+    streams = _cached(_STREAMS, (root, size, vp["frame_step"], vp["method"]),     # the method's samplers
                       lambda: vd.build_streams(params))
     val = _cached(_FRAMES, (root, size, "validation"),
                   lambda: vd.eval_frames(params, "validation", vp["eval_stride"]))
