@@ -115,22 +115,27 @@ def test_a_truncated_or_corrupt_file_names_itself_and_the_fix(both, tmp_path):
     np.save(raw, packed)
     data = raw.with_suffix(".raw.npy").read_bytes()
     path.write_bytes(data[:len(data) // 2])                # truncated: the .npy header promises more
+    broken.record("v")                                     # as if written so: the checksum holds, the content not
     with pytest.raises(FeatureCacheError, match=r"v\.npy.*re-run .*face_pixels"):
         broken.get("v")
     np.save(path, packed[:len(packed) - 10])                # a well-formed .npy of a cut-short track
+    broken.record("v")
     with pytest.raises(FeatureCacheError, match=r"v\.npy.*truncated or corrupt.*re-run .*face_pixels"):
         broken.get("v")
     np.save(path, np.zeros(100, np.uint8))                  # not a packed track at all
+    broken.record("v")
     with pytest.raises(FeatureCacheError, match=r"v\.npy.*wrong header.*re-run"):
         broken.get("v")
     lazy = faces.JpegFaces(path, packed, cache.size)
     garbled = packed.copy()
     garbled[len(packed) - int(lazy.offsets[-1]) + int(lazy.offsets[0]) + 2:] = 7   # image bytes overwritten
     np.save(path, garbled)
+    broken.record("v")
     with pytest.raises(FeatureCacheError, match=r"v\.npy: image 0 does not decode.*re-run .*face_pixels"):
         broken.get("v")[0]
     with pytest.raises(FeatureCacheError, match=r"v\.npy.*expected 3"):
         np.save(path, packed)
+        broken.record("v")
         broken.get("v", 3)
 
 

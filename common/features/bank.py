@@ -23,7 +23,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.cache import DamagedCacheError, FeatureCache, FeatureCacheError
 
 
 class FeatureBankError(KeyError):
@@ -151,6 +151,8 @@ def available(params: dict) -> list[str]:
             continue
         try:
             cache = feature.cache(params)
+        except DamagedCacheError:                  # a truncated manifest: an error, not an absent feature
+            raise
         except (FeatureCacheError, OSError, RuntimeError, ValueError):
             continue
         if cache.manifest_path.exists():

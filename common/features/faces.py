@@ -34,10 +34,11 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from common.data.affwild2 import SPLITS, AffWild2Error, read_split
-from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.cache import (DamagedCacheError, FeatureCache, FeatureCacheError, file_stamp,
+                                   remember_verified, verified, verified_here)
 from common.features.extract import run_stage, stage_parser
 from common.features.visual import TrackFaces, load_face, nearest_face_index
-from common.files import atomic_save_npy, atomic_write_json
+from common.files import atomic_write_json
 from common.params import ParamsError, load_params
 
 EXTRACTOR = "faces"
@@ -70,28 +71,25 @@ class FaceCache(FeatureCache):
         if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (3, self.size, self.size):
             raise ValueError(f"{EXTRACTOR}: faces for {video} have shape {faces.shape} ({faces.dtype}), "
                              f"expected (n_frames, 3, {self.size}, {self.size}) uint8")
-        self._manifest()
-        atomic_save_npy(self.path(video), faces)
+        self._store(video, faces)
 
     def put_jpeg(self, video: str, packed: np.ndarray) -> None:
         """Store one track packed by `pack_jpegs` (checked by opening it once)."""
         JpegFaces(self.path(video), packed, self.size)
-        self._manifest()
-        atomic_save_npy(self.path(video), packed)
+        self._store(video, packed)
 
     def get(self, video: str, n_frames: int | None = None) -> np.ndarray:
         if self.format == "jpeg":
-            path, packed = self._open(video, STAGE)
-            faces = JpegFaces(path, packed, self.size)
+            path, packed = self._open(video)                # its sha256 checked (FeatureCache.verify)
+            faces = JpegFaces(path, packed, self.size, self.recorded(video)["sha256"])
             if n_frames is not None and len(faces) != n_frames:
-                raise FeatureCacheError(f"{path}: {len(faces)} frames, expected {n_frames}; "
-                                        "delete it and re-run the face_pixels stage.")
+                raise FeatureCacheError(f"{path}: {len(faces)} frames, expected {n_frames}; {self.rerun()}.")
             return faces
-        path, faces = self._open(video, STAGE)
+        path, faces = self._open(video)
         expected = (n_frames or (len(faces) if faces.ndim == 4 else "n_frames"), 3, self.size, self.size)
         if faces.dtype != np.uint8 or faces.shape != expected:
             raise FeatureCacheError(f"{path}: shape {faces.shape} ({faces.dtype}), expected {expected} uint8; "
-                                    "delete it and re-run the face_pixels stage.")
+                                    f"{self.rerun()}.")
         return faces
 
 
@@ -163,14 +161,16 @@ class JpegFaces:
     `faces[i]`, `faces[a:b]`, `faces[mask]`, `faces[rows]` (and a tuple whose first item is one
     of those) decode only the frames asked for and return a fresh writable ndarray;
     `np.asarray(faces)` decodes them all. The packed bytes stay memory-mapped; pickling (spawned
-    DataLoader workers) carries the path, and the copy maps the file again.
+    DataLoader workers) carries the path, and the copy maps the file again. With the `sha256` the
+    manifest recorded (FaceCache.get), the copy checks the file again unless it is unchanged since
+    this process checked it (same size and mtime), so a worker does not read the whole file again.
     """
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, path: str | Path, packed: np.ndarray, size: int):
-        self.path, self.size = Path(path), int(size)
+    def __init__(self, path: str | Path, packed: np.ndarray, size: int, sha256: str | None = None):
+        self.path, self.size, self.sha256 = Path(path), int(size), sha256
         self._attach(packed)
 
     def _bad(self, what: str) -> FeatureCacheError:
@@ -195,11 +195,19 @@ class JpegFaces:
         self.shape = (n_frames, 3, self.size, self.size)
 
     def __getstate__(self):
-        return {"path": self.path, "size": self.size}
+        stamp = file_stamp(self.path) if self.sha256 else None
+        checked = stamp if stamp and verified_here(stamp) == self.sha256 else None
+        return {"path": self.path, "size": self.size, "sha256": self.sha256, "checked": checked}
 
     def __setstate__(self, state):
-        self.path, self.size = state["path"], state["size"]
+        self.path, self.size, self.sha256 = state["path"], state["size"], state.get("sha256")
         try:
+            if self.sha256:
+                if state.get("checked") and file_stamp(self.path) == tuple(state["checked"]):
+                    remember_verified(state["checked"], self.sha256)   # the sender checked this very file
+                if not verified(self.path, self.sha256):
+                    raise DamagedCacheError(f"{self.path}: damaged: its contents differ from the sha256 its "
+                                            f"manifest recorded; re-run its stage: dvc repro -s --force face_pixels.")
             packed = np.load(self.path, mmap_mode="r")
         except (ValueError, OSError) as e:
             raise self._bad(f"unreadable ({e})") from None
