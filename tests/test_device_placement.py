@@ -264,7 +264,8 @@ def _vu(stage, role):
     if stage == "cnn":
         build, batch = (lambda: train.build_cnn(vp["cnn"])), meta(_vu_batch("image", (3, 28, 28)))
     else:
-        build, batch = (lambda: train.build_gru(SMOKE)), meta(_vu_batch("x", (int(vp["cnn"]["feature_dim"]),), (5,)))
+        # the GRUs read both heads' cached features, EXPR then VA: 2 x feature_dim
+        build, batch = (lambda: train.build_gru(SMOKE)), meta(_vu_batch("x", (2 * int(vp["cnn"]["feature_dim"]),), (5,)))
     key = "image" if stage == "cnn" else "x"
     if role == "teacher":
         return lambda: losses.teacher_loss(train.forward_sets(on_meta(build()), batch, key), batch, vp)
@@ -498,7 +499,7 @@ def _vu_predict():
         n: int
 
         def window(self, start, length):
-            return torch.randn(length, int(vp["cnn"]["feature_dim"])), None, None
+            return torch.randn(length, 2 * int(vp["cnn"]["feature_dim"])), None, None   # both heads' features
     logits, va = train.predict_tracks(evaluated(train.build_gru(SMOKE)), [Track(20), Track(9)], 8, vp)
     assert logits.shape == (29, 7) and va.shape == (29, 2)
 
