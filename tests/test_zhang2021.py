@@ -269,6 +269,18 @@ def test_train_fold_under_the_released_method_learns_and_keys_its_choices(tmp_pa
     np.testing.assert_allclose(merged["test0"], np.clip(r["predictions"]["test"]["test0"], -1, 1), atol=1e-6)
 
 
+def test_released_grid_has_its_own_runs_and_merges_test_trials_its_way(tmp_path, one_thread):
+    from papers.zhang2021 import experiment
+    params = experiment.with_method(smoke_params(epochs=2, folds=2, lr=3e-3), "released")
+    trials = [Trial(t.video, t.subject, t.split, t.label[t.mask], t.mask[t.mask],
+                    {m: a[t.mask] for m, a in t.features.items()}) for t in linear_corpus()]
+    rows = experiment.run_grid(params, trials, tmp_path, [0, 1], emotions=("valence",), modalities=("multimodal",))
+    assert [r["method"] for r in rows] == ["released", "released"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"multimodal-valence-fold{f}-seed0-released" for f in (0, 1)]
+    scores = experiment.test_scores(params, trials, tmp_path, "valence", "multimodal", 0, [0, 1], "early")
+    assert set(scores["single"]) == {0, 1} and -1 <= scores["merged"] <= 1
+
+
 def test_released_tcn_skip_convolution_has_the_xavier_init():
     torch.manual_seed(0)
     released = TemporalBlock(256, 128, 5, 1, 0.1, "zhang_released").skip.weight
