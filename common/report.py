@@ -37,15 +37,16 @@ import numpy as np
 from common import report_charts, report_figures
 from common.data.affwild2 import test_labels_released
 from common.files import atomic_write_text
+from common.power import MAX_RUNS, plan
+from common.verdicts import EXPLAINED, VERDICTS, judge_claim, rejudge  # noqa: F401 - judge_claim: the notebooks' import
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = {"jeong2022": "Jeong, Oh, Lim (CVPRW 2022)", "zhang2021": "Zhang, Ding, Wei, Guan (ICCVW 2021)",
           "liu2023": "Liu, Sun et al. (CVPRW 2023)", "vu2021": "Vu, Beurton-Aimar, Marchand (ICCVW 2021)"}
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 # What a judged claim is evidence of (papers/<paper>/claims.csv). Only findings are verdicts on the method.
 CLAIM_KINDS = {
     "finding": ("Findings about the method",
-                "The verdicts that test the method. Only these count as reproduced, inconclusive or not reproduced."),
+                "The verdicts that test the method. Only these count as reproduced, contradicted, absent or inconclusive."),
     "built into the data": ("Built into the data",
                             "The embedded corpus's generator builds these effects in by construction (the parameter is "
                             "named). The computed verdict shows only that the pipeline recovers the effect, so these "
@@ -63,59 +64,7 @@ CLAIMS_HEADER = ["id", "kind", "parameter", "note", "delta", "delta_reason"]
 
 # ---- claims ------------------------------------------------------------------------------------
 
-def judge_claim(a, b=None, direction: str = ">", margin: float = 0.0, tolerance: float = 0.02,
-                paired: bool = True, confidence: float = 0.95) -> dict:
-    """Judge "a > b" (direction '>'), "a < b" ('<') or "a is about b" ('~', within ±tolerance).
-
-    a and b are per-seed (or per-fold) values of the same metric; with b None, a itself is the
-    effect (e.g. per-seed differences). The effect is mean(a - b) when paired, else the
-    difference of means, with a t-interval from the spread across runs. The verdict is
-    'reproduced' when the whole interval lies on the claimed side of `margin` (or, for '~',
-    inside ±tolerance), 'not reproduced' when it lies wholly on the other side (outside), and
-    'inconclusive' otherwise, including when a single run leaves no spread to judge by.
-    """
-    from scipy import stats
-
-    a = np.asarray(a, float).ravel()
-    if b is None:
-        diffs, n = a, a.size
-        spread = a.std(ddof=1) if n > 1 else float("nan")
-        se = spread / math.sqrt(n) if n > 1 else float("nan")
-    else:
-        b = np.asarray(b, float).ravel()
-        if paired:
-            if a.size != b.size:
-                raise ValueError(f"paired claim needs equal run counts, got {a.size} and {b.size}")
-            diffs, n = a - b, a.size
-            spread = diffs.std(ddof=1) if n > 1 else float("nan")
-            se = spread / math.sqrt(n) if n > 1 else float("nan")
-        else:
-            diffs, n = None, min(a.size, b.size)
-            spread = math.sqrt(((a.var(ddof=1) if a.size > 1 else np.nan) + (b.var(ddof=1) if b.size > 1 else np.nan)) / 2)
-            se = math.sqrt((a.var(ddof=1) / a.size if a.size > 1 else np.nan) + (b.var(ddof=1) / b.size if b.size > 1 else np.nan))
-    effect = float(diffs.mean()) if diffs is not None else float(a.mean() - b.mean())
-    if n > 1 and math.isfinite(se):
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se) if se > 0 else 0.0
-        low, high = effect - half, effect + half
-    else:
-        low = high = float("nan")
-    if not math.isfinite(low):
-        verdict = "inconclusive"
-    elif direction == ">":
-        verdict = "reproduced" if low > margin else "not reproduced" if high < margin else "inconclusive"
-    elif direction == "<":
-        verdict = "reproduced" if high < -margin else "not reproduced" if low > -margin else "inconclusive"
-    elif direction == "~":
-        inside = -tolerance <= low and high <= tolerance
-        outside = low > tolerance or high < -tolerance
-        verdict = "reproduced" if inside else "not reproduced" if outside else "inconclusive"
-    else:
-        raise ValueError(f"direction must be '>', '<' or '~', got {direction!r}")
-    d = effect / spread if spread and math.isfinite(spread) and spread > 0 else float("nan")
-    return {"verdict": verdict, "effect": effect, "low": low, "high": high, "n": int(n),
-            "spread": float(spread) if math.isfinite(spread) else None, "cohens_d": d if math.isfinite(d) else None,
-            "direction": direction, "margin": margin, "tolerance": tolerance if direction == "~" else None,
-            "a": a.tolist(), "b": None if b is None else np.asarray(b, float).ravel().tolist()}
+# judge_claim (common/verdicts.py) decides every verdict; claim() below gives it the declared delta.
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -146,18 +95,36 @@ def result_rows(table: str, cells, split: str) -> list[dict]:
 
 
 def claim(id: str, table: str, text: str, a, b=None, explanation: str | None = None, **judge) -> dict:
-    """A judged claim as the summary JSON holds it: judge_claim(a, b, **judge) plus its id, table and
-    text (and the explanation shown under it, when given)."""
+    """A judged claim as the summary JSON holds it: judge_claim(a, b, delta=<its claims.csv delta>,
+    **judge) plus its id, table and text (and the explanation shown under it, when given)."""
+    judge.setdefault("delta", declared_delta(id))
     out = {**judge_claim(a, b, **judge), "id": id, "table": table, "text": text}
     if explanation is not None:
         out["explanation"] = explanation
     return out
 
 
+def declared_delta(id: str) -> float | None:
+    """The delta papers/*/claims.csv declares for claim `id` (the first row whose pattern matches, in
+    each paper); None when no row declares one. Two papers declaring different deltas is an error."""
+    from fnmatch import fnmatchcase
+    found = {}
+    for paper_dir in sorted((ROOT / "papers").glob("*/")):
+        row = next((k for k in read_claim_kinds(paper_dir) if fnmatchcase(id, k["id"])), None)
+        if row and row["delta"].strip():
+            found[paper_dir.name] = float(row["delta"])
+    if len(set(found.values())) > 1:
+        raise ValueError(f"claim {id!r}: papers/*/claims.csv declare different deltas {found}; give the ids "
+                         f"distinct names")
+    return next(iter(found.values()), None)
+
+
 def show_claims(claims: list[dict]) -> None:
-    """One line per claim: verdict, effect with its 95 % interval, number of runs, the claim."""
+    """One line per claim: verdict, effect with its 95 % interval, delta, number of runs, the claim."""
     for c in claims:
-        print(f"{c['verdict']:>15}  effect {c['effect']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]  n={c['n']}  {c['text']}")
+        verdict = "negligible" if c.get("negligible") else c["verdict"]
+        print(f"{verdict:>13}  effect {c['effect']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]  "
+              f"delta {c['delta'] if c.get('delta') is not None else '-'}  n={c['n']}  {c['text']}")
 
 
 def show_differences(differences: list[dict]) -> None:
@@ -307,14 +274,18 @@ def read_claim_kinds(paper_dir: Path) -> list[dict]:
 
 
 def classify_claims(claims: list[dict], kinds: list[dict]) -> list[dict]:
-    """Each claim with "kind", "parameter" and "note" from the first claims.csv row whose id pattern
-    matches its id; no match: the kind the claim carries, else "unclassified"."""
+    """Each claim with "kind", "parameter", "note", "delta" and "delta_reason" from the first claims.csv
+    row whose id pattern matches its id, judged again with that delta (common.verdicts.rejudge);
+    no match: the kind the claim carries, else "unclassified"."""
     from fnmatch import fnmatchcase
     out = []
     for c in claims:
         row = next((k for k in kinds if fnmatchcase(str(c.get("id", "")), k["id"])), None)
         if row:
-            out.append({**c, "kind": row["kind"], "parameter": row["parameter"] or None, "note": row["note"] or None})
+            delta = float(row["delta"]) if row["delta"].strip() else None
+            c = {**c, "kind": row["kind"], "parameter": row["parameter"] or None, "note": row["note"] or None,
+                 "delta_reason": row["delta_reason"] or None}
+            out.append(rejudge(c, delta))         # the verdict follows the delta declared now
         else:
             out.append({**c, "kind": c.get("kind", UNCLASSIFIED)})
     return out
@@ -326,10 +297,11 @@ def shown_verdict(claim: dict) -> tuple[str, str]:
     kind, verdict = claim.get("kind", UNCLASSIFIED), claim.get("verdict", "inconclusive")
     if claim.get("not_released"):
         return NOT_RELEASED, "not-judgeable"
+    label = "absent (negligible: real, but smaller than delta)" if claim.get("negligible") else verdict
     if kind == "finding":
-        return verdict, verdict.replace(" ", "-")
+        return label, verdict
     if kind == "built into the data":
-        recovered = {"reproduced": "recovered", "not reproduced": "not recovered"}.get(verdict, "inconclusive")
+        recovered = {"reproduced": "recovered", "contradicted": "contradicted"}.get(verdict, label)
         return f"built into the data (the pipeline: {recovered})", "built-in"
     if kind == "published absolute number":
         return "not judgeable on this corpus", "not-judgeable"
@@ -339,7 +311,7 @@ def shown_verdict(claim: dict) -> tuple[str, str]:
 
 
 def claim_counts(claims: list[dict]) -> dict:
-    """{kind: {verdict: count}} over every kind, unclassified included."""
+    """{kind: {verdict: count}} over every kind, unclassified included (a negligible effect is absent)."""
     counts = {k: {v: 0 for v in VERDICTS} for k in [*CLAIM_KINDS, UNCLASSIFIED]}
     for c in claims:
         kind = c.get("kind", UNCLASSIFIED)
@@ -358,9 +330,11 @@ def counts_sentence(counts: dict) -> str:
         ("configuration check", "configuration check", "configuration checks"),
         (UNCLASSIFIED, "not yet classified", "not yet classified"))]
     apart_text = ", ".join(f"{m} {one if m == 1 else many}" for m, one, many in apart if m) or "none"
+    decided = n - f["inconclusive"]
+    share = f" ({100 * decided / n:.0f} %)" if n else ""
     return (f"<p class=counts><b>Findings about the method: {n}</b> ({f['reproduced']} reproduced, "
-            f"{f['inconclusive']} inconclusive, {f['not reproduced']} not reproduced). "
-            f"Counted apart: {apart_text}.</p>")
+            f"{f['contradicted']} contradicted, {f['absent']} absent, {f['inconclusive']} inconclusive; "
+            f"decided: {decided}{share}). Counted apart: {apart_text}.</p>")
 
 
 def read_results(reports_paper: Path) -> list[dict]:
@@ -380,7 +354,7 @@ body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.8em 0}
 th,td{padding:.3em .7em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}th{background:#f6f6f6}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.banner{background:#fff6d6;border:1px solid #e8d48a;padding:.7em 1em;border-radius:6px}
-.reproduced{color:#0a7d32;font-weight:600}.not-reproduced{color:#b3261e;font-weight:600}.inconclusive{color:#8a6d00;font-weight:600}
+.reproduced{color:#0a7d32;font-weight:600}.contradicted{color:#b3261e;font-weight:600}.absent{color:#1f5fa8;font-weight:600}.inconclusive{color:#8a6d00;font-weight:600}
 .built-in{color:#555;font-weight:600}.not-judgeable{color:#3c5f86;font-weight:600}.check{color:#5e4a9c;font-weight:600}
 .unclassified{color:#b3261e;font-style:italic}img.chart{max-width:100%;height:auto;display:block;margin:.6em 0}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px}.muted{color:#777}
@@ -470,7 +444,9 @@ def reproduced_cell(r: dict | None) -> str:
 
 def claims_table(results: list[dict]) -> str:
     """One table per kind of claim (CLAIM_KINDS order, unclassified last): the claim, the verdict as
-    the report states it, effect, CI, Cohen's d, runs, and what builds it in / why it is apart."""
+    the report states it, delta, effect, CI, Cohen's d, runs made / planned and the power at delta
+    (common.power.plan), the negative control's verdict where one re-judges it, and what builds it
+    in / why it is apart."""
     claims = [c for res in results for c in res.get("claims", [])]
     if not claims:
         return "<p class=muted>No claims judged yet.</p>"
@@ -481,7 +457,8 @@ def claims_table(results: list[dict]) -> str:
         mine = [c for c in claims if c.get("kind", UNCLASSIFIED) == kind]
         if not mine:
             continue
-        rows = ["<tr><th>claim</th><th>verdict</th><th>effect</th><th>95% CI</th><th>Cohen's d</th><th>runs</th>"
+        rows = ["<tr><th>claim</th><th>verdict</th><th>delta</th><th>effect</th><th>95% CI</th><th>Cohen's d</th>"
+                "<th>runs made / planned</th><th>power at delta</th><th>negative control</th>"
                 "<th>generator parameter / note</th></tr>"]
         for c in mine:
             label, cls = shown_verdict(c)
@@ -490,12 +467,46 @@ def claims_table(results: list[dict]) -> str:
                                              html.escape(c["note"]) if c.get("note") else "") if x)
             rows.append(f"<tr data-kind=\"{html.escape(kind)}\"><td>{html.escape(c.get('text', c.get('id', '')))}{why}</td>"
                         f"<td class={cls}>{html.escape(label)}</td>"
+                        f"<td class=num title=\"{html.escape(c.get('delta_reason') or '')}\">{fmt(c.get('delta'), 4)}</td>"
                         f"<td class=num>{fmt(c.get('effect'))}</td><td class=num>[{fmt(c.get('low'))}, {fmt(c.get('high'))}]</td>"
-                        f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td><td class=num>{c.get('n', '')}</td>"
+                        f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td>{power_cells(c)}<td>{control_cell(c)}</td>"
                         f"<td class=muted>{basis}</td></tr>")
         parts.append(f"<h3>{html.escape(title)} ({len(mine)})</h3><p class=muted>{html.escape(intro)}</p>"
                      f"<table class=claims>{''.join(rows)}</table>")
     return "\n".join(parts)
+
+
+def power_cells(c: dict) -> str:
+    """Runs made / planned and the power at delta (c["plan"], from common.power.plan); where the
+    budget stops short, how many runs would decide."""
+    p = c.get("plan") or {}
+    if not p:
+        return f"<td class=num>{c.get('n', '')}</td><td class=num>–</td>"
+    needed = p.get("runs_needed")
+    planned = "–" if p.get("runs_planned") is None else str(p["runs_planned"])
+    short = ""
+    if p.get("budget_short"):
+        more = f"more than {MAX_RUNS:,}" if needed > MAX_RUNS else f"{needed}"
+        short = f"<br><span class=muted>budget {p['budget']}: {more} runs would decide</span>"
+    power = "–" if p.get("power") is None else f"{100 * p['power']:.0f} %"
+    return f"<td class=num>{p['runs_made']} / {planned}{short}</td><td class=num>{power}</td>"
+
+
+def control_cell(c: dict) -> str:
+    """The negative control's verdict on this claim (reports/controls.json, common/controls.py)."""
+    ctrl = c.get("control")
+    if not ctrl:
+        return ""
+    label = "negligible" if ctrl.get("negligible") else ctrl["verdict"]
+    return (f"<span class={ctrl['verdict']}>{html.escape(label)}</span> "
+            f"<span class=muted>{html.escape(ctrl['link'])} cut: {fmt(ctrl.get('effect'))} "
+            f"[{fmt(ctrl.get('low'))}, {fmt(ctrl.get('high'))}], n={ctrl.get('n')}</span>")
+
+
+def verdict_legend() -> str:
+    """One line per verdict, what it means (common.verdicts.EXPLAINED)."""
+    items = "".join(f"<li><span class={v}>{v}</span>: {html.escape(EXPLAINED[v])}</li>" for v in VERDICTS)
+    return f"<ul class=legend>{items}</ul>"
 
 
 def differences_table(results: list[dict]) -> str:
@@ -579,7 +590,9 @@ def remove_stale_pages(out_dir: Path, results: list[dict]) -> list[Path]:
     return stale
 
 
-def paper_report(paper: str, reports: Path) -> dict:
+def paper_report(paper: str, reports: Path, budget: int | None = None, controls: dict | None = None) -> dict:
+    """reports/<paper>/index.html; `budget` caps the runs each claim's plan asks for (params.yaml
+    verdicts.runs_budget), `controls` maps claim ids to their negative control's verdict."""
     paper_dir, out_dir = ROOT / "papers" / paper, reports / paper
     published = read_published(paper_dir)
     results = read_results(out_dir) if out_dir.exists() else []
@@ -587,6 +600,9 @@ def paper_report(paper: str, reports: Path) -> dict:
     source = next((r.get("data") for r in results if r.get("data")), "synthetic")
     kinds = read_claim_kinds(paper_dir)
     results = [{**r, "claims": mark_not_released(r, classify_claims(r.get("claims", []), kinds))} for r in results]
+    for r in results:
+        r["claims"] = [{**c, "plan": plan(c, budget), **({"control": controls[c["id"]]} if c.get("id") in (controls or {})
+                                                       else {})} for c in r["claims"]]
     claims = [c for r in results for c in r.get("claims", [])]
     counts = claim_counts(claims)
     notebooks = []
@@ -600,7 +616,7 @@ def paper_report(paper: str, reports: Path) -> dict:
     figures = report_figures.figures_section(results, out_dir, lambda c: shown_verdict(c)[0])
     figures = ["<h2>Figures behind the claims</h2>", figures] if figures else []
     body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
-            banner(source), NOT_RELEASED_NOTE if test_labels_missing(results) else "", "<h2>Claims</h2>", counts_sentence(counts) if claims else "",
+            banner(source), NOT_RELEASED_NOTE if test_labels_missing(results) else "", "<h2>Claims</h2>", counts_sentence(counts) if claims else "", verdict_legend() if claims else "",
             report_charts.claims_chart(claims), claims_table(results), *figures,
             "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
     diff = differences_table(results)
@@ -610,7 +626,7 @@ def paper_report(paper: str, reports: Path) -> dict:
         body += ["<h2>Walkthrough notebooks (executed)</h2><ul>", *notebooks, "</ul>"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "index.html").write_text(page(PAPERS.get(paper, paper), "\n".join(body)))
-    return {"paper": paper, "claims": len(claims), "counts": counts,
+    return {"paper": paper, "claims": len(claims), "counts": counts, "claim_list": claims,
             "findings": sum(counts["finding"].values()), "reproduced": counts["finding"]["reproduced"],
             "published": len(published), "results": sum(len(r.get("results", [])) for r in results),
             "leaderboard": [row for r in results for row in r.get("leaderboard", [])],
@@ -637,9 +653,9 @@ def papers_table(summaries: list[dict]) -> list[str]:
     """The index's paper table: findings by verdict, the claims counted apart by kind, and a total
     row; then a sentence with both totals and the verdict-count chart."""
     kinds = ("built into the data", "published absolute number", "configuration check")
-    head = ("<tr><th rowspan=2>paper</th><th colspan=4>findings about the method</th><th colspan=3>counted apart</th>"
+    head = ("<tr><th rowspan=2>paper</th><th colspan=5>findings about the method</th><th colspan=3>counted apart</th>"
             "<th rowspan=2>published numbers</th><th rowspan=2>reproduced numbers</th></tr>"
-            "<tr><th>judged</th><th>reproduced</th><th>inconclusive</th><th>not reproduced</th>"
+            "<tr><th>judged</th>" + "".join(f"<th>{v}</th>" for v in VERDICTS) +
             "<th>built into the data</th><th>published absolute number (not judgeable)</th><th>configuration checks</th></tr>")
     rows, total = [head], claim_counts([])
     for s in summaries:
@@ -651,32 +667,61 @@ def papers_table(summaries: list[dict]) -> list[str]:
         link = f"<a href=\"{s['paper']}/index.html\">{html.escape(PAPERS[s['paper']])}</a>" if s["ran"] else html.escape(PAPERS[s["paper"]])
         f = counts["finding"]
         rows.append(f"<tr><td>{link}</td><td class=num>{sum(f.values())}</td>"
-                    + "".join(f"<td class=num>{f[v]}</td>" for v in ("reproduced", "inconclusive", "not reproduced"))
+                    + "".join(f"<td class=num>{f[v]}</td>" for v in VERDICTS)
                     + "".join(f"<td class=num>{sum(counts[k].values())}</td>" for k in kinds)
                     + f"<td class=num>{s['published']}</td><td class=num>{s['results']}</td></tr>")
     f = total["finding"]
     rows.append("<tr><th>all papers</th>" + f"<th class=num>{sum(f.values())}</th>"
-                + "".join(f"<th class=num>{f[v]}</th>" for v in ("reproduced", "inconclusive", "not reproduced"))
+                + "".join(f"<th class=num>{f[v]}</th>" for v in VERDICTS)
                 + "".join(f"<th class=num>{sum(total[k].values())}</th>" for k in kinds)
                 + f"<th class=num>{sum(s['published'] for s in summaries)}</th>"
                   f"<th class=num>{sum(s['results'] for s in summaries)}</th></tr>")
-    return [f"<table class=papers>{''.join(rows)}</table>", counts_sentence(total),
+    return [f"<table class=papers>{''.join(rows)}</table>", counts_sentence(total), verdict_legend(),
             "<p class=muted>Only findings test the method. Claims built into the data hold on the embedded corpus "
             "because its generator makes them hold (each paper's page names the parameter). Published absolute "
             "numbers come from real data, and configuration checks test no method.</p>",
             report_charts.verdict_counts_chart(summaries)]
 
 
+def read_controls(reports: Path) -> dict:
+    """reports/controls.json (common/controls.py): {claim id: the control's judged claim}; {} if absent."""
+    path = reports / "controls.json"
+    if not path.exists():
+        return {}
+    return {c["claim"]: c for c in json.loads(path.read_text()).get("claims", [])}
+
+
+def budget_section(summaries: list[dict], verdicts) -> str:
+    """What the runs budget decides: per paper, the findings the plans say the budget can decide
+    (80 % power at delta within it) and those that need more runs (common.power.plan)."""
+    rows = ["<tr><th>paper</th><th>runs budget per claim</th><th>findings</th><th>powered within the budget</th>"
+            "<th>need more runs (how many)</th></tr>"]
+    for s in summaries:
+        plans = [c["plan"] for c in s.get("claim_list", []) if c.get("kind") == "finding" and c.get("plan")]
+        short = sorted(p["runs_needed"] for p in plans if p["budget_short"])
+        more = ", ".join(f"more than {MAX_RUNS:,}" if n > MAX_RUNS else str(n) for n in short)
+        rows.append(f"<tr><td>{html.escape(s['paper'])}</td><td class=num>{verdicts['runs_budget'].get(s['paper'], '–')}</td>"
+                    f"<td class=num>{len(plans)}</td><td class=num>{len(plans) - len(short)}</td><td>{more}</td></tr>")
+    return ("<h3>Runs: what the budget decides</h3><p class=muted>Each finding's runs needed for 80 % power at its "
+            "delta, from the spread of the runs made (common/power.py); params.yaml <code>verdicts.runs_budget</code> "
+            "caps them per paper. docs/benchmarks.md gives the time a larger budget costs.</p>"
+            f"<table>{''.join(rows)}</table>")
+
+
 def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     from common.params import load_params
     reports = Path(reports or ROOT / "reports")
     params = load_params(params_path or ROOT / "params.yaml")
-    summaries = [paper_report(p, reports) for p in PAPERS if (ROOT / "papers" / p).exists() or (reports / p).exists()]
+    budgets = params["verdicts"]["runs_budget"]
+    controls = read_controls(reports)
+    summaries = [paper_report(p, reports, budgets.get(p), controls) for p in PAPERS
+                 if (ROOT / "papers" / p).exists() or (reports / p).exists()]
     timings = stage_timings(ROOT / params["data"]["root"], ROOT / params["features"]["root"])
     timings += [t for s in summaries for t in s["timings"]]
     body = ["<h1>affect-repro: four ABAW papers, reproduced</h1>", banner(params["data"]["source"]),
             f"<p>Profile: <code>{html.escape(params['profile'])}</code>.</p><h2>Papers</h2>"]
     body += papers_table(summaries)
+    body.append(budget_section(summaries, params["verdicts"]))
     board = [row for s in summaries for row in s["leaderboard"]]
     body.append("<h2>Leaderboard: every paper's final model, same metrics code, same held-out split</h2>")
     if board:

@@ -3,7 +3,8 @@
 Every chart is drawn on its own `matplotlib.figure.Figure` (no pyplot, so the backend a notebook
 kernel chose is left alone) and returned as an `<img>` tag whose source is the PNG itself, so the
 pages stay one self-contained file each, offline. Used by common/report.py:
-  claims_chart          per paper: each judged claim's effect and 95% CI, coloured by verdict
+  claims_chart          per paper: each judged claim's effect and 95% CI (raw sign), its claimed side
+                        shaded and its +-delta band drawn, coloured by verdict
   verdict_counts_chart  index: findings by verdict per paper, next to the claims counted apart
   leaderboard_chart     index: every paper's final model on the same metrics
   timings_chart         index: seconds per stage
@@ -16,7 +17,7 @@ import io
 import math
 from contextlib import contextmanager
 
-VERDICT_COLOURS = {"reproduced": "#0a7d32", "inconclusive": "#c9a227", "not reproduced": "#b3261e"}
+VERDICT_COLOURS = {"reproduced": "#0a7d32", "contradicted": "#b3261e", "absent": "#1f5fa8", "inconclusive": "#c9a227"}
 KIND_COLOURS = {"built into the data": "#8c8c8c", "published absolute number": "#6a8caf",
                 "configuration check": "#b39ddb", "unclassified": "#444444"}
 
@@ -46,22 +47,21 @@ def _label(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _oriented(c: dict) -> tuple[float, float, float, float]:
-    """(effect, low, high, threshold) turned so that right of the threshold is the claimed side."""
-    effect, low, high = (c.get(k) for k in ("effect", "low", "high"))
-    nan = float("nan")
-    effect = nan if effect is None else float(effect)
-    low = nan if low is None else float(low)
-    high = nan if high is None else float(high)
+def _claimed_side(c: dict) -> tuple[float, float, str]:
+    """(from, to, words) of the effect values the claim says: right of its threshold for '>', left
+    for '<', inside +-tolerance for '~' (the effect is always a minus b, in its raw sign)."""
     margin = float(c.get("margin") or 0.0)
     if c.get("direction") == "<":
-        return -effect, -high, -low, margin
-    return effect, low, high, margin
+        return -math.inf, -margin, f"claims < {-margin:g}"
+    if c.get("direction") == "~":
+        tol = float(c.get("delta") or c.get("tolerance") or 0.0)
+        return -tol, tol, f"claims within ±{tol:g}"
+    return margin, math.inf, f"claims > {margin:g}"
 
 
 def claims_chart(claims: list[dict]) -> str:
-    """Each claim's effect with its 95% CI, turned so that the claimed side is to the right of the
-    dashed threshold (for "about the same" claims the shaded band is the tolerance); colour = verdict.
+    """Each claim's effect (a minus b, its raw sign) with its 95% CI; the claimed side of each row is
+    shaded green and labelled, its ±delta band (the 'absent' region) drawn in grey; colour = verdict.
     Findings first, then the claims the report counts apart (labelled by kind, hollow markers);
     published absolute numbers are left out (not judgeable on this corpus)."""
     rows = [c for c in claims if c.get("effect") is not None and math.isfinite(float(c["effect"]))
@@ -70,36 +70,47 @@ def claims_chart(claims: list[dict]) -> str:
         return ""
     order = {"finding": 0, "built into the data": 1, "published absolute number": 2, "configuration check": 3}
     rows = sorted(rows, key=lambda c: order.get(c.get("kind"), 4))
+    number = lambda c, k: float("nan") if c.get(k) is None else float(c[k])      # noqa: E731
+    ends = [abs(number(c, k)) for c in rows for k in ("low", "high", "effect", "delta") if math.isfinite(number(c, k))]
+    reach = 1.15 * max(ends + [1e-3])
     with _style():
-        fig = _figure(11, 1.0 + 0.32 * len(rows))
+        fig = _figure(11, 1.0 + 0.36 * len(rows))
         ax = fig.subplots()
         for i, c in enumerate(rows):
-            effect, low, high, margin = _oriented(c)
+            effect, low, high = number(c, "effect"), number(c, "low"), number(c, "high")
             kind = c.get("kind", "finding")
             colour = VERDICT_COLOURS.get(c["verdict"], "#444") if kind == "finding" else KIND_COLOURS.get(kind, "#444")
-            if c.get("direction") == "~":
-                tol = float(c.get("tolerance") or 0.0)
-                ax.fill_betweenx([i - 0.35, i + 0.35], -tol, tol, color="#dddddd", zorder=1)
-            else:
-                ax.plot([margin, margin], [i - 0.35, i + 0.35], color="#555", lw=1, ls="--", zorder=2)
+            start, stop, words = _claimed_side(c)
+            ax.fill_betweenx([i - 0.4, i + 0.4], max(start, -reach), min(stop, reach), color="#d8efd8", zorder=0)
+            delta = number(c, "delta")
+            if c.get("direction") != "~" and math.isfinite(delta):
+                ax.fill_betweenx([i - 0.18, i + 0.18], -delta, delta, color="#c9c9c9", zorder=1)
+            ax.text(0.995 * reach, i - 0.22, words, va="center", ha="right", fontsize=6.5, color="#2d6a2d")
             if math.isfinite(low) and math.isfinite(high):
                 ax.plot([low, high], [i, i], color=colour, lw=2.2, zorder=3)
-            ax.plot([effect], [i], "o", color=colour, ms=6, zorder=4,
-                    mfc=colour if kind == "finding" else "white")
-        ax.axvline(0, color="#222", lw=0.8, zorder=1)
-        labels = [_label(c.get("text", c.get("id", "")), 85) + ("" if c.get("kind", "finding") == "finding"
+            ax.plot([effect], [i], "o", color=colour, ms=6, zorder=4, mfc=colour if kind == "finding" else "white")
+        ax.axvline(0, color="#222", lw=0.8, zorder=2)
+        ax.set_xlim(-reach, reach)
+        labels = [_label(c.get("text", c.get("id", "")), 80) + ("" if c.get("kind", "finding") == "finding"
                                                             else f"  [{c['kind']}]") for c in rows]
         ax.set_yticks(range(len(rows)), labels)
         ax.invert_yaxis()
-        ax.set_xlabel("effect toward the claim")
+        ax.set_xlabel("effect = a − b as the claim states it (raw sign; 0 = no difference)")
         handles = [_marker(VERDICT_COLOURS[v], v + " (finding)") for v in VERDICT_COLOURS]
         handles += [_marker(KIND_COLOURS[k], k, hollow=True) for k in KIND_COLOURS
                     if any(c.get("kind") == k for c in rows)]
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
-    return (to_img(fig, "Each claim's effect and 95% confidence interval, coloured by verdict")
-            + "<p class=muted>Each claim's mean effect (dot) and 95% confidence interval (bar), turned so that the "
-              "claimed side lies right of the dashed threshold. For \"about the same\" claims the grey band is the "
-              "tolerance. Filled dots are findings, coloured by verdict. Hollow dots are the claims counted apart.</p>")
+        handles += [_patch("#d8efd8", "the side the claim states"), _patch("#c9c9c9", "±delta: absent if the CI lies inside")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=7, frameon=False)
+    return (to_img(fig, "Each claim's effect and 95% confidence interval in its raw sign, claimed side shaded")
+            + "<p class=muted>Each claim's mean effect (dot) and 95% confidence interval (bar) in its raw sign, the "
+              "first quantity of the claim minus the second. The green band is the side the claim states (named at the "
+              "right of each row); the grey band is ±delta, where an interval counts as absent. Filled dots are "
+              "findings, coloured by verdict. Hollow dots are the claims counted apart.</p>")
+
+
+def _patch(colour: str, label: str):
+    from matplotlib.patches import Patch
+    return Patch(color=colour, label=label)
 
 
 def _marker(colour: str, label: str, hollow: bool = False):

@@ -14,7 +14,7 @@ def test_verdicts_follow_the_interval_not_the_sign_alone():
     noisy = report.judge_claim([0.50, 0.30, 0.62], [0.45, 0.44, 0.43], ">")
     assert noisy["verdict"] == "inconclusive" and noisy["low"] < 0 < noisy["high"]
     wrong = report.judge_claim([0.30, 0.31, 0.29], [0.40, 0.41, 0.42], ">")
-    assert wrong["verdict"] == "not reproduced" and wrong["high"] < 0
+    assert wrong["verdict"] == "contradicted" and wrong["high"] < 0
     single = report.judge_claim([0.9], [0.1], ">")
     assert single["verdict"] == "inconclusive"              # one run has no spread to judge by
 
@@ -23,7 +23,7 @@ def test_about_the_same_claims_use_the_tolerance():
     same = report.judge_claim([0.500, 0.502, 0.499], [0.501, 0.500, 0.500], "~", tolerance=0.02)
     assert same["verdict"] == "reproduced"
     apart = report.judge_claim([0.60, 0.61, 0.62], [0.50, 0.50, 0.51], "~", tolerance=0.02)
-    assert apart["verdict"] == "not reproduced"
+    assert apart["verdict"] == "contradicted"
     with pytest.raises(ValueError, match="equal run counts"):
         report.judge_claim([1, 2], [1, 2, 3], ">")
 
@@ -192,7 +192,8 @@ def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
     assert "built into the data (the pipeline: recovered)" in page
     assert "synthetic.synth_voice: pitch +0.4 octave" in page and "corpus.va_timescale_s" in page
     assert "not judgeable on this corpus" in page and "Not yet classified" in page
-    assert "Findings about the method: 2</b> (1 reproduced, 0 inconclusive, 1 not reproduced)" in page
+    assert ("Findings about the method: 2</b> (1 reproduced, 1 contradicted, 0 absent, 0 inconclusive; "
+            "decided: 2 (100 %))") in page
     assert "Counted apart: 2 built into the data, 1 published absolute number (not judgeable here), 1 not yet classified" in page
     jeong = (reports / "jeong2022" / "index.html").read_text()
     assert "check passed" in jeong and "<td class=reproduced>" not in jeong
@@ -201,7 +202,7 @@ def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
     assert "2 built into the data" in index and "1 configuration check" in index
     zhang_row = next(line for line in index.split("<tr>") if "Zhang" in line)
     cells = [c.split("<")[0] for c in zhang_row.split("<td class=num>")[1:]]
-    assert cells[:7] == ["2", "1", "0", "1", "2", "1", "0"], cells
+    assert cells[:8] == ["2", "1", "1", "0", "0", "2", "1", "0"], cells
     assert index.count("data:image/png;base64,") == 2          # verdict counts and stage times (no leaderboard)
     assert page.count("data:image/png;base64,") == 1           # the claims chart
     assert report.external_references(index) == [] and report.external_references(page) == []
