@@ -916,12 +916,15 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     ap.add_argument("--out", help="output folder (default: data.root from params.yaml)")
     ap.add_argument("--workers", type=int)
+    ap.add_argument("--layout", choices=LAYOUTS, help="override corpus.layout (real_release: as the real corpus ships)")
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params, args.profile)
         corpus = dict(params["corpus"])
         if args.workers:
             corpus["workers"] = args.workers
+        if args.layout:
+            corpus["layout"] = args.layout
         cfg = CorpusConfig.from_params(corpus)
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -929,6 +932,9 @@ def main(argv=None) -> int:
     out = Path(args.out or params["data"]["root"])
     summary = generate(cfg, out)
     print_summary(summary, out)
+    if cfg.layout == "real_release":
+        print("  layout real_release: then removed, as the real release ships it: the test labels, metadata/ "
+              "and one training video's audio (read it with data.source: real)")
     return 0
 
 
