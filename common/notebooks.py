@@ -84,8 +84,10 @@ def notebook_params(profile: str = "", params_path: str = "params.yaml", data_ro
 
 
 def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
-                 reports_dir: str | Path | None = None, timeout: int = 3600, threads: int = 1) -> Path:
+                 reports_dir: str | Path | None = None, timeout: int = 3600, threads: int = 1,
+                 source: str | Path | None = None) -> Path:
     """Execute a notebook; return the executed copy's path. Raises NotebookError on bad names.
+    `source` runs another file in the notebook's place (a student's copy, common/exercises.py).
 
     The kernel runs with `threads` CPU threads for torch (OMP_NUM_THREADS). The papers' models are
     narrow, and on this project's 2-core machine a Zhang smoke run took 1.7 s with one thread and
@@ -94,7 +96,7 @@ def run_notebook(paper: str, notebook: str, parameters: dict | None = None,
     """
     import papermill
 
-    src = notebook_path(paper, notebook)
+    src = Path(source) if source else notebook_path(paper, notebook)
     out_dir = Path(reports_dir or ROOT / "reports") / paper
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"out_dir": str(out_dir), **(parameters or {})}

@@ -107,10 +107,11 @@ def effect_sd(claim: dict) -> float | None:
     return se * math.sqrt(n)
 
 
-def plan(claim: dict, budget: int | None) -> dict:
-    """The claim's power at its delta with the runs made, the runs it needs for 80 % power (from the
-    spread of those runs: the pilot), the runs planned within `budget`, and whether the budget
-    stops short. Empty for a claim without delta."""
+def plan(claim: dict, seeds: int | None, target: float = TARGET_POWER) -> dict:
+    """The claim's power at its delta with the runs made, the runs it needs for `target` power (from the
+    spread of those runs: the pilot), the runs planned within the budget of `seeds` seeds (a seed
+    gives the claim n_made / seeds paired runs: one, or one per fold), and the seeds that would decide
+    it where the budget stops short. Empty for a claim without delta."""
     delta = claim.get("delta")
     if delta is None or claim.get("direction") not in (">", "<", "~"):
         return {}
@@ -118,8 +119,11 @@ def plan(claim: dict, budget: int | None) -> dict:
     margin = float(claim.get("margin") or 0.0)
     confidence = claim.get("confidence") or 0.95
     now = power(sd if sd is not None else np.nan, n, claim["direction"], delta, margin, confidence)
-    needed = runs_needed(sd, claim["direction"], delta, margin, confidence)
+    needed = runs_needed(sd, claim["direction"], delta, margin, confidence, target)
+    per_seed = max(1, round(n / seeds)) if seeds else 1
+    budget = None if not seeds else seeds * per_seed
     planned = None if needed is None else (needed if budget is None else min(needed, budget))
+    short = bool(needed is not None and budget is not None and needed > budget)
     return {"runs_made": int(n), "power": None if not np.isfinite(now) else float(now), "runs_needed": needed,
-            "runs_planned": planned, "budget": budget,
-            "budget_short": bool(needed is not None and budget is not None and needed > budget)}
+            "runs_planned": planned, "budget": budget, "runs_per_seed": per_seed, "budget_short": short,
+            "seeds_needed": None if needed is None or needed > MAX_RUNS else math.ceil(needed / per_seed)}

@@ -486,8 +486,9 @@ def power_cells(c: dict) -> str:
     planned = "–" if p.get("runs_planned") is None else str(p["runs_planned"])
     short = ""
     if p.get("budget_short"):
-        more = f"more than {MAX_RUNS:,}" if needed > MAX_RUNS else f"{needed}"
-        short = f"<br><span class=muted>budget {p['budget']}: {more} runs would decide</span>"
+        more = (f"more than {MAX_RUNS:,} runs" if needed > MAX_RUNS else
+                f"{needed} runs ({p['seeds_needed']} seeds)" if p["runs_per_seed"] > 1 else f"{needed} seeds")
+        short = f"<br><span class=muted>budget {p['budget']}: {more} would decide</span>"
     power = "–" if p.get("power") is None else f"{100 * p['power']:.0f} %"
     return f"<td class=num>{p['runs_made']} / {planned}{short}</td><td class=num>{power}</td>"
 
@@ -590,9 +591,10 @@ def remove_stale_pages(out_dir: Path, results: list[dict]) -> list[Path]:
     return stale
 
 
-def paper_report(paper: str, reports: Path, budget: int | None = None, controls: dict | None = None) -> dict:
-    """reports/<paper>/index.html; `budget` caps the runs each claim's plan asks for (params.yaml
-    verdicts.runs_budget), `controls` maps claim ids to their negative control's verdict."""
+def paper_report(paper: str, reports: Path, seeds: int | None = None, controls: dict | None = None,
+                 target_power: float = 0.8) -> dict:
+    """reports/<paper>/index.html; each claim's runs are planned within the budget of `seeds` seeds
+    (the paper's params.yaml `seeds`), `controls` maps claim ids to their negative control's verdict."""
     paper_dir, out_dir = ROOT / "papers" / paper, reports / paper
     published = read_published(paper_dir)
     results = read_results(out_dir) if out_dir.exists() else []
@@ -601,7 +603,7 @@ def paper_report(paper: str, reports: Path, budget: int | None = None, controls:
     kinds = read_claim_kinds(paper_dir)
     results = [{**r, "claims": mark_not_released(r, classify_claims(r.get("claims", []), kinds))} for r in results]
     for r in results:
-        r["claims"] = [{**c, "plan": plan(c, budget), **({"control": controls[c["id"]]} if c.get("id") in (controls or {})
+        r["claims"] = [{**c, "plan": plan(c, seeds, target_power), **({"control": controls[c["id"]]} if c.get("id") in (controls or {})
                                                        else {})} for c in r["claims"]]
     claims = [c for r in results for c in r.get("claims", [])]
     counts = claim_counts(claims)
@@ -626,7 +628,7 @@ def paper_report(paper: str, reports: Path, budget: int | None = None, controls:
         body += ["<h2>Walkthrough notebooks (executed)</h2><ul>", *notebooks, "</ul>"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "index.html").write_text(page(PAPERS.get(paper, paper), "\n".join(body)))
-    return {"paper": paper, "claims": len(claims), "counts": counts, "claim_list": claims,
+    return {"paper": paper, "claims": len(claims), "counts": counts, "claim_list": claims, "seeds": seeds,
             "findings": sum(counts["finding"].values()), "reproduced": counts["finding"]["reproduced"],
             "published": len(published), "results": sum(len(r.get("results", [])) for r in results),
             "leaderboard": [row for r in results for row in r.get("leaderboard", [])],
@@ -694,17 +696,19 @@ def read_controls(reports: Path) -> dict:
 def budget_section(summaries: list[dict], verdicts) -> str:
     """What the runs budget decides: per paper, the findings the plans say the budget can decide
     (80 % power at delta within it) and those that need more runs (common.power.plan)."""
-    rows = ["<tr><th>paper</th><th>runs budget per claim</th><th>findings</th><th>powered within the budget</th>"
-            "<th>need more runs (how many)</th></tr>"]
+    rows = ["<tr><th>paper</th><th>runs budget (seeds)</th><th>findings</th><th>powered within the budget</th>"
+            "<th>need more: seeds that would decide each</th></tr>"]
     for s in summaries:
         plans = [c["plan"] for c in s.get("claim_list", []) if c.get("kind") == "finding" and c.get("plan")]
-        short = sorted(p["runs_needed"] for p in plans if p["budget_short"])
-        more = ", ".join(f"more than {MAX_RUNS:,}" if n > MAX_RUNS else str(n) for n in short)
-        rows.append(f"<tr><td>{html.escape(s['paper'])}</td><td class=num>{verdicts['runs_budget'].get(s['paper'], '–')}</td>"
+        short = sorted((p["seeds_needed"] or MAX_RUNS + 1) for p in plans if p["budget_short"])
+        more = ", ".join(f"more than {MAX_RUNS:,} runs" if n > MAX_RUNS else str(n) for n in short)
+        rows.append(f"<tr><td>{html.escape(s['paper'])}</td><td class=num>{s.get('seeds', '–')}</td>"
                     f"<td class=num>{len(plans)}</td><td class=num>{len(plans) - len(short)}</td><td>{more}</td></tr>")
-    return ("<h3>Runs: what the budget decides</h3><p class=muted>Each finding's runs needed for 80 % power at its "
-            "delta, from the spread of the runs made (common/power.py); params.yaml <code>verdicts.runs_budget</code> "
-            "caps them per paper. docs/benchmarks.md gives the time a larger budget costs.</p>"
+    return (f"<h3>Runs: what the budget decides</h3><p class=muted>Each finding's runs needed for "
+            f"{100 * verdicts['target_power']:.0f} % power at its delta, from the spread of the runs made "
+            "(common/power.py). The budget is each paper's <code>seeds</code> list in params.yaml: a seed gives a "
+            "claim one paired run (Zhang's fold claims: one per fold). docs/benchmarks.md gives what more seeds "
+            "cost.</p>"
             f"<table>{''.join(rows)}</table>")
 
 
@@ -712,10 +716,10 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     from common.params import load_params
     reports = Path(reports or ROOT / "reports")
     params = load_params(params_path or ROOT / "params.yaml")
-    budgets = params["verdicts"]["runs_budget"]
     controls = read_controls(reports)
-    summaries = [paper_report(p, reports, budgets.get(p), controls) for p in PAPERS
-                 if (ROOT / "papers" / p).exists() or (reports / p).exists()]
+    summaries = [paper_report(p, reports, len(params[p]["seeds"]) if p in params else None, controls,
+                              params["verdicts"]["target_power"])
+                 for p in PAPERS if (ROOT / "papers" / p).exists() or (reports / p).exists()]
     timings = stage_timings(ROOT / params["data"]["root"], ROOT / params["features"]["root"])
     timings += [t for s in summaries for t in s["timings"]]
     body = ["<h1>affect-repro: four ABAW papers, reproduced</h1>", banner(params["data"]["source"]),

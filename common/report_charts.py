@@ -52,7 +52,7 @@ def _claimed_side(c: dict) -> tuple[float, float, str]:
     for '<', inside +-tolerance for '~' (the effect is always a minus b, in its raw sign)."""
     margin = float(c.get("margin") or 0.0)
     if c.get("direction") == "<":
-        return -math.inf, -margin, f"claims < {-margin:g}"
+        return -math.inf, -margin, f"claims < {0.0 - margin:g}"
     if c.get("direction") == "~":
         tol = float(c.get("delta") or c.get("tolerance") or 0.0)
         return -tol, tol, f"claims within ±{tol:g}"
@@ -71,7 +71,8 @@ def claims_chart(claims: list[dict]) -> str:
     order = {"finding": 0, "built into the data": 1, "published absolute number": 2, "configuration check": 3}
     rows = sorted(rows, key=lambda c: order.get(c.get("kind"), 4))
     number = lambda c, k: float("nan") if c.get(k) is None else float(c[k])      # noqa: E731
-    ends = [abs(number(c, k)) for c in rows for k in ("low", "high", "effect", "delta") if math.isfinite(number(c, k))]
+    # the axis spans the intervals; a delta band wider than that runs off both edges
+    ends = [abs(number(c, k)) for c in rows for k in ("low", "high", "effect") if math.isfinite(number(c, k))]
     reach = 1.15 * max(ends + [1e-3])
     with _style():
         fig = _figure(11, 1.0 + 0.36 * len(rows))
@@ -84,7 +85,7 @@ def claims_chart(claims: list[dict]) -> str:
             ax.fill_betweenx([i - 0.4, i + 0.4], max(start, -reach), min(stop, reach), color="#d8efd8", zorder=0)
             delta = number(c, "delta")
             if c.get("direction") != "~" and math.isfinite(delta):
-                ax.fill_betweenx([i - 0.18, i + 0.18], -delta, delta, color="#c9c9c9", zorder=1)
+                ax.fill_betweenx([i - 0.18, i + 0.18], max(-delta, -reach), min(delta, reach), color="#c9c9c9", zorder=1)
             ax.text(0.995 * reach, i - 0.22, words, va="center", ha="right", fontsize=6.5, color="#2d6a2d")
             if math.isfinite(low) and math.isfinite(high):
                 ax.plot([low, high], [i, i], color=colour, lw=2.2, zorder=3)

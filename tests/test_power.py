@@ -81,10 +81,11 @@ def test_power_matches_simulation():
 
 def test_plan_reports_the_budget_shortfall():
     claim = judge_claim([0.02, 0.05, -0.01, 0.04], None, ">", delta=0.01)
-    planned = power.plan(claim, budget=6)
-    assert planned["runs_made"] == 4 and 0 < planned["power"] < 0.8
-    assert planned["runs_needed"] > 6 and planned["runs_planned"] == 6 and planned["budget_short"]
-    assert power.plan({**claim, "delta": None}, 6) == {}
+    planned = power.plan(claim, seeds=2)            # 2 seeds gave these 4 runs: 2 runs a seed, a budget of 4
+    assert planned["runs_made"] == 4 and 0 < planned["power"] < 0.8 and planned["runs_per_seed"] == 2
+    assert planned["runs_needed"] > 4 and planned["runs_planned"] == 4 and planned["budget_short"]
+    assert planned["seeds_needed"] == -(-planned["runs_needed"] // 2)
+    assert power.plan({**claim, "delta": None}, 4) == {}
     # a threshold at or beyond delta: no number of runs has the power
     margin_claim = judge_claim([0.05, 0.06, 0.04], None, ">", margin=0.02, delta=0.02)
-    assert power.plan(margin_claim, 6)["runs_needed"] > power.MAX_RUNS
+    assert power.plan(margin_claim, 3)["runs_needed"] > power.MAX_RUNS

@@ -93,7 +93,7 @@ def test_the_report_shows_delta_power_and_the_verdict_legend(tmp_path):
     assert "<td class=num title=\"Table 1: EXPR criterion 0.513" in page and ">0.0150<" in page
     assert "<td class=absent>absent</td>" in page                       # sharing_expr: inside +-0.012
     assert "<td class=inconclusive>inconclusive</td>" in page
-    assert re.search(r"4 / \d+<br><span class=muted>budget 4: \d+ runs would decide", page)
+    assert re.search(r"4 / \d+<br><span class=muted>budget 4: \d+ seeds would decide", page)
     assert "voice follows arousal cut" in page
     for v in verdicts.VERDICTS:
         assert f"<li><span class={v}>{v}</span>: " in page and f"<li><span class={v}>{v}</span>: " in index
