@@ -199,6 +199,10 @@ def test_epoch_keeper_takes_each_task_from_its_best_epoch():
             keeper(model, types.SimpleNamespace(history=[keeper.evaluate(model)], epoch=epoch))
         assert {t: keeper.best[t][1] for t in ("valence", "arousal")} == expect
         assert calls == len(scores)
+    clip = Clip("v", "v", "validation", np.zeros((3, 2), np.float32), np.ones(3, bool), {})
+    diverged = ex.EpochKeeper([clip], [], lambda net, part: {"v": np.full((3, 2), np.nan)}, (0, 0), method="released")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        diverged.evaluate(model)
 
 
 def test_ensemble_average_and_selection():

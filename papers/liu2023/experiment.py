@@ -113,6 +113,10 @@ class EpochKeeper:
         if not self.val:
             return {}
         self.last_val = self.predict(net, self.val)
+        if not all(np.isfinite(p).all() for p in self.last_val.values()):
+            raise FloatingPointError(f"liu2023 (method {self.method}): the validation predictions are not finite, so "
+                                     "training diverged; lower liu2023.lr, or use method paper, which z-scores the "
+                                     "features (unnormalised ComParE / eGeMAPS values reach 1e4)")
         return split_ccc(self.val, self.last_val)
 
     def __call__(self, model, state, **_):
