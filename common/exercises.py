@@ -60,9 +60,6 @@ def compare(out_dir, name: str, change: str, before: dict, after: dict, metrics=
     return result
 
 
-answer = compare          # the name the notebooks used before the exercise cell was kept
-
-
 def moved(change: float, tolerance: float = NO_CHANGE) -> str:
     """'up', 'down' or 'same' (|change| < tolerance)."""
     return "same" if abs(change) < tolerance else ("up" if change > 0 else "down")
