@@ -360,8 +360,9 @@ class SequenceStreams(torch.utils.data.Dataset):
 
     The GRU stage uses the Aff-Wild2 sets only, as the released code (ledger: gru_training_sets), its
     CNN-RNN loaders being Mixed_EXPR and Mixed_VA over Aff-Wild2 videos: stills make no
-    sequences. Training windows overlap by half (hop T/2, the released loaders; ledger: gru_windows); each epoch draws `samples_per_epoch` windows of each
-    set uniformly (seeded by seed, epoch); each sequence is mirrored as a whole with probability 1/2.
+    sequences. Training windows overlap by half (hop T/2, the released loaders; ledger:
+    gru_windows); each epoch draws `samples_per_epoch` windows of each set uniformly (seeded by
+    seed, epoch); each sequence is mirrored as a whole with probability 1/2.
     """
 
     def __init__(self, tracks: list, length: int, seed: int, samples_per_epoch: int):

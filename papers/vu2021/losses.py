@@ -63,8 +63,8 @@ def bin_values(n_bins: int = 20, low: float = -1.0, high: float = 1.0, support: 
     support="centres": the centre of each equal-width bin of `va_to_bins`
         (-0.95, -0.85, ..., 0.95 for 20 bins on [-1, 1]).
     support="linspace": K evenly spaced points from low to high inclusive (-1, ..., 1), what
-        Vu's official code (after Deng et al.) uses; its points do not sit at the centres of the
-        bins the CE term trains, but they let the expectation reach -1 and 1.
+        the released code (after Deng et al.) uses (ledger: bin_support); its points do not sit at
+        the centres of the bins the CE term trains, but they let the expectation reach -1 and 1.
     """
     if support == "centres":
         width = (high - low) / n_bins
@@ -94,7 +94,7 @@ def vu_va_loss(bin_logits: torch.Tensor, va_target: torch.Tensor, mask=None,
     E_i is `bins_expectation` of dimension i; the CE is the mean over valid samples, the CCC is
     taken over the valid samples of the batch.
     ccc_weight: "paper" -> w = 1/B (Eq. 2 as printed; B = bin_logits.shape[0], the batch size,
-        counting masked rows too); "code" -> w = 1 (Vu's official code, lambda_ccc = 1);
+        counting masked rows too); "code" -> w = 1 (the released code, lambda_ccc = 1; ledger: ccc_weight);
         a number -> that w.
     support, unbiased, float64_edges: see `bin_values`, `ccc` and `va_to_bins` ("linspace", True and
     True are what the released code does (ledger: bin_support, ccc_variance, va_bins)).
@@ -138,7 +138,8 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
     KL(p, q) = sum_i p_i log(p_i / q_i) with p the teacher, q the student (Vu's definition in
     Sec. 3.2.2). scale_t2 multiplies by T^2, as Hinton et al. recommend so that the gradient
-    size does not shrink as 1/T^2; Vu's official code does it, Vu's paper does not say so.
+    size does not shrink as 1/T^2; the released code does it (ledger: kd_temperature), the paper
+    does not say so.
     logits (..., C): one distribution per row; mask: optional, one flag per row.
     """
     student, teacher, valid = distillation_rows(student_logits, teacher_logits, temperature, mask)

@@ -67,10 +67,11 @@ def test_per_set_batchnorm_matches_official():
     one pass over the three sets (paper) gives other BatchNorm statistics, so other outputs."""
     f = load("losses.npz")
     model = heads_model(f, "student.").train()
-    batch = {name: {"image": torch.from_numpy(f[f"x_{t}"])} for name, t in (("expr", "EXPR"), ("va", "VA"), ("both", "EXPR_VA"))}
+    sets = (("expr", "EXPR"), ("va", "VA"), ("both", "EXPR_VA"))
+    batch = {name: {"image": torch.from_numpy(f[f"x_{t}"])} for name, t in sets}
     torch.manual_seed(1)
     out = vt.FORWARD_SETS["released"](model, batch)
-    for name, t in (("expr", "EXPR"), ("va", "VA"), ("both", "EXPR_VA")):
+    for name, t in sets:
         assert np.abs(out[name][0].detach().numpy() - f[f"train_expr_{t}"]).max() < NET_TOL
         assert np.abs(out[name][1].detach().flatten(1).numpy() - f[f"train_va_{t}"]).max() < NET_TOL
     torch.manual_seed(1)
@@ -105,7 +106,8 @@ def test_supervision_and_distillation_terms_match_official():
     bins = logits.unflatten(-1, (2, K))
     for d, name in enumerate("va"):
         target = vl.va_to_bins(y[:, d], K, float64_edges=True)
-        assert masked_cross_entropy(bins[:, d], target, ignore=-1).item() == pytest.approx(float(f[f"ce_{name}"]), rel=LOSS_TOL)
+        ce = masked_cross_entropy(bins[:, d], target, ignore=-1).item()
+        assert ce == pytest.approx(float(f[f"ce_{name}"]), rel=LOSS_TOL)
         pred = vl.bins_expectation(bins[:, d], support="linspace")
         released = ccc_loss(pred, y[:, d], unbiased=vl.CCC_UNBIASED["released"]).item()
         assert released == pytest.approx(float(f[f"ccc_{name}"]), rel=LOSS_TOL)
@@ -126,10 +128,10 @@ def loss_inputs(f: dict, student: bool = True):
     """The fixture's outputs and labels in this project's layout (NA markers -1 / -5)."""
     sets = (("expr", "EXPR"), ("va", "VA"), ("both", "EXPR_VA"))
     role = "student" if student else "train"
-    out = {n: (torch.from_numpy(f[f"{role}_expr_{t}"]), torch.from_numpy(f[f"{role}_va_{t}"]).unflatten(-1, (2, K)))
-           for n, t in sets}
-    teacher = {n: (torch.from_numpy(f[f"teacher_expr_{t}"]), torch.from_numpy(f[f"teacher_va_{t}"]).unflatten(-1, (2, K)))
-               for n, t in sets}
+    pair = lambda who, t: (torch.from_numpy(f[f"{who}_expr_{t}"]),
+                           torch.from_numpy(f[f"{who}_va_{t}"]).unflatten(-1, (2, K)))
+    out = {n: pair(role, t) for n, t in sets}
+    teacher = {n: pair("teacher", t) for n, t in sets}
     sub_va = torch.from_numpy(f["sub_va_EXPR"])
     sub_expr = torch.from_numpy(f["sub_expr_VA"])
     batch = {"expr": {"expr": torch.from_numpy(f["expr_EXPR"]), "va": torch.where(sub_va == -2, -5.0, sub_va)},
@@ -143,11 +145,12 @@ def test_teacher_and_eq9_losses_match_official_up_to_a_factor():
     terms of the sets that train it: the same loss divided by 2 (teacher) or 3 (student)."""
     f = load("losses.npz")
     out, teacher, batch = loss_inputs(f, student=False)
-    assert vl.teacher_loss(out, batch, vp("released")).item() / 2 == pytest.approx(float(f["teacher_loss"]), rel=LOSS_TOL)
+    teacher_loss = vl.teacher_loss(out, batch, vp("released")).item()
+    assert teacher_loss / 2 == pytest.approx(float(f["teacher_loss"]), rel=LOSS_TOL)
     out, teacher, batch = loss_inputs(f)
     none = {**batch, "expr": {**batch["expr"], "va": torch.full_like(batch["expr"]["va"], -5.0)},
             "va": {**batch["va"], "expr": torch.full_like(batch["va"]["expr"], -1)}}
-    eq9 = vl.student_loss(out, teacher, none, vp("released"), sharing=True).item()   # Eq. 10 with no shared label = Eq. 9
+    eq9 = vl.student_loss(out, teacher, none, vp("released"), sharing=True).item()   # Eq. 10, no shared label
     assert eq9 / 3 == pytest.approx(float(f["eq9_loss"]), rel=LOSS_TOL)
     assert vl.student_loss(out, teacher, batch, vp("released"), sharing=False).item() / 3 == \
         pytest.approx(float(f["eq9_loss"]), rel=LOSS_TOL)
