@@ -340,6 +340,11 @@ def test_fer_weights_round_trip_and_a_wrong_file_is_named(tmp_path):
     fp = {"layers": [1, 1], "width": 8, "cardinality": 2, "group_width": 2, "embed_dim": 512,
           "input_size": 32, "crop": 28}
     net = build_fer(fp)
+    # the student's copy (python -m common.exercises: no solution cells) runs on the same runs
+    from tests.helpers.notebooks import run_student_copy
+    printed = run_student_copy("jeong2022", "table4", {"params_path": str(params_path), "out_dir": str(reports / "jeong2022")},
+                               tmp_path)
+    assert len(printed) == 2
     torch.save(net.state_dict(), tmp_path / "fer.pt")
     other = build_fer(fp)
     load_fer_weights(other, tmp_path / "fer.pt")

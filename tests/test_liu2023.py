@@ -261,6 +261,11 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
     for name in EXERCISES:
         answer = json.loads((tmp_path / "liu2023" / "exercises" / name / "answer.json").read_text())
         assert answer["exercise"] == name and answer["metrics"] and answer["finite"], answer
+    # the student's copy (python -m common.exercises: no solution cells) runs on the same runs
+    from tests.helpers.notebooks import run_student_copy
+    printed = run_student_copy("liu2023", "submissions", {"params_path": str(path), "out_dir": str(tmp_path / "liu2023")},
+                               tmp_path / "student")
+    assert len(printed) == len(EXERCISES)
     short = json.loads((tmp_path / "liu2023" / "exercises" / "segment_fifth" / "answer.json").read_text())
     assert {"Transformer arousal", "LSTM arousal"} <= set(short["metrics"])
 

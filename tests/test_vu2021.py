@@ -234,6 +234,10 @@ def test_smoke_notebooks(tiny_features, tmp_path):
     for name in EXERCISES:
         answer = json.loads((reports / "vu2021" / "exercises" / name / "answer.json").read_text())
         assert answer["exercise"] == name and answer["metrics"] and answer["finite"], answer
+    # the student's copy (python -m common.exercises: no solution cells) runs on the same runs
+    from tests.helpers.notebooks import run_student_copy
+    printed = run_student_copy("vu2021", "table4", {"params_path": str(path), "out_dir": str(reports / "vu2021")}, tmp_path)
+    assert len(printed) == len(EXERCISES)
 
 
 EXERCISES = ("temperature_1", "gru_seq_quarter", "lambda_0")
