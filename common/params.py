@@ -185,8 +185,8 @@ def _number_hint(value: Any) -> str:
     except ValueError:
         return ""
     as_yaml = yaml.safe_dump(number).splitlines()[0]            # PyYAML writes floats it reads back
-    return (f" YAML 1.1 (PyYAML) reads {value} as text, not a number: write it with a dot and a signed "
-            f"exponent, as {as_yaml}.")
+    return (f" YAML 1.1 (PyYAML) reads {value} as text, not a number: write {as_yaml} (a float needs a dot, "
+            "and an exponent its sign).")
 
 
 def declared(value: Any) -> str:
@@ -234,8 +234,8 @@ def check_declared(value: Any, spec: Any, where: str, full: str = "") -> Any:
 class Range:
     """A numeric range, `low`/`high` None for unbounded, each end included unless `open_*`."""
 
-    def __init__(self, low=None, high=None, open_low=False, open_high=False, items=False):
-        self.low, self.high, self.open_low, self.open_high, self.items = low, high, open_low, open_high, items
+    def __init__(self, low=None, high=None, open_low=False, open_high=False):
+        self.low, self.high, self.open_low, self.open_high = low, high, open_low, open_high
 
     def ok(self, x) -> bool:
         return (math.isfinite(x) and (self.low is None or (x > self.low if self.open_low else x >= self.low))
@@ -285,8 +285,8 @@ def check_ranges(values: dict, where: str, path: str = "") -> None:
             numbers = value if isinstance(value, list) else [value]
             bad = [x for x in numbers if isinstance(x, (int, float)) and not isinstance(x, bool) and not rule.ok(x)]
             if bad:
-                raise ParamsError(f"{where}: '{full}' = {value!r} is out of range: {'each item ' if isinstance(value, list) else ''}"
-                                  f"must be {rule}.")
+                each = "each item " if isinstance(value, list) else ""
+                raise ParamsError(f"{where}: '{full}' = {value!r} is out of range: {each}must be {rule}.")
 
 
 @functools.lru_cache(maxsize=1)
