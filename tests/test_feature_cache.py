@@ -204,3 +204,36 @@ def test_a_damaged_manifest_is_an_error_not_an_absent_bank_feature(tmp_path):
     cache.manifest_path.write_text(cache.manifest_path.read_text()[:40])
     with pytest.raises(DamagedCacheError, match=r"fbank/\w+/manifest\.json: unreadable.*audio_features@fbank"):
         bank.available(params)
+
+
+PRODUCE = """import numpy as np
+from common.features.cache import FeatureCache
+FeatureCache("feats", "mfcc", "1", {}, 3).put("vid", np.arange(30, dtype=np.float32).reshape(10, 3) / 10)
+"""
+CONSUME = """from common.features.cache import FeatureCache
+x = FeatureCache("feats", "mfcc", "1", {}, 3).get("vid", 10)
+open("result.txt", "w").write(str(float(x.sum())))
+"""
+
+
+def test_a_forced_stage_on_a_damaged_cache_fails_and_leaves_dvc_lock_alone(tmp_path):
+    """The issue's run: sign bits flipped in a cache file, then `dvc repro -s --force <stage>` of
+    a stage reading it. It used to exit 0 with a changed result and write the damaged file's hash
+    into dvc.lock; now the stage fails naming the file, and dvc.lock keeps its entry."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)  # noqa: E731
+    (tmp_path / "produce.py").write_text(PRODUCE)
+    (tmp_path / "consume.py").write_text(CONSUME)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "produce": {"cmd": "python produce.py", "deps": ["produce.py"], "outs": ["feats"]},
+        "consume": {"cmd": "python consume.py", "deps": ["consume.py", "feats"], "outs": ["result.txt"]}}}))
+    assert run("git", "init", "-q").returncode == 0 and run("dvc", "init", "-q").returncode == 0
+    done = run("dvc", "repro")
+    assert done.returncode == 0, done.stderr[-1000:]
+    lock = (tmp_path / "dvc.lock").read_text()
+    flip_sign_bits(next((tmp_path / "feats" / "mfcc").glob("*/vid.npy")), count=2)
+    forced = run("dvc", "repro", "-s", "--force", "consume")
+    assert forced.returncode != 0
+    assert "vid.npy: damaged" in forced.stderr and "dvc repro -s --force audio_features@mfcc" in forced.stderr
+    assert (tmp_path / "dvc.lock").read_text() == lock and not (tmp_path / "result.txt").exists()
