@@ -65,15 +65,15 @@ def _mtl_set(params: dict, split: str, index: dict) -> dict | None:
     return {"rows": rows, "va": mtl["va"][keep], "expr": mtl["expr"][keep], "au": mtl["au"][keep]}
 
 
-def keep_all(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarray, face_at, audio_samples: np.ndarray
-             ) -> np.ndarray:
+def keep_all(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarray, face_at, audio_samples: np.ndarray,
+             seconds: float = AUDIO_SECONDS) -> np.ndarray:
     """method: paper: every labelled frame is a sample (frames before a track's start or without a face
     take the nearest earlier frame's features, data.inputs); the paper states no row filter."""
     return np.ones(len(frame), bool)
 
 
-def released_rows(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarray, face_at, audio_samples: np.ndarray
-                  ) -> np.ndarray:
+def released_rows(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarray, face_at, audio_samples: np.ndarray,
+                  seconds: float = AUDIO_SECONDS) -> np.ndarray:
     """The rows the released pipeline keeps (ledger: row_filter), from its index arithmetic:
 
     task "va" / "expr" / "au": label line k of a per-task file (k = 0-based frame `frame`) is kept when
@@ -87,9 +87,11 @@ def released_rows(task: str, labels: dict, frame: np.ndarray, n_frames: np.ndarr
       (dataloader.py:106, list membership: -1.000 stays), 1-based frames n-50, ..., n all have a face,
       and audio file n exists: n * floor(samples / frames) >= 10 s * 22050 and n <= frames - 1.
     labels: {task: values} of the rows; frame, n_frames, audio_samples: per row; face_at(offsets) ->
-    (rows, len(offsets)) bool, faces at frame + offset (False before the track's start).
+    (rows, len(offsets)) bool, faces at frame + offset (False before the track's start). seconds: the
+    audio history a row needs, audio_crop's sec = T_aud = 10 (load_corpus passes jeong2022.t_aud, which
+    the smoke profile shortens for its 12-18 s videos).
     """
-    need = AUDIO_SECONDS * AUDIO_SR
+    need = int(seconds * AUDIO_SR)
     per_frame = audio_samples // np.maximum(n_frames, 1)
     if task == "mtl":
         marked = ((labels["va"] == -5).any(1) | (labels["expr"] == -1) | (labels["au"] == -1).any(1))
@@ -140,7 +142,7 @@ def load_corpus(params: dict) -> Corpus:
         def face_at(offsets):
             at = frame[:, None] + offsets[None, :]
             return (at >= 0) & face[np.clip(rows[:, None] + offsets[None, :], 0, len(face) - 1)]
-        keep = keep_rows(task, labelled, frame, track_len[rows], face_at, audio_samples[rows])
+        keep = keep_rows(task, labelled, frame, track_len[rows], face_at, audio_samples[rows], jp["t_aud"])
         return {k: v[keep] for k, v in labelled.items()}
     train = split_of == 0
     if params["jeong2022"]["zscore"]:

@@ -7,6 +7,7 @@ reading the same runs, reuses finished runs instead of training them again.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,64 @@ def run(params: dict, corpus, teachers: str | Path, role: str, inputs: str, seed
 def run_grid(params: dict, corpus, teachers, role: str, inputs_list, students=None) -> list[dict]:
     return [run(params, corpus, teachers, role, inputs, seed, students)
             for inputs in inputs_list for seed in params["jeong2022"]["seeds"]]
+
+
+# ---- the finding "does the released behaviour matter" (Tables 2 and 3) ---------------------------------
+
+# Tolerances of the findings, from the paper's own numbers: the smallest gain Table 2 reports for the
+# I+A teacher (2.08 vs I 1.86 validation P_MTL) and Table 3's student gain (2.40 vs 2.08).
+SAME_WITHIN = {"teacher": 0.22, "student": 0.32}
+
+
+def with_method(params: dict, method: str) -> dict:
+    """A plain copy of params whose jeong2022.method is `method` (paper | released)."""
+    from papers.jeong2022.train import method_of
+    out = copy.deepcopy(params)                  # a thawed, changeable copy (common.params)
+    out["jeong2022"]["method"] = method
+    method_of(out["jeong2022"])                  # refuses an unknown method here
+    return out
+
+
+def released_runs(params: dict, out_dir, role: str, paper_corpus) -> list[dict]:
+    """The I+A runs of `role` under jeong2022.method released, the profile's seeds, in their own folders
+    (runs_released / runs_student_released; each student distilled from its released teacher), each
+    result with "validation_paper_frames": its best weights scored on the paper method's validation sets
+    (every labelled frame), so that the two methods are compared on the same frames."""
+    from common.weights import load_weights_file
+    from papers.jeong2022.train import build_model, evaluate_split
+    released = with_method(params, "released")
+    corpus = load_corpus(released)               # the released row filter on every set
+    out_dir = Path(out_dir)
+    rows = run_grid(released, corpus, out_dir / "runs_released", role, ["I+A"], out_dir / "runs_student_released")
+    for r in rows:
+        folder = out_dir / ("runs_released" if role == "teacher" else "runs_student_released")
+        model = build_model(released["jeong2022"], "I+A")
+        model.load_state_dict(load_weights_file(folder / run_name(role, "I+A", r["seed"]) / "best.pt"))
+        r["validation_paper_frames"] = evaluate_split(model, paper_corpus, "validation")["abaw"]
+    return rows
+
+
+def released_vs_paper(params: dict, paper_rows: list[dict], released_rows: list[dict], role: str,
+                      table: str, label: str) -> tuple[list[dict], dict]:
+    """Both columns of one row (the paper method's runs `paper_rows`, the released method's on the same
+    frames) and the claim released_vs_paper_<role>: validation P_MTL about the same, paired by seed."""
+    from common.report import claim
+    paper = values(paper_rows, "mtl", role=role, inputs="I+A")
+    released = values(released_rows, "mtl", split="validation_paper_frames", role=role, inputs="I+A")
+    cells = []
+    for column, key in TABLE_COLUMNS.items():
+        for method, rows, split in (("paper", paper_rows, "validation"), ("released", released_rows, "validation_paper_frames")):
+            cells.append(result_row(table, f"{label}: released vs paper", f"{column}, method {method}",
+                                    values(rows, key, split, role=role, inputs="I+A"), "validation"))
+    judged = claim(f"released_vs_paper_{role}", table,
+                   f"The released code's training (jeong2022.method: released) scores the I+A {role} about as the "
+                   f"paper's method does: validation P_MTL within {SAME_WITHIN[role]} "
+                   f"({'Table 2: I+A 2.08 vs I 1.86' if role == 'teacher' else 'Table 3: student 2.40 vs teacher 2.08'})",
+                   released, paper, direction="~", tolerance=SAME_WITHIN[role],
+                   explanation="Both scored with the ABAW metric on every labelled validation frame; the released runs "
+                               "trained on the released rows, with the released losses, discriminator and model "
+                               "(papers/jeong2022/ledger.yaml).")
+    return cells, judged
 
 
 def values(rows: list[dict], key: str, split: str = "validation", inputs: str | None = None,

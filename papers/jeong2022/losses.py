@@ -293,14 +293,14 @@ def released_student_loss(out: dict, soft: dict, b: dict, stream: str, gamma: Ma
     """utils.get_loss with s_out (utils.py:117-145), T = 2.5 on both students' and teacher's EXPR logits."""
     cce, bce = keras_categorical_crossentropy, keras_binary_crossentropy
     t, alpha, beta = jp["temperature"], jp["alpha"], jp["beta"]
-    s_expr, t_expr = F.softmax(out["expr"] / t, -1), F.softmax(soft["expr"].detach() / t, -1)   # utils.py:119-120
-    s_au, t_au = torch.sigmoid(out["au"]), torch.sigmoid(soft["au"].detach())
-    s_va, t_va = out["va"], soft["va"].detach()
-    to_au = keras_binary_crossentropy_cached_logits    # y_pred = a model's sigmoid output: its logits
+    s_expr, s_au, s_va = F.softmax(out["expr"] / t, -1), torch.sigmoid(out["au"]), out["va"]   # utils.py:120
     g = gamma
     if stream == "mtl":                                                        # utils.py:131: gamma, no alpha
         return (g["va"] * ccc_loss(s_va, _released_labels(b, "va")) + g["expr"] * cce(s_expr, _released_labels(b, "expr"))
                 + g["au"] * bce(s_au, _released_labels(b, "au")))
+    t_expr = F.softmax(soft["expr"].detach() / t, -1)                          # utils.py:119
+    t_au, t_va = torch.sigmoid(soft["au"].detach()), soft["va"].detach()
+    to_au = keras_binary_crossentropy_cached_logits    # y_pred = a model's sigmoid output: its logits
     if stream == "va":                                                         # utils.py:135-136
         total = (alpha * g["va"] * ccc_loss(s_va, _released_labels(b, "va")) + g["va"] * ccc_loss(s_va, t_va)
                  + beta * (g["expr"] * cce(t_expr, s_expr) + g["au"] * to_au(t_au, out["au"])))
