@@ -33,3 +33,13 @@ def test_figures_are_image_outputs_and_the_kernel_is_quiet(tmp_path, monkeypatch
     log = "".join(capfd.readouterr())
     assert "without encryption" not in log and "KeyboardInterrupt" not in log, log
     assert not list(tmp_path.glob("kernel-ipc*")) and not list((tmp_path / "reports" / "toy").glob("kernel-*"))
+
+
+def test_no_notebook_picks_a_backend_that_hides_its_figures():
+    """A notebook (or the paper code it calls) that sets matplotlib.use("Agg") shows no figure in Lab
+    or in the executed copy: the kernel's inline backend must stay."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("papers/*/*.ipynb"), *root.glob("papers/*/*.py")]
+    assert len(sources) > 20
+    assert [p.name for p in sources if "matplotlib.use(" in p.read_text()] == []
