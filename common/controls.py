@@ -33,7 +33,6 @@ import csv
 import json
 import sys
 from dataclasses import replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -207,11 +206,6 @@ def run_controls(params) -> dict:
                     **{k: judged["cut"][k] for k in ("verdict", "negligible", "effect", "low", "high", "n", "delta")},
                     "intact": {k: judged["intact"][k] for k in ("verdict", "effect", "low", "high")}})
     return {"profile": params["profile"], "settings": dict(c), "claims": out}
-
-
-def control_for(claim_id: str, controls: list[dict]) -> dict | None:
-    """The control whose claim id (or pattern) matches `claim_id`."""
-    return next((c for c in controls if fnmatchcase(claim_id, c["claim"])), None)
 
 
 def main(argv=None) -> int:
