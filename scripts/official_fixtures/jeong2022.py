@@ -157,13 +157,13 @@ def fixture_losses(utils, tf) -> dict:
     b = 12
     out = {}
 
-    def outputs(r):
+    def outputs(r, saturate: float):
         dom = tf.nn.softmax(r.normal(0, 2, (b, 3)).astype(np.float32)).numpy()
         va = np.tanh(r.normal(0, 1, (b, 2))).astype(np.float32)
         expr = r.normal(0, 3, (b, 8)).astype(np.float32)
         expr[0] = [25, -25, 0, 0, 0, 0, 0, 0]         # saturating rows exercise Keras' clipping
         au_logit = r.normal(0, 3, (b, 12)).astype(np.float32)
-        au_logit[1] = 30
+        au_logit[1] = saturate          # teacher +30, student -30: Keras' clipped and logits paths differ
         au = tf.sigmoid(au_logit).numpy()
         return [dom, va, expr, au], au_logit
 
@@ -172,8 +172,8 @@ def fixture_losses(utils, tf) -> dict:
         logits (activations.sigmoid caches them; Keras' BCE then uses them when it is y_pred)."""
         return [tf.constant(out[0]), tf.constant(out[1]), tf.constant(out[2]),
                 tf.keras.activations.sigmoid(tf.constant(au_logit))]
-    t_out, t_au_logit = outputs(rng)
-    s_out, s_au_logit = outputs(rng)
+    t_out, t_au_logit = outputs(rng, 30.0)
+    s_out, s_au_logit = outputs(rng, -30.0)
     out["teacher/domain"], out["teacher/va"], out["teacher/expr"], out["teacher/au"] = t_out
     out["student/domain"], out["student/va"], out["student/expr"], out["student/au"] = s_out
     out["teacher/au_logit"], out["student/au_logit"] = t_au_logit, s_au_logit
