@@ -19,7 +19,7 @@ check this equality against scikit-learn directly.
 Three helpers study how a number was obtained rather than what it is: ``jeong_code_metric``
 reproduces Jeong et al.'s evaluation code (labelled rows only, each set shuffled with a seed and
 cut into proportionally sized batches, F1 with ``zero_division=1``, the plain mean over batches;
-REFERENCE_FACTS.md), ``batch_averaged`` averages any metric over consecutive mini-batches (a
+EuiseokJeong/2022_ABAW_imlab@bb0513c:trainer.py:165-204, utils.py:52-104), ``batch_averaged`` averages any metric over consecutive mini-batches (a
 generic tool, and NOT what the released code does (ledger: evaluation_metric): it never shuffles), and ``bootstrap_ci``
 gives percentile confidence intervals by resampling whole videos. Because every metric here is
 a function of sums over frames (confusion counts, or the moments behind CCC), the bootstrap sums
@@ -431,14 +431,13 @@ JEONG_SET_TASKS = {"va": ("va",), "expr": ("expr",), "au": ("au",), "mtl": ("va"
 # The ABAW3 validation sets in frames, the sizes the authors' batch-size formula met (option
 # ``set_sizes=ABAW3_VALIDATION_FRAMES`` of ``jeong_code_metric``). Sources and derivation:
 # * mtl 26,876: the s-Aff-Wild2 validation partition of the ABAW3 MTL challenge (Kollias, CVPRW
-#   2022), the "MTL set ~26k" of REFERENCE_FACTS.md (Jeong section).
+#   2022).
 # * va / expr / au: no frame count per partition is printed in the four papers, so each is
 #   estimated as the annotated frames of Jeong et al. Sec. 5.1 (VA 2,816,832, EXPR 2,603,921,
 #   AU 2,603,921) times the task's share of validation videos in ABAW3 (VA 71 of 564, EXPR 70
-#   of 546, AU 105 of 541): 354,601 / 333,836 / 505,382, "a few hundred thousand" as
-#   REFERENCE_FACTS.md says.
+#   of 546, AU 105 of 541): 354,601 / 333,836 / 505,382, a few hundred thousand each.
 # With these, max_iter = ceil(505,382 / 256) = 1,975 and the batches hold VA 179, EXPR 169, AU 255
-# and MTL 13 frames. REFERENCE_FACTS.md's "~15" corresponds to a largest set of 430-460 k frames;
+# and MTL 13 frames (an MTL batch of ~15 corresponds to a largest set of 430-460 k frames);
 # any largest set between 400 k and 520 k gives MTL batches of 13 to 17 frames, so the conclusion
 # does not hinge on the estimate (Table 4's notebook plots every term against the batch size).
 # The code drops unlabelled MTL rows before batching, so the real MTL batches were at most this big.
@@ -542,7 +541,8 @@ def jeong_batch_scores(task: str, truth: np.ndarray, pred: np.ndarray, threshold
 def jeong_code_metric(truth: dict, pred: dict, seed: int = 0, set_sizes: dict | None = None,
                       batch_sizes: dict | None = None, largest: int = 256, shuffle: bool = True,
                       threshold: float = 0.5, num_classes: int = 8) -> dict:
-    """Jeong et al.'s validation metric, as their code computes it (REFERENCE_FACTS.md).
+    """Jeong et al.'s validation metric, as their released code computes it (ledger: evaluation_metric):
+    EuiseokJeong/2022_ABAW_imlab@bb0513c:trainer.py:165-204 with utils.py:52-104 and dataloader.py:62-71.
 
     truth, pred: {set name: {task: (N, ...) array}} for the evaluation sets of one split, the set
     names and their tasks as in ``JEONG_SET_TASKS`` ("va", "expr", "au": one task each on its own
