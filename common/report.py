@@ -39,7 +39,7 @@ from common.data.affwild2 import test_labels_released
 from common.files import atomic_write_text
 from common.power import plan
 from common.report_claims import (CLAIM_KINDS, CLAIMS_HEADER, NOT_RELEASED, UNCLASSIFIED,  # noqa: F401 - the claims part
-                                  budget_section, claim_counts, claims_table, classify_claims, control_for,
+                                  budget_section, claim_counts, claims_table, classify_claims, control_for, controls_section,
                                   counts_sentence, declared_delta, fmt, read_claim_kinds, read_controls, read_csv_rows,
                                   shown_verdict, verdict_legend)
 from common.verdicts import VERDICTS, judge_claim  # noqa: F401 - judge_claim: the notebooks' import
@@ -503,6 +503,7 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
             f"<p>Profile: <code>{html.escape(params['profile'])}</code>.</p><h2>Papers</h2>"]
     body += papers_table(summaries)
     body.append(budget_section(summaries, params["verdicts"]))
+    body.append(controls_section(controls))
     board = [row for s in summaries for row in s["leaderboard"]]
     body.append("<h2>Leaderboard: every paper's final model, same metrics code, same held-out split</h2>")
     if board:

@@ -244,3 +244,24 @@ def budget_section(summaries: list[dict], verdicts) -> str:
             "claim one paired run (Zhang's fold claims: one per fold). docs/benchmarks.md gives what more seeds "
             "cost.</p>"
             f"<table>{''.join(rows)}</table>")
+
+
+def controls_section(controls: list[dict]) -> str:
+    """The index's table of negative controls: each built-in claim judged with its generator link cut
+    (and intact, the positive control), from reports/controls.json."""
+    if not controls:
+        return ""
+    rows = ["<tr><th>claim</th><th>paper</th><th>link cut</th><th>delta</th><th>cut: verdict, effect [95% CI]</th>"
+            "<th>intact: verdict, effect</th></tr>"]
+    for c in controls:
+        cut = "negligible" if c.get("negligible") else c["verdict"]
+        rows.append(f"<tr><td>{html.escape(c['claim'])}</td><td>{html.escape(c['paper'])}</td><td>{html.escape(c['link'])}</td>"
+                    f"<td class=num>{fmt(c.get('delta'), 4)}</td><td><span class={c['verdict']}>{cut}</span> "
+                    f"{fmt(c.get('effect'))} [{fmt(c.get('low'))}, {fmt(c.get('high'))}]</td>"
+                    f"<td><span class={c['intact']['verdict']}>{c['intact']['verdict']}</span> "
+                    f"{fmt(c['intact'].get('effect'))}</td></tr>")
+    return ("<h2>Negative controls: can the harness say no?</h2><p class=muted>Each claim built into the data, "
+            "judged again on a tiny corpus with the generator link it rests on cut (common/controls.py says exactly "
+            "which probe and corpus). None may come out reproduced. The intact corpus is the positive control: where "
+            "its probe shows no effect either, that control cannot tell.</p>"
+            f"<table>{''.join(rows)}</table>")

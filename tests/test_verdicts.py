@@ -86,8 +86,9 @@ def test_the_report_shows_delta_power_and_the_verdict_legend(tmp_path):
               {**judge_claim([0.001, -0.002, 0.0, 0.001], None, ">"), "id": "sharing_expr", "text": "S"}]
     (reports / "vu2021" / "table1.json").write_text(json.dumps({"paper": "vu2021", "title": "T1", "claims": claims}))
     (reports / "controls.json").write_text(json.dumps({"claims": [
-        {"claim": "sharing_expr", "link": "voice follows arousal", "verdict": "absent", "negligible": False,
-         "effect": 0.0, "low": -0.01, "high": 0.01, "n": 4}]}))
+        {"claim": "sharing_expr", "paper": "vu2021", "link": "voice follows arousal", "verdict": "absent",
+         "negligible": False, "effect": 0.0, "low": -0.01, "high": 0.01, "n": 4, "delta": 0.012,
+         "intact": {"verdict": "reproduced", "effect": 0.09, "low": 0.05, "high": 0.13}}]}))
     index = report.build(reports).read_text()
     page = (reports / "vu2021" / "index.html").read_text()
     assert "<td class=num title=\"Table 1: EXPR criterion 0.513" in page and ">0.0150<" in page
@@ -95,6 +96,7 @@ def test_the_report_shows_delta_power_and_the_verdict_legend(tmp_path):
     assert "<td class=inconclusive>inconclusive</td>" in page
     assert re.search(r"4 / \d+<br><span class=muted>budget 4: \d+ seeds would decide", page)
     assert "voice follows arousal cut" in page
+    assert "Negative controls: can the harness say no?" in index and "sharing_expr" in index
     for v in verdicts.VERDICTS:
         assert f"<li><span class={v}>{v}</span>: " in page and f"<li><span class={v}>{v}</span>: " in index
     assert "decided: 1 (50 %)" in page and "Runs: what the budget decides" in index
