@@ -137,6 +137,8 @@ def rejudge(claim: dict, delta: float | None) -> dict:
     if claim.get("a") is None or claim.get("kind") == "configuration check":
         return {**claim, "delta": delta if delta is not None else claim.get("delta")}
     judge = {k: claim[k] for k in ("direction", "margin", "paired", "confidence") if claim.get(k) is not None}
+    if "paired" not in judge and claim.get("b") is not None and len(claim["a"]) != len(claim["b"]):
+        judge["paired"] = False           # a summary from before "paired" was recorded: unequal runs cannot pair
     if judge.get("direction") == "~" and delta is None:
         delta = claim.get("tolerance")
     return {**claim, **judge_claim(claim["a"], claim.get("b"), delta=delta, **judge)}
