@@ -65,7 +65,12 @@ def split_ccc(items, predictions: Mapping[str, np.ndarray], emotion: str | None 
         "mean"} (Liu et al.).
     emotion "valence" or "arousal": predictions[video] is that emotion's (N,); returns its CCC
         (Zhang et al., one model per emotion).
+    An empty split (the test split of the real release, which keeps its labels back:
+    common.data.affwild2.test_labels_released) scores NaN: there is nothing to score.
     """
+    if not items:
+        nan = float("nan")
+        return nan if emotion is not None else {"valence": nan, "arousal": nan, "mean": nan}
     if emotion is not None:
         col = EMOTIONS.index(emotion)
         truth = np.concatenate([t.label[t.mask, col] for t in items])
