@@ -16,7 +16,7 @@ from torch import nn
 def module_device(module: nn.Module) -> torch.device:
     """The device of the module's first parameter (or buffer). A TorchScript-frozen module has
     inlined both as constants: it has neither, and runs where it was frozen, the CPU
-    (common/features/visual.frozen_for_inference freezes only for the CPU)."""
+    (common/features/face_frames.frozen_for_inference freezes only for the CPU)."""
     for tensor in module.parameters():
         return tensor.device
     for tensor in module.buffers():

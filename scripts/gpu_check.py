@@ -79,7 +79,7 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
     from common.backbones.vggish import build_vggish
     from common.backbones.vit_mae import build_mae
     from common.backbones.wav2vec import Wav2Vec2Pretrain
-    from common.features import face_networks, fau, mae, vggish, visual
+    from common.features import face_frames, face_networks, fau, mae, side_sets, vggish
     from common.features.fer import build_fer
     from common.features.ecapatdnn import SpeakerClassifier
     from papers.liu2023.model import build_model as build_liu
@@ -104,7 +104,7 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
             return faces(n, d), y
         return Network(key, "Liu 2023", lambda: face_networks.TaskNet(build(cfg), task), batch,
                        lambda net, bt: face_networks.training_loss(task, net, bt, crop),
-                       lambda net, bt: net.backbone(visual.normalise(visual.centre_crop(bt[0], crop))),
+                       lambda net, bt: net.backbone(face_frames.normalise(face_frames.centre_crop(bt[0], crop))),
                        b(128))
 
     def wave(n, d, rate=16000, s=seconds):
@@ -125,7 +125,7 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
             + 10.0 * penalty
 
     def vu_loss(net, bt):                      # Vu Eq. 1-2 shape: EXPR CE + VA bin CE
-        expr, va = net(visual.normalise(bt[0]))
+        expr, va = net(face_frames.normalise(bt[0]))
         return F.cross_entropy(expr, bt[1]) + F.cross_entropy(va.flatten(0, 1), bt[2].flatten())
 
     def liu_loss(net, bt):                     # Liu Eq. 10 with alpha = beta = 0.5
@@ -144,7 +144,7 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
         Network("vu_resnet50", "Vu 2021", lambda: build_cnn(vu),
                 lambda n, d: (faces(n, d)[..., :int(vu["crop"]), :int(vu["crop"])],
                               torch.randint(0, 7, (n,), device=d), torch.randint(0, 20, (n, 2), device=d)),
-                vu_loss, lambda net, bt: net.features(visual.normalise(bt[0])), b(192)),
+                vu_loss, lambda net, bt: net.features(face_frames.normalise(bt[0])), b(192)),
         face_task("ires100", "expression"),
         face_task("densenet", "expression"),
         face_task("ms_va", "va"),
@@ -152,15 +152,15 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
                 lambda n, d: (faces(n, d), torch.randint(0, 2, (n, 12), device=d).float(),
                               torch.ones(n, 12, device=d)),
                 lambda net, bt: fau.training_loss(net, bt, int(P["fau"]["crop"])),
-                lambda net, bt: net.backbone(visual.normalise(visual.centre_crop(bt[0], int(P["fau"]["crop"])))),
+                lambda net, bt: net.backbone(face_frames.normalise(face_frames.centre_crop(bt[0], int(P["fau"]["crop"])))),
                 b(128)),
         Network("mae", "Liu 2023", lambda: build_mae(P["mae"]), lambda n, d: (faces(n, d),),
                 lambda net, bt: mae.training_loss(net, bt, int(P["mae"]["crop"]), float(P["mae"]["mask_ratio"])),
-                lambda net, bt: net(visual.normalise(visual.centre_crop(bt[0], int(P["mae"]["crop"])))), b(128)),
+                lambda net, bt: net(face_frames.normalise(face_frames.centre_crop(bt[0], int(P["mae"]["crop"])))), b(128)),
         Network("fer", "Jeong 2022", lambda: build_fer(P["fer"]),
-                lambda n, d: {"image": visual.normalise(faces(n, d)[..., :fer_crop, :fer_crop]),
+                lambda n, d: {"image": face_frames.normalise(faces(n, d)[..., :fer_crop, :fer_crop]),
                               "expr": torch.randint(0, 7, (n,), device=d), "va": torch.rand(n, 2, device=d)},
-                visual.pretrain_loss, lambda net, bt: net.encoder(bt["image"]), b(128)),
+                side_sets.pretrain_loss, lambda net, bt: net.encoder(bt["image"]), b(128)),
         Network("hubert", "Liu 2023", lambda: build_hubert(hub),
                 lambda n, d: (wave(n, d), torch.randint(0, int(hub["clusters"]), (n, n_frames), device=d)),
                 hubert_loss, lambda net, bt: last_layer(net, bt[0]), b(16), "clip",

@@ -476,7 +476,7 @@ def test_a_video_without_face_images_is_a_warning_naming_it(corpus, caplog):
 
 
 def test_a_truncated_face_jpeg_names_its_file(corpus):
-    from common.features.visual import load_face
+    from common.features.face_frames import load_face
     jpg = corpus / "cropped_aligned" / "7-25-480x360" / "00002.jpg"
     Image.new("RGB", (64, 64), (10, 200, 30)).save(jpg, quality=95)
     assert load_face(str(jpg), 8).shape == (3, 8, 8)

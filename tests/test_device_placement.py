@@ -136,14 +136,14 @@ def _still_batch():
 
 
 def _fer():
-    from common.features import fer, visual
-    return lambda: visual.pretrain_loss(on_meta(fer.build_fer(SMOKE["fer"])), meta(_still_batch()))
+    from common.features import fer, side_sets
+    return lambda: side_sets.pretrain_loss(on_meta(fer.build_fer(SMOKE["fer"])), meta(_still_batch()))
 
 
 def _frame_encoder():
-    from common.features import visual
-    net = visual.PretrainNet(visual.build_encoder(SMOKE["visual_encoder"]))
-    return lambda: visual.pretrain_loss(on_meta(net), meta(_still_batch()))
+    from common.features import side_sets, visual
+    net = side_sets.PretrainNet(visual.build_encoder(SMOKE["visual_encoder"]))
+    return lambda: side_sets.pretrain_loss(on_meta(net), meta(_still_batch()))
 
 
 def _ecapatdnn():
@@ -196,7 +196,7 @@ def test_pretraining_loss_runs_on_the_model_device(name):
 
 
 def test_random_crop_flip_runs_on_the_batch_device_and_keeps_its_draws():
-    from common.features.pretraining import random_crop_flip
+    from common.features.face_frames import random_crop_flip
     images = face_batch(8)
     out = random_crop_flip(meta(images), 28, torch.Generator().manual_seed(3))
     assert out.device == META and out.shape == (8, 3, 28, 28)
@@ -336,18 +336,18 @@ def _mae_evaluate():
 
 
 def _face_encoders():
-    # fau, mae and the face networks extract through encode_faces (common/features/pretraining.py)
+    # fau, mae and the face networks extract through encode_faces (common/features/face_frames.py)
     from common.backbones.vit_mae import build_mae
-    from common.features import visual
+    from common.features import face_frames, visual
     for net, crop, dim in ((visual.build_encoder(SMOKE["visual_encoder"]), 28, 512), (build_mae(SMOKE["mae"]), 24, 32)):
-        assert visual.encode_faces(evaluated(net), face_batch(5), crop, 2, dim).shape == (5, dim)
+        assert face_frames.encode_faces(evaluated(net), face_batch(5), crop, 2, dim).shape == (5, dim)
 
 
 def _frame_encoder_predict():
-    from common.features import visual
-    net = evaluated(visual.PretrainNet(visual.build_encoder(SMOKE["visual_encoder"])))
-    data = visual.StillFaces(face_batch(5), np.zeros(5, np.int64), np.zeros((5, 2), np.float32), 28, False)
-    logits, va = visual.predict(net, data, batch_size=2)
+    from common.features import side_sets, visual
+    net = evaluated(side_sets.PretrainNet(visual.build_encoder(SMOKE["visual_encoder"])))
+    data = side_sets.StillFaces(face_batch(5), np.zeros(5, np.int64), np.zeros((5, 2), np.float32), 28, False)
+    logits, va = side_sets.predict(net, data, batch_size=2)
     assert logits.shape == (5, 7) and va.shape == (5, 2)
 
 

@@ -5,7 +5,7 @@ import pytest
 from common.data.affwild2 import SPLITS, read_split
 from common.features import faces
 from common.features.cache import FeatureCacheError
-from common.features.visual import load_face
+from common.features.face_frames import load_face
 
 
 @pytest.fixture(scope="module")

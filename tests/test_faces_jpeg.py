@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from common.data.affwild2 import SPLITS, read_split
 from common.features import faces
 from common.features.cache import FeatureCacheError
-from common.features.visual import load_face
+from common.features.face_frames import load_face
 
 
 def _params(tiny_params, root, size, format):
@@ -140,7 +140,7 @@ def test_a_truncated_or_corrupt_file_names_itself_and_the_fix(both, tmp_path):
 
 
 def test_the_readers_of_faces_work_on_the_jpeg_format(both):
-    from common.features.pretraining import sample_face_frames
+    from common.features.faces import sample_face_frames
     out, _ = both
     got = {f: sample_face_frames(out[f][0], "train", 40, 0, lambda v: v.va_mask) for f in faces.FORMATS}
     assert torch.equal(got["npy"][0], got["jpeg"][0])

@@ -11,7 +11,7 @@ from common.backbones.mobilenet import MobileNet, MobileNetWeightsError, load_mo
 from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load_mae_weights, sincos_positions
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
-from common.features import bank, fau, hubert, mae, pretraining, wav2vec
+from common.features import bank, face_frames, fau, hubert, mae, pretraining, wav2vec
 from tests.helpers.features import first_track_rows, pretrain_with
 from tests.helpers.weights import check_weights_loader
 
@@ -37,7 +37,7 @@ def test_mobilenet_embeds_faces_and_loads_only_fitting_weights(tmp_path):
 
 def test_random_crop_flip_takes_one_window_and_flips_about_half_of_the_faces():
     images = torch.rand(64, 3, 6, 6)
-    out = pretraining.random_crop_flip(images, 4, torch.Generator().manual_seed(0))
+    out = face_frames.random_crop_flip(images, 4, torch.Generator().manual_seed(0))
     assert out.shape == (64, 3, 4, 4)
     windows = [(t, l) for t in range(3) for l in range(3)
                if all(torch.equal(o, images[i, :, t:t + 4, l:l + 4]) or torch.equal(o, images[i, :, t:t + 4, l:l + 4].flip(-1))

@@ -13,7 +13,7 @@ import torch
 
 from common.data import synthetic
 from common.data.affwild2 import SPLITS, read_split
-from common.features import visual
+from common.features import face_frames, side_sets, visual
 from common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_pretraining_beats_chance_on_held_out_images(pretrained, side_root):
     assert m["expr_accuracy"] >= report["majority_accuracy"], m
     assert m["ccc_mean"] > 0.1, m
     # Held out means held out: the validation images are not among the training images.
-    train, val = visual.split_side_set(SIDE_IMAGES, params["visual_encoder"]["seed"],
+    train, val = side_sets.split_side_set(SIDE_IMAGES, params["visual_encoder"]["seed"],
                                        params["visual_encoder"]["batch_size"])
     assert len(val) == 90 and not set(train) & set(val)
     # The saved file is the encoder alone, loadable into the configured architecture.
@@ -91,22 +91,22 @@ def test_pretraining_beats_chance_on_held_out_images(pretrained, side_root):
 def test_split_never_leaves_a_single_image_batch():
     # 12 images: 11 train after 1 held out; with batch 10 the last batch would hold 1 image,
     # which BatchNorm cannot normalise in training mode.
-    train, val = visual.split_side_set(12, seed=0, batch_size=10)
+    train, val = side_sets.split_side_set(12, seed=0, batch_size=10)
     assert len(val) == 1 and len(train) == 10
-    train, val = visual.split_side_set(12, seed=0, batch_size=4)
+    train, val = side_sets.split_side_set(12, seed=0, batch_size=4)
     assert len(train) == 11
 
 
 def test_random_crop_and_flip_only_in_training():
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8).to(torch.uint8)
     expr, va = np.zeros(2, np.int64), np.zeros((2, 2), np.float32)
-    evaluation = visual.StillFaces(images, expr, va, crop=6, train=False)
+    evaluation = side_sets.StillFaces(images, expr, va, crop=6, train=False)
     a, b = evaluation[0]["image"], evaluation[0]["image"]
     assert a.shape == (3, 6, 6) and torch.equal(a, b)
-    assert torch.equal(a, visual.normalise(images[0, :, 1:7, 1:7]))        # the centre
+    assert torch.equal(a, face_frames.normalise(images[0, :, 1:7, 1:7]))        # the centre
     assert -1.0 <= float(a.min()) and float(a.max()) <= 1.0                 # mean = std = 0.5
     torch.manual_seed(0)
-    training = visual.StillFaces(images, expr, va, crop=6, train=True)
+    training = side_sets.StillFaces(images, expr, va, crop=6, train=True)
     crops = {tuple(training[0]["image"].flatten().tolist()) for _ in range(30)}
     assert len(crops) > 4           # 3 x 3 offsets x 2 flips: many distinct views
 
@@ -144,9 +144,9 @@ def test_rows_are_the_frames_encoded_one_by_one(extracted, pretrained):
     encoder.eval()
     vp = params["visual_encoder"]
     frames = [t for t, p in enumerate(track.image_paths) if p is not None][:5]
-    faces = visual.decode_faces([track.image_paths[t] for t in frames], vp["input_size"])
+    faces = face_frames.decode_faces([track.image_paths[t] for t in frames], vp["input_size"])
     with torch.no_grad():
-        expected = encoder(visual.normalise(visual.centre_crop(faces, vp["crop"]))).numpy()
+        expected = encoder(face_frames.normalise(face_frames.centre_crop(faces, vp["crop"]))).numpy()
     # Row t is frame t + 1 (file 0000{t+1}.jpg), within float16 rounding.
     np.testing.assert_allclose(features[frames].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
 
@@ -172,9 +172,9 @@ def test_missing_face_frames_take_the_nearest_face(extracted):
 def test_nearest_face_index_by_hand():
     has = np.array([0, 1, 0, 0, 1, 0, 0, 0, 1, 0], bool)     # faces at frames 1, 4, 8
     #                frame:  0  1  2  3  4  5  6  7  8  9
-    np.testing.assert_array_equal(visual.nearest_face_index(has), [0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(face_frames.nearest_face_index(has), [0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
     # Frame 6 is 2 from frame 4 and 2 from frame 8: the tie goes to the earlier face.
-    no_face = visual.track_features(np.ones((0, 4), np.float32), np.zeros(3, bool), 4)
+    no_face = face_frames.track_features(np.ones((0, 4), np.float32), np.zeros(3, bool), 4)
     assert no_face.shape == (3, 4) and not no_face.any()
 
 

@@ -49,8 +49,9 @@ from common.data.still_images import StillSetError, read_still_set
 from common.device import module_device
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError, params_key
-from common.features.pretraining import random_crop_flip
-from common.features.visual import N_EXPR, centre_crop, decode_faces, frozen_for_inference, normalise, split_side_set
+from common.features.face_frames import centre_crop, decode_faces, frozen_for_inference, normalise, random_crop_flip
+from common.features.faces import extract_face_feature, sample_face_frames
+from common.features.side_sets import N_EXPR, split_side_set
 from common.losses import ccc_loss
 from common.params import ParamsError
 
@@ -130,9 +131,9 @@ def video_frames(params: dict, split: str, n: int, seed: int, task: str) -> tupl
     (expression: the 7 classes the stills share; "Other" and unannotated frames left out)."""
     if task == "expression":
         where = lambda v: v.expr_mask & (v.expr < N_EXPR)                         # noqa: E731
-        images, picked = pretraining.sample_face_frames(params, split, n, seed, where)
+        images, picked = sample_face_frames(params, split, n, seed, where)
         return images, np.concatenate([v.expr[f] for v, f in picked]).astype(np.int64)
-    images, picked = pretraining.sample_face_frames(params, split, n, seed, lambda v: v.va_mask)
+    images, picked = sample_face_frames(params, split, n, seed, lambda v: v.va_mask)
     return images, np.concatenate([v.va[f] for v, f in picked]).astype(np.float32)
 
 
@@ -217,7 +218,7 @@ def extract(params: dict, name: str, progress: bool = True, threads: int = 1, wo
     cfg, spec = params[name], network(name)
     backbone = spec.build(cfg)
     spec.load(backbone, pretraining.model_path(params, name), name)
-    return {**pretraining.extract_face_feature(params, name, frozen_for_inference(backbone), cache_for(params, name),
+    return {**extract_face_feature(params, name, frozen_for_inference(backbone), cache_for(params, name),
                                                cfg["crop"], cfg["extract_batch"], backbone.embed_dim, threads,
                                                workers),
             "version": VERSION}

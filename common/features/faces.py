@@ -4,7 +4,7 @@
 
 One uint8 array per face track, (n_frames, 3, S, S), rows aligned to the label frames like every
 other feature (row i = frame i + 1), memory-mapped on read. Frames without a face image take the
-face of the nearest frame that has one (Liu et al. 2023 Sec. 3.1, `visual.nearest_face_index`), so
+face of the nearest frame that has one (Liu et al. 2023 Sec. 3.1, `face_frames.nearest_face_index`), so
 a reader can index any label frame. S = `faces.size` in params.yaml (default 48 = the corpus's
 crops; the paper profile's 112 px); JPEGs of another size are resized once, here.
 
@@ -29,16 +29,21 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from common.data.affwild2 import SPLITS, AffWild2Error, read_split
+from common.device import torch_threads
 from common.features.cache import (DamagedCacheError, FeatureCache, FeatureCacheError, file_stamp,
                                    remember_verified, verified, verified_here)
 from common.features.extract import run_stage, stage_parser
-from common.features.visual import TrackFaces, load_face, nearest_face_index
+from common.features.face_frames import TrackFaces, encode_faces, load_face, nearest_face_index, track_features
 from common.files import atomic_write_json
+from common.parallel import run_parallel
 from common.params import ParamsError, load_params
 
 EXTRACTOR = "faces"
@@ -149,7 +154,7 @@ def face_jpeg(path: str, size: int) -> bytes:
 
 
 def decode_jpeg(data) -> np.ndarray:
-    """JPEG bytes -> (3, S, S) uint8, exactly as `visual.load_face` decodes a file of that size."""
+    """JPEG bytes -> (3, S, S) uint8, exactly as `face_frames.load_face` decodes a file of that size."""
     from PIL import Image
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
@@ -306,7 +311,7 @@ def extract_faces(params: dict, workers: int = 2, progress: bool = True) -> dict
     started = time.perf_counter()
     tracks = [video for split in SPLITS for video in read_split(params["data"]["root"], split)]
     todo = [t for t in tracks if not cache.has(t.video)]
-    # Worker processes decode the next tracks while this one is written (visual.TrackFaces).
+    # Worker processes decode the next tracks while this one is written (face_frames.TrackFaces).
     jpeg = cache.format == "jpeg"
     loader = DataLoader((TrackJpegs if jpeg else TrackFaces)(todo, size), batch_size=None, num_workers=workers,
                         multiprocessing_context="fork" if workers > 0 else None)
@@ -329,6 +334,51 @@ def extract_faces(params: dict, workers: int = 2, progress: bool = True) -> dict
                "seconds": round(seconds, 2), "frames_per_second": round(frames / max(seconds, 1e-9), 1),
                "workers": workers, "folder": str(cache.folder)}
     atomic_write_json(Path(params["features"]["root"]) / f"{EXTRACTOR}.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# The face networks' side of the cache: frames to pre-train on, and a frozen encoder over every face
+# --------------------------------------------------------------------------------------------
+
+def sample_face_frames(params: dict, split: str, n: int, seed: int, where: Callable) -> tuple:
+    """Up to n face frames of `split` (uniformly, fixed by `seed`) among those where `where(video)`
+    (a boolean per frame) holds and the frame has a face image: (uint8 faces (n, 3, S, S) from the
+    face-pixel cache, [(video annotation, frame indices), ...] in the same order)."""
+    videos = read_split(params["data"]["root"], split)
+    rows = [(i, f) for i, v in enumerate(videos) for f in np.flatnonzero(where(v) & v.has_image)]
+    if not rows:
+        raise ValueError(f"{params['data']['root']}: no usable face frames in {split} for this pre-training "
+                         "(or set the feature's weights)")
+    pick = sorted(rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:n])
+    faces, picked = face_cache(params), []
+    for i in sorted({i for i, _ in pick}):
+        picked.append((videos[i], np.array([f for j, f in pick if j == i])))
+    images = np.concatenate([np.asarray(faces.get(v.video, v.n_frames)[frames]) for v, frames in picked])
+    return torch.from_numpy(images), picked
+
+
+def extract_face_feature(params: dict, name: str, encoder: nn.Module, cache, crop: int, batch_size: int,
+                         dim: int, threads: int = 1, workers: int = 2) -> dict:
+    """Every face frame of every track through the frozen `encoder` (centre crop) into `cache`;
+    frames without a face take the nearest face's row (Liu Sec. 3.1). Writes <features root>/<name>.json.
+    Tracks are shared out to `workers` forked processes (a narrow network keeps one core busy;
+    a second torch thread does not help it, a second process does)."""
+    faces = face_cache(params)
+    started = time.perf_counter()
+    tracks = [v for split in SPLITS for v in read_split(params["data"]["root"], split)]
+
+    def encode(t) -> int:
+        face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
+        cache.put(t.video, track_features(encode_faces(encoder, face_rows, crop, batch_size, dim), t.has_image, dim))
+        return len(face_rows)
+    with torch_threads(threads):
+        # longest tracks first, so neither worker is left with one long track at the end
+        todo = sorted((t for t in tracks if not cache.has(t.video)), key=lambda t: -t.n_frames)
+        encoded = sum(run_parallel(encode, todo, workers))
+    summary = {"extractor": name, "dim": dim, "tracks": len(tracks), "face_frames": encoded, "workers": workers,
+               "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
+    atomic_write_json(Path(params["features"]["root"]) / f"{name}.json", summary)
     return summary
 
 

@@ -33,9 +33,10 @@ from common.data.affwild2 import AU_NAMES, AffWild2Error
 from common.features.cache import FeatureCache, FeatureCacheError
 from common import runs
 from common.features import pretraining
-from common.features.pretraining import pretrain_or_load, random_crop_flip
+from common.features.pretraining import pretrain_or_load
+from common.features.face_frames import frozen_for_inference, normalise, random_crop_flip
 from common.features.face_networks import centre_crop_outputs
-from common.features.visual import frozen_for_inference, normalise
+from common.features.faces import extract_face_feature, sample_face_frames
 from common.losses import masked_bce_with_logits
 
 NAME = "fau"
@@ -48,7 +49,7 @@ def model_path(params: dict) -> Path:
 
 def au_frames(params: dict, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Up to n face frames of `split` with at least one annotated AU: uint8 faces, labels, label mask."""
-    images, picked = pretraining.sample_face_frames(params, split, n, seed, lambda v: v.au_mask.any(1))
+    images, picked = sample_face_frames(params, split, n, seed, lambda v: v.au_mask.any(1))
     return (images, torch.from_numpy(np.concatenate([v.au[f] for v, f in picked])).float(),
             torch.from_numpy(np.concatenate([v.au_mask[f] for v, f in picked])))
 
@@ -123,7 +124,7 @@ def extract_fau(params: dict, progress: bool = True, threads: int = 1) -> dict:
     backbone = build_iresnet(cfg)
     load_iresnet_weights(backbone, model_path(params), NAME)
     encoder = frozen_for_inference(backbone)
-    return {**pretraining.extract_face_feature(params, NAME, encoder, cache_for(params), cfg["crop"],
+    return {**extract_face_feature(params, NAME, encoder, cache_for(params), cfg["crop"],
                                                cfg["extract_batch"], cfg["embed_dim"], threads),
             "version": VERSION}
 

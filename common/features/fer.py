@@ -13,7 +13,7 @@ pretrain: if `fer.weights` names a local state-dict file of the configured ResNe
   (`side/affectnet`): valence-arousal 1 - CCC (the task DRER's FER model was trained for) plus
   7-class expression cross entropy (AffectNet's other label; the expression head is also what
   SoundNet's pre-training distils from, see common/features/soundnet.py). 10 % held out, as in
-  common/features/visual.py, whose training helpers are reused.
+  the frame encoder, with the side-set training helpers it shares (common/features/side_sets.py).
 extract: every frame of every face track from the face-pixel cache (common/features/faces.py,
   face-less frames already filled with the nearest face) through the frozen network, eval mode,
   centre crop: the 512-d features into cache `fer`, and the teacher outputs (7 expression
@@ -35,7 +35,7 @@ from common.backbones.resnext_se import ResNeXtSE
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
 from common.device import module_device
-from common.features import visual
+from common.features import face_frames, side_sets
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
 from common.features.cache import FeatureCache, params_key
 from common.params import ParamsError
@@ -45,7 +45,7 @@ from common.features.pretraining import cli, train_config
 EXTRACTOR = "fer"
 POSTERIORS = "fer_posteriors"
 VERSION = "1"
-N_EXPR = visual.N_EXPR          # the AffectNet-like side set's 7 expressions
+N_EXPR = side_sets.N_EXPR          # the AffectNet-like side set's 7 expressions
 POSTERIOR_DIM = N_EXPR + 2      # expression probabilities, valence, arousal
 
 
@@ -59,14 +59,14 @@ def fer_config(fp: dict) -> dict:
             "input_size": fp["input_size"], "crop": fp["crop"]}
 
 
-def build_fer(fp: dict) -> visual.PretrainNet:
-    """The ResNeXt-SE encoder with the expression and VA heads (visual.PretrainNet)."""
+def build_fer(fp: dict) -> side_sets.PretrainNet:
+    """The ResNeXt-SE encoder with the expression and VA heads (side_sets.PretrainNet)."""
     c = fer_config(fp)
     if c["crop"] > c["input_size"]:
         raise ParamsError(f"fer.crop = {c['crop']} is larger than fer.input_size = {c['input_size']}")
     encoder = ResNeXtSE(tuple(c["layers"]), c["width"], c["cardinality"], c["group_width"], c["embed_dim"],
                         input_size=c["crop"])
-    return visual.PretrainNet(encoder)
+    return side_sets.PretrainNet(encoder)
 
 
 def fer_path(params: dict) -> Path:
@@ -102,14 +102,14 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
     torch.manual_seed(fp["seed"])
     net = build_fer(fp)
     side = read_still_set(params["data"]["root"], "affectnet")
-    images = visual.decode_faces(side.image_paths, fp["input_size"])
-    train_idx, val_idx = visual.split_side_set(len(side), fp["seed"], fp["batch_size"])
+    images = face_frames.decode_faces(side.image_paths, fp["input_size"])
+    train_idx, val_idx = side_sets.split_side_set(len(side), fp["seed"], fp["batch_size"])
     crop = fp["crop"]
-    val_set = visual.StillFaces(images[val_idx], side.expression[val_idx], side.va[val_idx], crop, False)
+    val_set = side_sets.StillFaces(images[val_idx], side.expression[val_idx], side.va[val_idx], crop, False)
 
     def evaluate(model) -> dict:
-        logits, va = visual.predict(model, val_set)
-        return visual.side_metrics(logits, va, side.expression[val_idx], side.va[val_idx])
+        logits, va = side_sets.predict(model, val_set)
+        return side_sets.side_metrics(logits, va, side.expression[val_idx], side.va[val_idx])
 
     if fp["weights"]:
         load_fer_weights(net, fp["weights"])
@@ -117,7 +117,7 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
                   "weights_file_sha256": file_sha256(fp["weights"])}
         metrics = evaluate(net)
     else:
-        train_set = visual.StillFaces(images[train_idx], side.expression[train_idx], side.va[train_idx], crop, True)
+        train_set = side_sets.StillFaces(images[train_idx], side.expression[train_idx], side.va[train_idx], crop, True)
         cfg = train_config(fp, "score", "max", weight_decay=fp["weight_decay"])
         # fit() resumes from its folder's checkpoint: key the folder by settings and data.
         data = hashlib.sha256(images.numpy().tobytes())
@@ -125,12 +125,12 @@ def pretrain_fer(params: dict, progress: bool = True) -> Path:
         data.update(side.va.tobytes())
         run_key = params_key({**fp, "side_set_sha256": data.hexdigest()})
         out_dir = Path(fp["model_dir"]) / "fer_train" / run_key
-        result = fit(net, train_set, visual.pretrain_loss, evaluate, cfg, out_dir, progress=progress)
+        result = fit(net, train_set, side_sets.pretrain_loss, evaluate, cfg, out_dir, progress=progress)
         metrics = result["best"]
         report = {"source": "pretrained_in_pipeline", "side_set": "affectnet", "best_epoch": metrics["epoch"],
                   "epochs_run": len(result["history"]), "train_folder": str(out_dir)}
     report["metrics"] = {k: metrics[k] for k in ("expr_f1", "expr_accuracy", "ccc_valence", "ccc_arousal", "ccc_mean")}
-    report["majority_accuracy"] = visual._majority_rate(side.expression[val_idx])
+    report["majority_accuracy"] = side_sets.majority_rate(side.expression[val_idx])
     out = fer_path(params)
     atomic_torch_save(net.cpu().state_dict(), out)
     report.update({"config": fer_config(fp), "train_images": len(train_idx), "val_images": len(val_idx),
@@ -156,7 +156,7 @@ def feature_caches(params: dict, sha: str | None = None) -> tuple[FeatureCache, 
 class _Teacher(nn.Module):
     """Encoder + heads in one scriptable forward: (features, posteriors) of a face batch."""
 
-    def __init__(self, net: visual.PretrainNet):
+    def __init__(self, net: side_sets.PretrainNet):
         super().__init__()
         self.encoder, self.expr_head, self.va_head = net.encoder, net.expr_head, net.va_head
 
@@ -175,7 +175,7 @@ def encode_track(model: nn.Module, faces: np.ndarray, input_size: int, crop: int
         if x.shape[-1] != input_size:
             x = nn.functional.interpolate(x.float(), size=(input_size, input_size), mode="bilinear",
                                           align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        z, p = model(visual.normalise(visual.centre_crop(x, crop)))
+        z, p = model(face_frames.normalise(face_frames.centre_crop(x, crop)))
         feats.append(z.float().cpu())
         posts.append(p.float().cpu())
     return torch.cat(feats).numpy(), torch.cat(posts).numpy()
@@ -195,8 +195,8 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
     load_fer_weights(net, weights)
     net.eval()
     # TorchScript-frozen for CPU inference (BatchNorm folded into the convolutions): the same
-    # function, ~2.5x the frames/s on this project's CPU (visual.frozen_for_inference).
-    model = visual.frozen_for_inference(_Teacher(net).eval())
+    # function, ~2.5x the frames/s on this project's CPU (face_frames.frozen_for_inference).
+    model = face_frames.frozen_for_inference(_Teacher(net).eval())
     sha = file_sha256(weights)
     features, posteriors = feature_caches(params, sha)
     faces = face_cache(params)

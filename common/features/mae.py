@@ -29,8 +29,8 @@ from common.device import inference_device, module_device
 from common import runs
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
-from common.features.pretraining import random_crop_flip
-from common.features.visual import centre_crop, normalise
+from common.features.face_frames import centre_crop, normalise, random_crop_flip
+from common.features.faces import extract_face_feature, sample_face_frames
 
 NAME = "mae"
 VERSION = "1"
@@ -66,8 +66,8 @@ def _train_mae(params: dict, model, out_dir: Path, progress: bool) -> dict:
     cfg, p = params[NAME], params[NAME]["pretrain"]
     crop, ratio = cfg["crop"], cfg["mask_ratio"]
     every_frame = lambda v: v.has_image  # noqa: E731 - any face frame; no labels needed
-    x, _ = pretraining.sample_face_frames(params, "train", p["frames"], p["seed"], every_frame)
-    vx, _ = pretraining.sample_face_frames(params, "validation", p["val_frames"], p["seed"], every_frame)
+    x, _ = sample_face_frames(params, "train", p["frames"], p["seed"], every_frame)
+    vx, _ = sample_face_frames(params, "validation", p["val_frames"], p["seed"], every_frame)
 
     result = fit(model, TensorDataset(x), lambda net, b: training_loss(net, b, crop, ratio),
                  lambda net: {"val_loss": validation_loss(net, vx, crop, ratio)},
@@ -96,7 +96,7 @@ def extract_mae(params: dict, progress: bool = True, threads: int = 1) -> dict:
     model = build_mae(cfg)
     load_mae_weights(model, model_path(params))
     model.eval().to(inference_device())                  # a ViT: no BatchNorm to fold, eager is fine
-    return {**pretraining.extract_face_feature(params, NAME, model, cache_for(params), cfg["crop"],
+    return {**extract_face_feature(params, NAME, model, cache_for(params), cfg["crop"],
                                                cfg["extract_batch"], cfg["dim"], threads),
             "version": VERSION}
 

@@ -8,6 +8,7 @@ metrics of the in-pipeline pre-training and the seconds it took).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,10 @@ from torch import nn
 
 from common.device import torch_threads
 from common.features.cache import FeatureCache, FeatureCacheError
+from common.features.extract import run_stage, stage_parser
 from common.files import atomic_torch_save, atomic_write_json, file_sha256
+from common.params import ParamsError, load_params
+from common.train import TrainConfig, distributed
 from common.weights import weights_provenance
 
 
@@ -42,7 +46,6 @@ def train_config(p: dict, monitor: str, mode: str, **more):
     """The common.train.TrainConfig of a network's pre-training: epochs, batch_size, lr and seed from
     its params block `p`, the best epoch by evaluate()'s `monitor` (`mode` "min" or "max"), and
     `more` (weight_decay, betas, early_stop where the network uses them)."""
-    from common.train import TrainConfig
     return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"],
                        monitor=monitor, mode=mode, **more)
 
@@ -94,11 +97,6 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     (the DVC stage runs both in one process: one interpreter start, the network built once), prints
     each step's summary JSON, or prints the error (one of `errors`: a bad file or setting, named by
     the message) and exits 2."""
-    import json
-
-    from common.features.extract import run_stage, stage_parser
-    from common.params import ParamsError, load_params
-    from common.train import distributed
     ap = stage_parser(description)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (0 = torch's default); narrow networks gain nothing from a second one")
@@ -128,70 +126,3 @@ def cli(argv, name: str, description: str, pretrain: Callable, extract: Callable
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def random_crop_flip(images: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random crop position and a horizontal flip for half of the batch (the training input).
-
-    Runs on the batch where it is (issue 11: augmentation on the device): a slice and one
-    torch.where over the whole batch. The random numbers come from `generator`, or torch's
-    global CPU generator, which fit() seeds and checkpoints: they are drawn on the CPU (the same
-    numbers on any device, so a GPU run augments as the CPU run does) and only the flip mask,
-    B booleans, travels to the batch's device.
-    """
-    size = images.shape[-1]
-    top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
-    out = images[..., top:top + crop, left:left + crop]
-    flip = (torch.rand(len(out), generator=generator) < 0.5).to(images.device, non_blocking=True)
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
-
-
-def sample_face_frames(params: dict, split: str, n: int, seed: int, where: Callable) -> tuple:
-    """Up to n face frames of `split` (uniformly, fixed by `seed`) among those where `where(video)`
-    (a boolean per frame) holds and the frame has a face image: (uint8 faces (n, 3, S, S) from the
-    face-pixel cache, [(video annotation, frame indices), ...] in the same order)."""
-    import numpy as np
-
-    from common.data.affwild2 import read_split
-    from common.features.faces import face_cache
-    videos = read_split(params["data"]["root"], split)
-    rows = [(i, f) for i, v in enumerate(videos) for f in np.flatnonzero(where(v) & v.has_image)]
-    if not rows:
-        raise ValueError(f"{params['data']['root']}: no usable face frames in {split} for this pre-training "
-                         "(or set the feature's weights)")
-    pick = sorted(rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:n])
-    faces, picked = face_cache(params), []
-    for i in sorted({i for i, _ in pick}):
-        picked.append((videos[i], np.array([f for j, f in pick if j == i])))
-    images = np.concatenate([np.asarray(faces.get(v.video, v.n_frames)[frames]) for v, frames in picked])
-    return torch.from_numpy(images), picked
-
-
-def extract_face_feature(params: dict, name: str, encoder: nn.Module, cache, crop: int, batch_size: int,
-                         dim: int, threads: int = 1, workers: int = 2) -> dict:
-    """Every face frame of every track through the frozen `encoder` (centre crop) into `cache`;
-    frames without a face take the nearest face's row (Liu Sec. 3.1). Writes <features root>/<name>.json.
-    Tracks are shared out to `workers` forked processes (a narrow network keeps one core busy;
-    a second torch thread does not help it, a second process does)."""
-    import numpy as np
-
-    from common.data.affwild2 import SPLITS, read_split
-    from common.features.faces import face_cache
-    from common.features.visual import encode_faces, track_features
-    from common.parallel import run_parallel
-    faces = face_cache(params)
-    started = time.perf_counter()
-    tracks = [v for split in SPLITS for v in read_split(params["data"]["root"], split)]
-
-    def encode(t) -> int:
-        face_rows = torch.from_numpy(np.asarray(faces.get(t.video, t.n_frames)[t.has_image]))
-        cache.put(t.video, track_features(encode_faces(encoder, face_rows, crop, batch_size, dim), t.has_image, dim))
-        return len(face_rows)
-    with torch_threads(threads):
-        # longest tracks first, so neither worker is left with one long track at the end
-        todo = sorted((t for t in tracks if not cache.has(t.video)), key=lambda t: -t.n_frames)
-        encoded = sum(run_parallel(encode, todo, workers))
-    summary = {"extractor": name, "dim": dim, "tracks": len(tracks), "face_frames": encoded, "workers": workers,
-               "seconds": round(time.perf_counter() - started, 2), "folder": str(cache.folder)}
-    atomic_write_json(Path(params["features"]["root"]) / f"{name}.json", summary)
-    return summary

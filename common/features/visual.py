@@ -23,7 +23,9 @@ extract: every face frame of every face track of every split goes through the fr
 
 Input pipeline, as in Zhang's code (Sec. 4.2 / 4.3): faces resized to `input_size` (48) px, a
 random `crop` (40) px crop plus horizontal flip while training, the centre crop otherwise, pixel
-values scaled to [0, 1] and normalised with mean = std = 0.5 (so to [-1, 1]).
+values scaled to [0, 1] and normalised with mean = std = 0.5 (so to [-1, 1]). That face-image code
+is shared with the other face networks (common/features/face_frames.py), and so is the side-set
+pre-training (common/features/side_sets.py).
 """
 from __future__ import annotations
 
@@ -33,29 +35,30 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from common.backbones.irnet import PUBLISHED as IR_PUBLISHED
 from common.backbones.irnet import build_irnet
 from common.backbones.resnet import ResNet
-from common.data.affwild2 import SPLITS, AffWild2Error, read_split
+from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
-from common.device import module_device, torch_threads
+from common.device import torch_threads
 from common.features import pretraining
 from common.features.cache import FeatureCache, params_key
 from common.features.extract import run_stage, stage_parser
+from common.features.face_frames import (TrackFaces, centre_crop, decode_faces, encode_faces, frozen_for_inference,
+                                         normalise, track_features)
+from common.features.side_sets import (PretrainNet, StillFaces, majority_rate, predict, pretrain_loss, side_metrics,
+                                       split_side_set)
 from common.files import atomic_write_json, file_sha256
+from common.losses import ccc_loss
 from common.params import ParamsError, load_params
 from common.weights import UnreadableWeights, detect_layout, read_state_dict, state_dict_problems
 
 EXTRACTOR = "frame_encoder"
 VERSION = "1"             # bump when the extraction itself changes (not the weights: they are hashed)
-N_EXPR = 7                # AffectNet-like side set: Neutral ... Surprise, no "Other"
-VAL_FRACTION = 0.1        # share of the side set held out to validate the pre-training
 
 
 class EncoderWeightsError(ValueError):
@@ -125,141 +128,8 @@ def encoder_config_note(encoder: nn.Module) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Images: decode once, crop and normalise as Zhang's code does
-# --------------------------------------------------------------------------------------------
-
-def load_face(path: str, size: int) -> np.ndarray:
-    """One face JPEG as (3, size, size) uint8, resized (bilinear) when it is not size x size."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im).transpose(2, 0, 1).copy()
-    except (OSError, SyntaxError, ValueError) as e:     # PIL's errors for truncated / non-image files
-        raise AffWild2Error(f"{path}: cannot decode this face image ({type(e).__name__}: {e}); re-extract "
-                            f"or replace it, or delete it (a frame without a JPEG counts as no face)") from e
-
-
-def decode_faces(paths: list, size: int) -> torch.Tensor:
-    """(N, 3, size, size) uint8: all faces decoded once (48 px faces are 7 KB each in memory)."""
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, path in enumerate(paths):
-        out[i] = torch.from_numpy(load_face(path, size))
-    return out
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float in [-1, 1]: ToTensor then Normalize(mean=0.5, std=0.5)."""
-    return (images.float() / 255.0 - 0.5) / 0.5
-
-
-def centre_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
-    """The evaluation input (Zhang Sec. 4.3: "only the center crop ... for validation")."""
-    size = images.shape[-1]
-    top = (size - crop) // 2
-    return images[..., top:top + crop, top:top + crop]
-
-
-class StillFaces(Dataset):
-    """Side-set faces (already decoded) with their labels; random crop + flip when training."""
-
-    def __init__(self, images: torch.Tensor, expression: np.ndarray, va: np.ndarray, crop: int,
-                 train: bool):
-        self.images, self.crop, self.train = images, crop, train
-        self.expression = torch.as_tensor(expression, dtype=torch.long)
-        self.va = torch.as_tensor(va, dtype=torch.float32)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        image = self.images[i]
-        if self.train:
-            # torch's global generator: fit() seeds it (and checkpoints it), so the augmentation
-            # is reproducible and a resumed run replays the same crops.
-            room = image.shape[-1] - self.crop
-            top, left = (int(v) for v in torch.randint(0, room + 1, (2,)))
-            image = image[:, top:top + self.crop, left:left + self.crop]
-            if torch.rand(()) < 0.5:
-                image = image.flip(-1)
-        else:
-            image = centre_crop(image, self.crop)
-        return {"image": normalise(image), "expr": self.expression[i], "va": self.va[i]}
-
-
-# --------------------------------------------------------------------------------------------
 # Pre-training on the AffectNet-like side set
 # --------------------------------------------------------------------------------------------
-
-class PretrainNet(nn.Module):
-    """The encoder plus two small heads: 7 expression logits and (valence, arousal) in [-1, 1].
-
-    Only `encoder` is kept afterwards; the heads exist to shape the embedding for affect, as
-    the FER+ fine-tuning does for Zhang's ResNet-50.
-    """
-
-    def __init__(self, encoder: ResNet):
-        super().__init__()
-        self.encoder = encoder
-        self.expr_head = nn.Linear(encoder.embed_dim, N_EXPR)
-        self.va_head = nn.Linear(encoder.embed_dim, 2)
-
-    def forward(self, x):
-        z = self.encoder(x)
-        return self.expr_head(z), torch.tanh(self.va_head(z))
-
-
-def _one_minus_ccc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean CCC of the two columns over the batch (Jeong Eq. 2 / Liu), via common.losses."""
-    from common.losses import ccc_loss
-    return ccc_loss(pred, target)
-
-
-def pretrain_loss(net, batch) -> torch.Tensor:
-    logits, va = net(batch["image"])
-    return nn.functional.cross_entropy(logits, batch["expr"]) + _one_minus_ccc(va, batch["va"])
-
-
-@torch.no_grad()
-def predict(net: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(expression logits (N, 7), valence-arousal (N, 2)) of a dataset, in order, eval mode."""
-    was_training = net.training
-    net.eval()
-    device = module_device(net)                # fit() moves the model to the GPU when there is one
-    logits, va = [], []
-    for batch in DataLoader(dataset, batch_size):
-        lo, v = net(batch["image"].to(device))
-        logits.append(lo.float().cpu())
-        va.append(v.float().cpu())
-    net.train(was_training)
-    return torch.cat(logits).numpy(), torch.cat(va).numpy()
-
-
-def side_metrics(logits: np.ndarray, va_pred: np.ndarray, expr_true: np.ndarray,
-                 va_true: np.ndarray) -> dict:
-    """The ABAW metrics on held-out side-set images: expression macro F1 / accuracy, VA CCC."""
-    from common.metrics import expr_metrics, va_metrics
-    expr = expr_metrics(expr_true, logits, num_classes=N_EXPR)
-    va = va_metrics(va_true, va_pred)
-    out = {"expr_f1": expr["f1_macro"], "expr_accuracy": expr["accuracy"],
-           "ccc_valence": va["ccc_valence"], "ccc_arousal": va["ccc_arousal"], "ccc_mean": va["p_va"]}
-    # One number to pick the best epoch by: both tasks count, as in the loss.
-    out["score"] = out["expr_f1"] + out["ccc_mean"]
-    return out
-
-
-def split_side_set(n: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices): a seeded random 10% held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(VAL_FRACTION * n)))
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    # BatchNorm cannot normalise a batch of one image in training mode, and fit() keeps the
-    # last, partial batch: leave one training image out when it would end up alone.
-    if len(train) % batch_size == 1 and len(train) > 1:
-        train = train[:-1]
-    return train, val
-
 
 def _load_side_set(params: dict) -> tuple:
     vp = params["visual_encoder"]
@@ -299,12 +169,8 @@ def _pretrain_in_pipeline(params: dict, encoder: ResNet, progress: bool) -> dict
                                              "ccc_arousal", "ccc_mean")},
             "best_epoch": best["epoch"], "epochs_run": len(result["history"]),
             "train_images": len(train_idx), "val_images": len(val_idx),
-            "majority_accuracy": _majority_rate(side.expression[val_idx]),
+            "majority_accuracy": majority_rate(side.expression[val_idx]),
             "train_folder": str(out_dir)}
-
-
-def _majority_rate(labels: np.ndarray) -> float:
-    return float(np.bincount(labels, minlength=N_EXPR).max() / len(labels))
 
 
 def _probe_loaded(params: dict, encoder: ResNet) -> dict:
@@ -328,7 +194,7 @@ def _probe_loaded(params: dict, encoder: ResNet) -> dict:
     zt = z[train_idx]
     for _ in range(300):       # full-batch steps on a convex problem: plenty to converge
         loss = nn.functional.cross_entropy(heads.expr_head(zt), expr[train_idx]) \
-            + _one_minus_ccc(torch.tanh(heads.va_head(zt)), va[train_idx])
+            + ccc_loss(torch.tanh(heads.va_head(zt)), va[train_idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -339,7 +205,7 @@ def _probe_loaded(params: dict, encoder: ResNet) -> dict:
     metrics.pop("score")
     return {"metrics": metrics, "probe": "linear heads on the frozen embedding",
             "train_images": len(train_idx), "val_images": len(val_idx),
-            "majority_accuracy": _majority_rate(side.expression[val_idx])}
+            "majority_accuracy": majority_rate(side.expression[val_idx])}
 
 
 def pretrain_frame_encoder(params: dict, progress: bool = True, threads: int = 1) -> Path:
@@ -362,76 +228,6 @@ def _load_file(params: dict, encoder: nn.Module, path: str) -> dict:
 # --------------------------------------------------------------------------------------------
 # Extraction
 # --------------------------------------------------------------------------------------------
-
-def nearest_face_index(has_face: np.ndarray) -> np.ndarray:
-    """For every frame, the index (into the face frames only) of the nearest frame with a face.
-
-    Liu et al. 2023 Sec. 3.1: "for such frames, we simply use their nearest frames with valid
-    faces to represent them". A tie (a gap of even length) goes to the earlier frame.
-    E.g. has_face [F, T, F, F, T, F] -> face frames 1, 4 -> [0, 0, 0, 1, 1, 1].
-    """
-    faces = np.flatnonzero(has_face)
-    if len(faces) == 0:
-        raise ValueError("no frame has a face")
-    t = np.arange(len(has_face))
-    after = np.clip(np.searchsorted(faces, t), 0, len(faces) - 1)     # first face frame >= t
-    before = np.clip(after - 1, 0, len(faces) - 1)                    # the one before it
-    take_before = np.abs(t - faces[before]) <= np.abs(faces[after] - t)
-    return np.where(take_before, before, after)
-
-
-class TrackFaces(Dataset):
-    """Item i = every face of track i, decoded to (n_faces, 3, size, size) uint8.
-
-    Run through a DataLoader with worker processes, the next tracks are decoded while the
-    encoder works on the current one.
-    """
-
-    def __init__(self, tracks: list, size: int):
-        self.tracks, self.size = tracks, size
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def __getitem__(self, i):
-        paths = [p for p in self.tracks[i].image_paths if p is not None]
-        return i, decode_faces(paths, self.size)
-
-
-def frozen_for_inference(encoder: ResNet) -> nn.Module:
-    """The eval-mode encoder compiled for CPU inference: the same function, ~1.8x the frames/s.
-
-    TorchScript freezing folds every BatchNorm into the convolution before it and lets oneDNN
-    fuse convolution + ReLU (+ residual add); outputs match the eager model to ~1e-6, far below
-    the float16 rounding of the cache. Measured on this project's 2-core machine (1 thread,
-    width-16 ResNet, 40 px): 1190 -> 2180 frames/s.
-    """
-    encoder.eval()             # frozen: BatchNorm uses its running statistics, dropout is off
-    if torch.cuda.is_available():
-        return encoder.cuda()  # on a GPU (paper profile, real corpus) the plain model is fast
-    with torch.no_grad():
-        return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(encoder)))
-
-
-@torch.no_grad()
-def encode_faces(encoder: nn.Module, faces: torch.Tensor, crop: int, batch_size: int,
-                 dim: int) -> np.ndarray:
-    """(N, 3, S, S) uint8 faces -> (N, dim) float32 embeddings (centre crop, batches of batch_size)."""
-    device = module_device(encoder)            # the encoder's own: an unmoved one stays on the CPU
-    out = [encoder(normalise(centre_crop(chunk.to(device), crop))).float().cpu()
-           for chunk in faces.split(batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
-
-
-def track_features(face_features: np.ndarray, has_face: np.ndarray, dim: int) -> np.ndarray:
-    """(n_frames, dim): face frames keep their feature, the others take the nearest face's one.
-
-    A track without a single face gets zeros (there is nothing to borrow from).
-    """
-    if not has_face.any():
-        return np.zeros((len(has_face), dim), np.float32)
-    return face_features[nearest_face_index(has_face)]
-
 
 def extract_visual(params: dict, workers: int = 2, progress: bool = True, threads: int = 1) -> dict:
     """Fill the feature cache with frame-encoder features of every face track; returns the summary.

@@ -1,7 +1,7 @@
 """Liu, Sun et al. 2023: videos with their bank features, segments, normalisation, evaluation.
 
 * Pre-processing (Sec. 3.1): frames with no face already carry the nearest face frame's
-  feature in the cache (common/features/visual.py); frames whose VA label is -5 are discarded
+  feature in the cache (common/features/face_frames.py); frames whose VA label is -5 are discarded
   before segmenting (`drop_invalid`, the paper), so a segment joins the frames on both sides
   of an unannotated gap. With drop_invalid false they stay in place and are masked instead.
 * Segments (Sec. 3.3): each video is cut into consecutive non-overlapping segments of l = 150

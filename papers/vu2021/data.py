@@ -20,7 +20,7 @@ Pixels: Aff-Wild2 frames come from the face-pixel cache (common/features/faces.p
 (n_frames, 3, S, S), memory-mapped, frames without a face already filled with the nearest face;
 with faces.format jpeg a lazy array whose frames are decoded when indexed, i.e. in the training
 DataLoader's `vu2021.cnn.num_workers` processes and in as many for evaluation);
-stills are decoded once (common.features.visual.decode_faces) at the same size S.
+stills are decoded once (common.features.face_frames.decode_faces) at the same size S.
 Augmentation (Sec. 3.3), `VIEWS[method]`: method paper, random translation (a random `crop` x
 `crop` window of the face padded by `pad` px; the centre window at evaluation) and random
 horizontal flip; method released, the released transforms (ledger: crop_zoom): the face resized to
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.data.affwild2 import read_split
 from common.data.sequences import window_starts
 from common.data.still_images import read_still_set
-from common.features.visual import decode_faces, normalise
+from common.features.face_frames import decode_faces, normalise
 
 EXPR_NA = -1
 VA_NA = -5.0

@@ -26,7 +26,7 @@ from common.data.affwild2 import test_labels_released
 from common.data.sequences import window_starts
 from common.device import module_device
 from common.features.cache import FeatureCache
-from common.features.visual import frozen_for_inference
+from common.features.face_frames import frozen_for_inference
 from common.files import atomic_write_json, file_sha256
 from common.metrics import abaw2_expr_criterion, expr_metrics, va_metrics
 from common.train import TrainConfig, fit
