@@ -9,17 +9,17 @@ holds it. Corpus substitutes (a smaller backbone, pre-training in the pipeline) 
 `differences(paper, group, ...)` returns the rows of a notebook's group with their placeholders
 filled, and each notebook writes them into its summary JSON.
 
-Placeholders and conditions are those of common.report.fill / holds: {params.a.b} reads
-params["a"]["b"], {name} a value the notebook passes; `when: name`, `not name`, `name OP literal`.
+Placeholders: {params.a.b} reads params["a"]["b"], {name} (or {name.key}) a value the notebook
+passes. `when` keeps a row only if its condition holds: `name`, `not name`, or `name OP literal`
+with OP one of == != > < >= <= (the literal read as YAML: 1, code, true).
 """
 from __future__ import annotations
 
+import operator
 import re
 from pathlib import Path
 
 import yaml
-
-from common.report import fill, holds
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"id": str, "kind": str, "group": str, "item": str, "paper": str, "released": str, "released_at": str,
@@ -30,6 +30,43 @@ KINDS = ("method", "substitute")
 FOLLOWS = ("paper", "released", "both", "neither")
 # owner/repo@<7-40 hex>:path:line or :line-line; several citations are separated by "; ".
 CITATION = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{7,40}:[^:\s]+:\d+(?:-\d+)?$")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+_CONDITION = re.compile(r"^\s*(not\s+)?([A-Za-z_][\w.]*)\s*(?:(==|!=|>=|<=|>|<)\s*(.+?))?\s*$")
+
+
+def _lookup(context: dict, dotted: str):
+    value = context
+    for key in dotted.split("."):
+        try:
+            value = value[key]
+        except (KeyError, TypeError, IndexError):
+            if not hasattr(value, key):
+                raise KeyError(f"{dotted!r}: no {key!r}") from None
+            value = getattr(value, key)
+    return value
+
+
+def fill(template: str, context: dict) -> str:
+    """`template` with each {name.key} replaced by str() of its value in `context`."""
+    return _PLACEHOLDER.sub(lambda m: str(_lookup(context, m.group(1))), template)
+
+
+def holds(condition, context: dict) -> bool:
+    """Whether a row's `when` holds (None or "" always holds)."""
+    if condition in (None, ""):
+        return True
+    m = _CONDITION.match(str(condition))
+    if not m:
+        raise ValueError(f"when: {condition!r} is not 'name', 'not name' or 'name OP literal'")
+    negate, name, op, literal = m.groups()
+    value = _lookup(context, name)
+    if op is None:
+        result = bool(value)
+    else:
+        other = yaml.safe_load(literal)
+        result = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+                  ">=": operator.ge, "<=": operator.le}[op](value, other)
+    return not result if negate else bool(result)
 
 
 class LedgerError(ValueError):

@@ -99,3 +99,20 @@ def test_a_malformed_row_is_named():
     problems = ledger.check_row(row, "here")
     assert any("released_at" in p for p in problems) and any("needs the test" in p for p in problems)
     assert not ledger.check_row({**row, "released_at": "owner/repo@abcdef1:file.py:3", "test": "t.py::t"}, "here")
+
+
+def test_placeholders_and_conditions_fill_the_rows():
+    """{params.a.b} and {name} placeholders, `when` conditions, and every row's condition parses."""
+    ctx = {"params": {"a": {"n": 3, "mode": "code"}}, "flag": False, "label": "x"}
+    assert ledger.fill("n={params.a.n}, {label}; {1, 2} kept", ctx) == "n=3, x; {1, 2} kept"
+    assert ledger.holds("params.a.n > 1", ctx) and ledger.holds("not flag", ctx)
+    assert ledger.holds("params.a.mode == code", ctx) and not ledger.holds("params.a.mode != code", ctx)
+    assert ledger.holds(None, ctx) and not ledger.holds("flag", ctx)
+    with pytest.raises(ValueError, match="is not 'name'"):
+        ledger.holds("a b c", ctx)
+    for paper in PAPERS:
+        for row in ledger.read_ledger(paper):
+            if row.get("when"):
+                assert ledger._CONDITION.match(row["when"]), (paper, row["id"])
+    with pytest.raises(ledger.LedgerError, match="no rows in group"):
+        ledger.differences("vu2021", "no such group")

@@ -210,29 +210,6 @@ def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
 
 # ---- the notebooks' shared helpers -------------------------------------------------------------
 
-def test_every_paper_differences_file_reads_and_fills(tmp_path):
-    """papers/<paper>/differences.yaml: every row has a group and the four fields, and each `when`
-    parses; the loader fills {params.a.b} and {name} placeholders and keeps rows whose `when` holds."""
-    for paper in report.PAPERS:
-        rows = report.read_differences(paper)
-        assert rows and all(r["group"] for r in rows)
-        for r in rows:
-            if r.get("when"):
-                assert report._CONDITION.match(str(r["when"])), (paper, r)
-    ctx = {"params": {"a": {"n": 3, "mode": "code"}}, "flag": False, "label": "x"}
-    assert report.fill("n={params.a.n}, {label}; {1, 2} kept", ctx) == "n=3, x; {1, 2} kept"
-    assert report.holds("params.a.n > 1", ctx) and report.holds("not flag", ctx)
-    assert report.holds("params.a.mode == code", ctx) and not report.holds("params.a.mode != code", ctx)
-    assert report.holds(None, ctx) and not report.holds("flag", ctx)
-    with pytest.raises(KeyError, match="no rows in group"):
-        report.differences("vu2021", "no such group")
-    rows = report.differences("liu2023", "validation", skipped_configs="")
-    assert [r["what"] for r in rows] == ["Tables 1-3 rows"]
-    rows = report.differences("liu2023", "validation", skipped_configs="a; b")
-    assert rows[-1] == {"what": "skipped configurations", "paper": "run", "here": "a; b",
-                        "why": "they name features whose cache is not built for these params"}
-
-
 def test_notebook_summary_keeps_the_field_order_and_claims_carry_their_ids(tmp_path, capsys):
     import time
     params = {"profile": "smoke", "data": {"source": "synthetic"}}
