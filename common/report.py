@@ -176,6 +176,19 @@ def banner(data_source: str) -> str:
             "its effect across runs.</p>")
 
 
+# The smoke profile runs every stage on a corpus of seconds: its pages check that the pipeline works,
+# and a verdict computed there is evidence of nothing, so none is counted.
+SMOKE_NOTE = ("<p class=banner><b>Smoke profile: these pages check the plumbing, not the papers.</b> The corpus "
+              "and the runs are a few seconds' worth, so no verdict here says anything about a method and none is "
+              "counted; the claims below show only that each one is computed. The default profile "
+              "(<code>make reproduce</code>) judges the papers.</p>")
+
+
+def counted(profile: str) -> bool:
+    """Whether a profile's verdicts are counted (every profile but smoke)."""
+    return profile != "smoke"
+
+
 NOT_RELEASED_NOTE = (f"<p class=banner>This corpus has no test labels (the real release keeps them back): "
                      f"every test-set number reads <i>{NOT_RELEASED}</i>, and the test split is empty.</p>")
 
@@ -327,7 +340,8 @@ def paper_report(paper: str, reports: Path, seeds: int | None = None, controls: 
         r["claims"] = [{**c, "plan": plan(c, seeds, target_power), "control": control_for(str(c.get("id", "")), controls or [])}
                        for c in r["claims"]]
     claims = [c for r in results for c in r.get("claims", [])]
-    counts = claim_counts(claims)
+    profile = next((str(r["profile"]) for r in results if r.get("profile")), "default")
+    counts = claim_counts(claims if counted(profile) else [])
     notebooks = []
     for res in results:
         ipynb = out_dir / f"{res['notebook']}.ipynb"
@@ -339,7 +353,8 @@ def paper_report(paper: str, reports: Path, seeds: int | None = None, controls: 
     figures = report_figures.figures_section(results, out_dir, lambda c: shown_verdict(c)[0])
     figures = ["<h2>Figures behind the claims</h2>", figures] if figures else []
     body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
-            banner(source), NOT_RELEASED_NOTE if test_labels_missing(results) else "", "<h2>Claims</h2>", counts_sentence(counts) if claims else "", verdict_legend() if claims else "",
+            banner(source), "" if counted(profile) else SMOKE_NOTE, NOT_RELEASED_NOTE if test_labels_missing(results) else "",
+            "<h2>Claims</h2>", counts_sentence(counts) if claims and counted(profile) else "", verdict_legend() if claims else "",
             report_charts.claims_chart(claims), claims_table(results), *figures,
             "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
     diff = differences_table(results)
@@ -417,9 +432,11 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     timings = stage_timings(ROOT / params["data"]["root"], ROOT / params["features"]["root"])
     timings += [t for s in summaries for t in s["timings"]]
     body = ["<h1>affect-repro: four ABAW papers, reproduced</h1>", banner(params["data"]["source"]),
+            "" if counted(params["profile"]) else SMOKE_NOTE,
             f"<p>Profile: <code>{html.escape(params['profile'])}</code>.</p><h2>Papers</h2>"]
     body += papers_table(summaries)
-    body.append(budget_section(summaries, params["verdicts"]))
+    if counted(params["profile"]):
+        body.append(budget_section(summaries, params["verdicts"]))
     body.append(controls_section(controls))
     board = [row for s in summaries for row in s["leaderboard"]]
     body.append("<h2>Leaderboard: every paper's final model, same metrics code, same held-out split</h2>")

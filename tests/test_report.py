@@ -208,6 +208,22 @@ def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
     assert report.external_references(index) == [] and report.external_references(page) == []
 
 
+def test_smoke_pages_say_they_check_the_plumbing_and_count_no_verdict(tmp_path):
+    """The same claims counted under the default profile, and not under smoke."""
+    def page_for(profile):
+        reports = tmp_path / profile / "reports"
+        (reports / "zhang2021").mkdir(parents=True)
+        (reports / "zhang2021" / "table1.json").write_text(json.dumps({
+            "paper": "zhang2021", "title": "Table 1", "seconds": 3.0, "profile": profile,
+            "claims": [_claim("cv_beats_single_valence")]}))
+        report.build(reports)
+        return (reports / "zhang2021" / "index.html").read_text()
+    smoke, default = page_for("smoke"), page_for("default")
+    assert "checks the plumbing, not the papers" not in default and "Findings about the method: 1</b>" in default
+    assert "check the plumbing, not the papers" in smoke and "Findings about the method:" not in smoke
+    assert "MM beats" not in smoke and "cv_beats_single_valence" in smoke          # the claim is still shown
+
+
 # ---- the notebooks' shared helpers -------------------------------------------------------------
 
 def test_notebook_summary_keeps_the_field_order_and_claims_carry_their_ids(tmp_path, capsys):
