@@ -71,7 +71,7 @@ class Network:
 def paper_networks(P: dict, tiny: bool) -> list[Network]:
     """The paper-profile networks (or the smoke sizes under --tiny), with their stages' losses."""
     from common.backbones.densenet import build_densenet
-    from common.backbones.ecapa_tdnn import build_ecapa
+    from common.backbones.ecapatdnn import build_ecapa
     from common.backbones.hubert import build_hubert, last_layer
     from common.backbones.iresnet import build_iresnet
     from common.backbones.mobilenet import build_mobilenet

@@ -147,7 +147,7 @@ def _frame_encoder():
 
 
 def _ecapatdnn():
-    from common.backbones.ecapa_tdnn import build_ecapa
+    from common.backbones.ecapatdnn import build_ecapa
     from common.features import ecapatdnn
     net = ecapatdnn.SpeakerClassifier(build_ecapa(SMOKE["ecapatdnn"]), 3)
     return lambda: ecapatdnn.training_loss(on_meta(net), meta((torch.randn(4, 200, 80), torch.tensor([0, 1, 2, 0]))))
@@ -400,7 +400,7 @@ def _soundnet_evaluate():
 
 
 def _ecapatdnn_extract():
-    from common.backbones.ecapa_tdnn import build_ecapa
+    from common.backbones.ecapatdnn import build_ecapa
     from common.features import ecapatdnn
     model = evaluated(build_ecapa(SMOKE["ecapatdnn"]))
     fbank = np.random.default_rng(0).standard_normal((300, 80)).astype(np.float32)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common import report
-from common.backbones.ecapa_tdnn import EcapaTDNN, EcapaWeightsError, load_ecapa_weights
+from common.backbones.ecapatdnn import EcapaTDNN, EcapaWeightsError, load_ecapa_weights
 from common.features import bank, ecapatdnn, face_networks, fau, mae
 from common.metrics import ccc
 from papers.liu2023 import experiment as ex

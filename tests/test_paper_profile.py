@@ -12,7 +12,7 @@ import torch
 import torchaudio
 
 from common.backbones.densenet import build_densenet
-from common.backbones.ecapa_tdnn import build_ecapa
+from common.backbones.ecapatdnn import build_ecapa
 from common.backbones.hubert import build_hubert
 from common.backbones.iresnet import build_iresnet
 from common.backbones.mobilenet import build_mobilenet

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchaudio
 import torchvision
 
-from common.backbones import densenet, iresnet, irnet, mobilenet, resnet_dag, vggish, vit_mae
+from common.backbones import densenet, ir50, iresnet, mobilenet, resnet_dag, vggish, vit_mae
 from common.backbones import hubert as hub
 from common.backbones import wav2vec as w2v
 from common.features import pretraining
@@ -215,9 +215,9 @@ def evolve_forward(sd, x, layers, first_stride):
 def test_ir50_key_layout_is_face_evolve_and_zhangs_checkpoint_loads(tmp_path):
     from common.features.visual import build_encoder, load_encoder_weights
     published = evolve_keys()                                        # IR-50 at 40 px, first stride 1: 5x5
-    ours = irnet.IRNet((3, 4, 14, 3), 64, 512, 0.4, 40, 1)
+    ours = ir50.IRNet((3, 4, 14, 3), 64, 512, 0.4, 40, 1)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == published
-    ours_112 = irnet.IRNet((3, 4, 14, 3), 64, 512, 0.4, 112, 2)      # face.evoLVe's own: 7x7
+    ours_112 = ir50.IRNet((3, 4, 14, 3), 64, 512, 0.4, 112, 2)      # face.evoLVe's own: 7x7
     assert tuple(ours_112.state_dict()["output_layer.3.weight"].shape) == (512, 512 * 7 * 7)
 
     layers, g = (1, 2, 1, 1), torch.Generator().manual_seed(1)
@@ -503,21 +503,21 @@ SPEECHBRAIN_VOXCELEB = {"n_mels": 80, "channels": 1024, "mfa": 3072, "embed_dim"
 
 
 def test_speechbrain_ecapa_layout_fits_the_published_voxceleb_model():
-    from common.backbones import ecapa_tdnn
+    from common.backbones import ecapatdnn as ecapa_backbone
     published = {k: torch.empty(s, device="meta") for k, s in speechbrain_ecapa_keys().items()}
     n_params = sum(t.numel() for k, t in published.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert round(n_params / 1e6, 1) == 20.8                                  # the published model's size
-    ours = on_meta_shapes(lambda: ecapa_tdnn.build_ecapa(SPEECHBRAIN_VOXCELEB))
-    converted = ecapa_tdnn.SPEECHBRAIN.convert(published)
+    ours = on_meta_shapes(lambda: ecapa_backbone.build_ecapa(SPEECHBRAIN_VOXCELEB))
+    converted = ecapa_backbone.SPEECHBRAIN.convert(published)
     assert state_dict_problems(ours, converted) == "" and len(converted) == len(published)
-    assert detect_layout(published, (ecapa_tdnn.SPEECHBRAIN,)) is ecapa_tdnn.SPEECHBRAIN
+    assert detect_layout(published, (ecapa_backbone.SPEECHBRAIN,)) is ecapa_backbone.SPEECHBRAIN
     # the paper variant (what the paper profile trains here) is not speechbrain's network: the file says so
-    paper = on_meta_shapes(lambda: ecapa_tdnn.build_ecapa({**SPEECHBRAIN_VOXCELEB, "variant": "paper"}))
+    paper = on_meta_shapes(lambda: ecapa_backbone.build_ecapa({**SPEECHBRAIN_VOXCELEB, "variant": "paper"}))
     assert "embed_bn.weight" in state_dict_problems(paper, converted)
 
 
 def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
-    from common.backbones import ecapa_tdnn
+    from common.backbones import ecapatdnn as ecapa_backbone
     small = {"n_mels": 20, "channels": 32, "mfa": 48, "embed_dim": 12, "scale": 8, "variant": "speechbrain"}
     g = torch.Generator().manual_seed(5)
     sd = {}
@@ -531,8 +531,8 @@ def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
         else:
             sd[k] = torch.randn(s, generator=g) * (0.4 / s[1] ** 0.5 if len(s) > 1 else 0.1)
     path = save(sd, tmp_path / "embedding_model.ckpt")
-    model = ecapa_tdnn.EcapaTDNN(20, 32, 48, 12, 8, se_bottleneck=16, attention_bottleneck=24, variant="speechbrain").eval()
-    ecapa_tdnn.load_ecapa_weights(model, path)
+    model = ecapa_backbone.EcapaTDNN(20, 32, 48, 12, 8, se_bottleneck=16, attention_bottleneck=24, variant="speechbrain").eval()
+    ecapa_backbone.load_ecapa_weights(model, path)
     assert model.weights_source == "speechbrain ECAPA_TDNN"
     fbank = torch.randn(3, 57, 20)
     with torch.no_grad():
@@ -540,10 +540,10 @@ def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
 
     # the same file into the paper variant, or a narrower network: stops, names file, key, mismatches, the file that fits
     for cfg in ({**small, "variant": "paper"}, {**small, "channels": 16}):
-        wrong = ecapa_tdnn.build_ecapa(cfg)
+        wrong = ecapa_backbone.build_ecapa(cfg)
         before = {k: v.clone() for k, v in wrong.state_dict().items()}
-        with pytest.raises(ecapa_tdnn.EcapaWeightsError) as err:
-            ecapa_tdnn.load_ecapa_weights(wrong, path)
+        with pytest.raises(ecapa_backbone.EcapaWeightsError) as err:
+            ecapa_backbone.load_ecapa_weights(wrong, path)
         text = str(err.value)
         assert "embedding_model.ckpt" in text and "ecapatdnn.variant / channels" in text
         assert re.search(r"(missing key|unexpected key|shape mismatch \(file vs model\)) \S+ \(.*\), \S+ \(.*\), \S+ \(", text)
@@ -552,7 +552,7 @@ def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
 
 
 def test_speechbrain_ecapa_file_is_reported_as_published_weights(tmp_path):
-    from common.backbones import ecapa_tdnn
+    from common.backbones import ecapatdnn as ecapa_backbone
     from common.features import ecapatdnn
     cfg = {"n_mels": 80, "channels": 16, "mfa": 32, "embed_dim": 8, "scale": 8, "variant": "speechbrain"}
     shapes = speechbrain_ecapa_keys(80, 16, 32, 8, 8, se=8, attention=16)
@@ -561,7 +561,7 @@ def test_speechbrain_ecapa_file_is_reported_as_published_weights(tmp_path):
     ecapatdnn.pretrain_ecapa(params, progress=False)
     summary = json.loads((tmp_path / "model" / "ecapatdnn.json").read_text())
     assert summary["source"] == "published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt)"
-    ecapa_tdnn.load_ecapa_weights(ecapa_tdnn.build_ecapa(cfg), ecapatdnn.model_path(params))   # the pipeline's copy reloads
+    ecapa_backbone.load_ecapa_weights(ecapa_backbone.build_ecapa(cfg), ecapatdnn.model_path(params))   # the pipeline's copy reloads
 
 
 # --------------------------------------------------------------------------- every paper's report: published or pre-trained here

@@ -113,7 +113,7 @@ FEATURES = {f.name: f for f in [
             "pipeline: masked prediction of MFCC k-means ids on the training audio (or weights from "
             "hubert.weights); last layer (common/features/hubert.py)", "50 Hz", _network("hubert"), "network@hubert"),
     Feature("ecapatdnn", "audio", "ECAPA-TDNN, speaker verification (published VoxCeleb model)",
-            "ECAPA-TDNN in pure torch (common/backbones/ecapa_tdnn.py), narrow, pre-trained in the pipeline on "
+            "ECAPA-TDNN in pure torch (common/backbones/ecapatdnn.py), narrow, pre-trained in the pipeline on "
             "speaker identity of the training subjects (or weights from ecapatdnn.weights: speechbrain's published "
             "spkrec-ecapa-voxceleb file with ecapatdnn.variant speechbrain); 2 s windows every 0.5 s",
             "2 Hz (default profile)", _network("ecapatdnn"), "network@ecapatdnn"),

@@ -6,7 +6,7 @@
 pretrain: Liu et al. use a published speaker-verification ECAPA-TDNN (VoxCeleb). Those weights
   cannot be downloaded here, so
   * if `ecapatdnn.weights` names a local state-dict file it is loaded (weights_only) and checked
-    against the configured architecture (common/backbones/ecapa_tdnn.py): this suite's own names,
+    against the configured architecture (common/backbones/ecapatdnn.py): this suite's own names,
     or speechbrain's published `embedding_model.ckpt` (spkrec-ecapa-voxceleb) as it is, with
     `variant: speechbrain`, channels 1024, mfa 3072, embed_dim 192, scale 8. The report then says
     "published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt)". Its inputs here are the
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.backbones.ecapa_tdnn import EcapaWeightsError, build_ecapa, load_ecapa_weights
+from common.backbones.ecapatdnn import EcapaWeightsError, build_ecapa, load_ecapa_weights
 from common.data.affwild2 import audio_base, audio_path, read_split
 from common.device import inference_device, module_device, torch_threads
 from common.features import audio as audio_features

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.backbones.irnet import PUBLISHED as IR_PUBLISHED
-from common.backbones.irnet import build_irnet
+from common.backbones.ir50 import PUBLISHED as IR_PUBLISHED
+from common.backbones.ir50 import build_ir50
 from common.backbones.resnet import ResNet
 from common.data.affwild2 import SPLITS, read_split
 from common.data.still_images import read_still_set
@@ -74,7 +74,7 @@ def encoder_config(vp: dict) -> dict:
     c = {"block": vp["block"], "layers": list(vp["layers"]), "width": vp["width"],
          "embed_dim": vp["embed_dim"], "dropout": vp["dropout"],
          "input_size": vp["input_size"], "crop": vp["crop"]}
-    if vp["block"] == "ir":                     # IR-50 (common/backbones/irnet.py): its first stage's stride
+    if vp["block"] == "ir":                     # IR-50 (common/backbones/ir50.py): its first stage's stride
         c["first_stride"] = vp["first_stride"]
     return c
 
@@ -86,7 +86,7 @@ def build_encoder(vp: dict) -> nn.Module:
         raise ParamsError(f"visual_encoder.crop = {c['crop']} is larger than input_size = "
                           f"{c['input_size']}; the crop is cut out of the resized face")
     if c["block"] == "ir":
-        return build_irnet(c)
+        return build_ir50(c)
     return ResNet(c["block"], tuple(c["layers"]), c["width"], c["embed_dim"], c["dropout"])
 
 
