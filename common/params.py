@@ -49,26 +49,20 @@ def _read_only(self, *args, **kwargs):
 
 
 class Params(dict):
-    """One params section (or all of them), frozen, its keys also readable as attributes.
+    """One params section (or all of them), frozen, read as a dict.
 
-    `z = params.zhang2021` then `z.epochs`, `z.tcn.visual`, or as before `z["epochs"]`, `"epochs" in z`,
-    `z.get(...)`, iteration, `dict(z)`, json.dumps / yaml.safe_dump. It is a dict, so it equals (and
-    prints as) the plain dict with the same content; nested mappings are Params and lists
-    FrozenList. A value has its base value's type (load_params checks every override against the
-    base), so code needs no int() / float() / bool() / str() around it. Copies are plain and
-    mutable (`p.copy()`, `dict(p)`, `copy.copy`, `copy.deepcopy`); `override` gives a new, checked
-    Params.
+    `z = params["zhang2021"]` then `z["epochs"]`, `z["tcn"]["visual"]`, `"epochs" in z`, `z.get(...)`,
+    iteration, `dict(z)`, json.dumps / yaml.safe_dump: one way to read a value (keys, not attributes).
+    It is a dict, so it equals (and prints as) the plain dict with the same content; nested mappings
+    are Params and lists FrozenList. A value has its base value's type (load_params checks every
+    override against the base), so code needs no int() / float() / bool() / str() around it. Copies
+    are plain and mutable (`p.copy()`, `dict(p)`, `copy.copy`, `copy.deepcopy`); `override` gives a
+    new, checked Params.
     """
     __slots__ = ()
 
     def __init__(self, values=()):
         dict.__init__(self, ((key, freeze(value)) for key, value in dict(values).items()))
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no parameter '{name}' here; known: {', '.join(sorted(map(str, self)))}") from None
 
     __setitem__ = __delitem__ = __setattr__ = __delattr__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only

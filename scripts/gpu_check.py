@@ -87,7 +87,7 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
     from papers.zhang2021.model import build_model as build_zhang
     from common.losses import ccc_loss
 
-    size = int(P["faces"]["size"])
+    size = P["faces"]["size"]
     b = (lambda n: max(2, n // 16)) if tiny else (lambda n: n)
     seconds = 1.0 if tiny else 8.0
 
@@ -113,8 +113,8 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
     vu = P["vu2021"]["cnn"]
     hub, w2v = P["hubert"], P["wav2vec"]
     n_frames = int(seconds * 16000) // 320 - 1
-    ecapa_len = int(float(P["ecapatdnn"]["window_s"]) * 100)
-    fer_crop = int(P["fer"]["crop"])
+    ecapa_len = int(P["ecapatdnn"]["window_s"] * 100)
+    fer_crop = P["fer"]["crop"]
     liu, zh = P["liu2023"], P["zhang2021"]
     liu_dims = (512 + 1024, 768 + 192)         # e.g. fau,ires100 | ecapatdnn,hubert at paper size
     zh_window = int(zh["window"])
@@ -151,12 +151,12 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
         Network("fau", "Liu 2023", lambda: fau.AUDetector(build_iresnet(P["fau"])),
                 lambda n, d: (faces(n, d), torch.randint(0, 2, (n, 12), device=d).float(),
                               torch.ones(n, 12, device=d)),
-                lambda net, bt: fau.training_loss(net, bt, int(P["fau"]["crop"])),
-                lambda net, bt: net.backbone(face_frames.normalise(face_frames.centre_crop(bt[0], int(P["fau"]["crop"])))),
+                lambda net, bt: fau.training_loss(net, bt, P["fau"]["crop"]),
+                lambda net, bt: net.backbone(face_frames.normalise(face_frames.centre_crop(bt[0], P["fau"]["crop"]))),
                 b(128)),
         Network("mae", "Liu 2023", lambda: build_mae(P["mae"]), lambda n, d: (faces(n, d),),
-                lambda net, bt: mae.training_loss(net, bt, int(P["mae"]["crop"]), float(P["mae"]["mask_ratio"])),
-                lambda net, bt: net(face_frames.normalise(face_frames.centre_crop(bt[0], int(P["mae"]["crop"])))), b(128)),
+                lambda net, bt: mae.training_loss(net, bt, P["mae"]["crop"], P["mae"]["mask_ratio"]),
+                lambda net, bt: net(face_frames.normalise(face_frames.centre_crop(bt[0], P["mae"]["crop"]))), b(128)),
         Network("fer", "Jeong 2022", lambda: build_fer(P["fer"]),
                 lambda n, d: {"image": face_frames.normalise(faces(n, d)[..., :fer_crop, :fer_crop]),
                               "expr": torch.randint(0, 7, (n,), device=d), "va": torch.rand(n, 2, device=d)},
@@ -172,14 +172,14 @@ def paper_networks(P: dict, tiny: bool) -> list[Network]:
                 lambda n, d: (torch.randn(n, 1, 96, 64, device=d), torch.randint(0, 2, (n, 2), device=d).float()),
                 lambda net, bt: vggish.training_loss(net, bt, vggish_weight),
                 lambda net, bt: net.backbone(bt[0]), b(256), "patch"),
-        Network("soundnet", "Jeong 2022", lambda: SoundNet8(float(P["soundnet"]["width"])),
+        Network("soundnet", "Jeong 2022", lambda: SoundNet8(P["soundnet"]["width"]),
                 lambda n, d: (wave(n, d, 22050, 24.0 if not tiny else 4.0),),
                 lambda net, bt: net(bt[0]).float().logsumexp(1).mean(),
                 lambda net, bt: net(bt[0]), b(8), "clip", (24.0 if not tiny else 4.0) * 30),
         Network("ecapatdnn", "Liu 2023", lambda: SpeakerClassifier(build_ecapa(P["ecapatdnn"]), 120),
                 lambda n, d: (torch.randn(n, ecapa_len, 80, device=d), torch.randint(0, 120, (n,), device=d)),
                 lambda net, bt: F.cross_entropy(net(bt[0]), bt[1]), lambda net, bt: net.backbone(bt[0]), b(128),
-                "window", float(P["ecapatdnn"]["hop_s"]) * 30),
+                "window", P["ecapatdnn"]["hop_s"] * 30),
         Network("zhang_tcn", "Zhang 2021", lambda: build_zhang(zh, "multimodal"), zhang_batch,
                 lambda net, bt: ccc_loss(net(bt[0]), bt[1], per_sequence=True),
                 lambda net, bt: net(bt[0]), int(zh["batch_size"]), "window", float(zh_window)),

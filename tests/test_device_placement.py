@@ -103,7 +103,7 @@ def _fau():
     from common.features import fau
     net = fau.AUDetector(build_iresnet(SMOKE["fau"]))
     batch = (face_batch(), torch.randint(0, 2, (4, 12)).float(), torch.rand(4, 12) < 0.8)
-    return lambda: fau.training_loss(on_meta(net), meta(batch), int(SMOKE["fau"]["crop"]))
+    return lambda: fau.training_loss(on_meta(net), meta(batch), SMOKE["fau"]["crop"])
 
 
 def _mae():
@@ -126,7 +126,7 @@ def _vggish():
 def _soundnet():
     from common.backbones.soundnet import CONV8_KERNEL, SoundNet8, hop_samples
     from common.features import fer, soundnet
-    net = soundnet.TeacherHead(SoundNet8(float(SMOKE["soundnet"]["width"])))
+    net = soundnet.TeacherHead(SoundNet8(SMOKE["soundnet"]["width"]))
     batch = {"wave": torch.randn(2, CONV8_KERNEL * hop_samples()), "target": torch.rand(2, 1, fer.POSTERIOR_DIM)}
     return lambda: soundnet.distillation_loss(on_meta(net), meta(batch))
 
@@ -322,7 +322,7 @@ def _fau_evaluate():
     from common.features import fau
     net = evaluated(fau.AUDetector(build_iresnet(SMOKE["fau"])))
     scores = fau.evaluate(net, face_batch(5), torch.randint(0, 2, (5, 12)).float(), torch.ones(5, 12, dtype=torch.bool),
-                          int(SMOKE["fau"]["crop"]))
+                          SMOKE["fau"]["crop"])
     assert set(scores) == {"val_loss", "val_auc"}
 
 
@@ -382,7 +382,7 @@ def _vggish_predict():
 def _soundnet_extract(monkeypatch):
     from common.backbones.soundnet import SoundNet8
     from common.features import soundnet
-    model = evaluated(SoundNet8(float(SMOKE["soundnet"]["width"])))
+    model = evaluated(SoundNet8(SMOKE["soundnet"]["width"]))
     assert soundnet.track_features(model, torch.randn(1, 22050 * 3), 40, 10.0).shape == (40, soundnet.DIM)
 
 
@@ -394,7 +394,7 @@ def _soundnet_evaluate():
     waves = [torch.randn(1, (CONV8_KERNEL + 1) * hop_samples())]
     val = soundnet.AudioWindows(waves, [rng.random((40, fer.POSTERIOR_DIM)).astype(np.float32)], [3.0],
                                 CONV8_KERNEL, 2, False)
-    net = on_meta(soundnet.TeacherHead(SoundNet8(float(SMOKE["soundnet"]["width"]))))
+    net = on_meta(soundnet.TeacherHead(SoundNet8(SMOKE["soundnet"]["width"])))
     kl, va_ccc = soundnet.teacher_agreement_tensors(net, val)
     assert kl.device == va_ccc.device == META and va_ccc.shape == (2,)
 

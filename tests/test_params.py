@@ -18,14 +18,13 @@ def smoke():
     return load_params(ROOT / "params.yaml", "smoke")
 
 
-def test_sections_read_as_attributes_and_as_keys(smoke):
-    z = smoke.zhang2021
-    assert z.epochs == z["epochs"] == 2 and z.tcn.visual == [16, 16] and smoke.profile == "smoke"
+def test_sections_read_as_keys_only(smoke):
+    z = smoke["zhang2021"]
+    assert z["epochs"] == 2 and z["tcn"]["visual"] == [16, 16] and smoke["profile"] == "smoke"
     base_order = list(yaml.safe_load((ROOT / "params.yaml").read_text())["zhang2021"])
     assert "epochs" in z and z.get("nope", 3) == 3 and list(z) == base_order
-    assert isinstance(z, dict) and isinstance(z.tcn, Params) and isinstance(z.seeds, FrozenList)
-    with pytest.raises(AttributeError, match="no parameter 'epoch'.*epochs"):
-        z.epoch
+    assert isinstance(z, dict) and isinstance(z["tcn"], Params) and isinstance(z["seeds"], FrozenList)
+    assert not hasattr(z, "epochs")             # one way to read a value: by key
 
 
 def test_it_equals_prints_and_serialises_as_the_plain_dict(smoke, tmp_path):
@@ -39,24 +38,26 @@ def test_it_equals_prints_and_serialises_as_the_plain_dict(smoke, tmp_path):
 
 
 def test_it_is_frozen_and_copies_are_plain(smoke):
-    z = smoke.zhang2021
+    z = smoke["zhang2021"]
     for change in (lambda: z.__setitem__("epochs", 3), lambda: z.update(epochs=3), lambda: z.pop("epochs"),
-                   lambda: setattr(z, "epochs", 3), lambda: z.seeds.append(1), lambda: z.tcn.visual.__setitem__(0, 1)):
+                   lambda: setattr(z, "epochs", 3), lambda: z["seeds"].append(1),
+                   lambda: z["tcn"]["visual"].__setitem__(0, 1)):
         with pytest.raises(TypeError, match="read-only.*override"):
             change()
     mine = copy.deepcopy(smoke)
     mine["zhang2021"]["seeds"].append(1)
-    assert type(mine) is dict and smoke.zhang2021.seeds == [0]
+    assert type(mine) is dict and smoke["zhang2021"]["seeds"] == [0]
     assert type(z.copy()) is dict and type(copy.copy(z)) is dict and type({**z}) is dict
     back = pickle.loads(pickle.dumps(smoke))                   # as a worker process receives it
-    assert back == smoke and type(back.zhang2021.seeds) is FrozenList
+    assert back == smoke and type(back["zhang2021"]["seeds"]) is FrozenList
 
 
 def test_override_checks_types_and_gives_the_base_type(smoke):
     changed = override(smoke, {"zhang2021": {"epochs": 5, "tcn": {"visual": [4]}}, "liu2023": {"lr": 1}})
-    assert changed.zhang2021.epochs == 5 and changed.zhang2021.tcn.visual == [4] and smoke.zhang2021.epochs == 2
-    assert type(changed.liu2023.lr) is float                   # an int where the base has a float
-    assert type(changed) is Params and type(changed.zhang2021.tcn.visual) is FrozenList
+    z = changed["zhang2021"]
+    assert z["epochs"] == 5 and z["tcn"]["visual"] == [4] and smoke["zhang2021"]["epochs"] == 2
+    assert type(changed["liu2023"]["lr"]) is float            # an int where the base has a float
+    assert type(changed) is Params and type(z["tcn"]["visual"]) is FrozenList
     for bad, where in [({"zhang2021": {"epochs": 5.0}}, r"'zhang2021\.epochs' = 5\.0 has the wrong type"),
                        ({"zhang2021": {"seeds": [0.5]}}, r"'zhang2021\.seeds\[0\]' = 0\.5"),
                        ({"ms_va": {"stages": [[1, 2.0]]}}, r"'ms_va\.stages\[0\]\[1\]'"),
@@ -97,7 +98,7 @@ def test_a_missing_profile_file_or_an_old_profiles_section_is_named(tmp_path):
     (tmp_path / "params" / "paper.yaml").unlink()
     with pytest.raises(ParamsError, match=r"params/paper\.yaml: not found"):
         load_params(path, "paper")
-    assert load_params(path, "smoke").profile == "smoke"
+    assert load_params(path, "smoke")["profile"] == "smoke"
     path.write_text(path.read_text() + "profiles:\n  smoke: {}\n")
     with pytest.raises(ParamsError, match="profiles.*no longer read.*params/<profile>.yaml"):
         load_params(path, "smoke")

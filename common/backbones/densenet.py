@@ -91,12 +91,12 @@ class DenseNet(nn.Module):
 
 def build_densenet(cfg: dict) -> DenseNet:
     """From a params.yaml section with `stem`, `growth` and `blocks` (e.g. `densenet`)."""
-    return DenseNet(int(cfg["stem"]), int(cfg["growth"]), cfg["blocks"], bool(cfg.get("imagenet_stem", False)))
+    return DenseNet(cfg["stem"], cfg["growth"], cfg["blocks"], bool(cfg.get("imagenet_stem", False)))
 
 
 def densenet_config_width(cfg: dict) -> int:
     """The embedding size a params.yaml section (`stem`, `growth`, `blocks`) builds, without building it."""
-    return densenet_width(int(cfg["stem"]), int(cfg["growth"]), cfg["blocks"])
+    return densenet_width(cfg["stem"], cfg["growth"], cfg["blocks"])
 
 
 def from_torchvision(state: dict) -> dict:

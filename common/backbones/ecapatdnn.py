@@ -144,10 +144,10 @@ class EcapaTDNN(nn.Module):
 
 def build_ecapa(cfg: dict) -> EcapaTDNN:
     """From the params.yaml `ecapatdnn` section."""
-    channels, mfa = int(cfg["channels"]), int(cfg["mfa"])
+    channels, mfa = cfg["channels"], cfg["mfa"]
     # the published bottlenecks are 128; a narrower network keeps them below its width
-    return EcapaTDNN(n_mels=int(cfg["n_mels"]), channels=channels, mfa=mfa, embed_dim=int(cfg["embed_dim"]),
-                     scale=int(cfg["scale"]), se_bottleneck=min(128, channels // 2),
+    return EcapaTDNN(n_mels=cfg["n_mels"], channels=channels, mfa=mfa, embed_dim=cfg["embed_dim"],
+                     scale=cfg["scale"], se_bottleneck=min(128, channels // 2),
                      attention_bottleneck=min(128, mfa // 2), variant=str(cfg.get("variant", "paper")))
 
 

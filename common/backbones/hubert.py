@@ -35,21 +35,21 @@ class HubertWeightsError(ValueError):
 
 
 def build_hubert(cfg: dict):
-    c = int(cfg["conv"])
+    c = cfg["conv"]
     model = hubert_pretrain_model(
         extractor_mode="group_norm", extractor_conv_layer_config=[(c, 10, 5)] + [(c, 3, 2)] * 4 + [(c, 2, 2)] * 2,
-        extractor_conv_bias=False, encoder_embed_dim=int(cfg["dim"]), encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=int(cfg["pos_conv_kernel"]), encoder_pos_conv_groups=int(cfg["pos_conv_groups"]),
-        encoder_num_layers=int(cfg["layers"]), encoder_num_heads=int(cfg["heads"]), encoder_attention_dropout=0.0,
-        encoder_ff_interm_features=4 * int(cfg["dim"]), encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
+        extractor_conv_bias=False, encoder_embed_dim=cfg["dim"], encoder_projection_dropout=0.0,
+        encoder_pos_conv_kernel=cfg["pos_conv_kernel"], encoder_pos_conv_groups=cfg["pos_conv_groups"],
+        encoder_num_layers=cfg["layers"], encoder_num_heads=cfg["heads"], encoder_attention_dropout=0.0,
+        encoder_ff_interm_features=4 * cfg["dim"], encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
         encoder_layer_norm_first=False, encoder_layer_drop=0.0,
-        mask_prob=float(cfg["mask_prob"]), mask_selection="static", mask_other=0.0, mask_length=int(cfg["mask_length"]),
+        mask_prob=cfg["mask_prob"], mask_selection="static", mask_other=0.0, mask_length=cfg["mask_length"],
         no_mask_overlap=False, mask_min_space=1, mask_channel_prob=0.0, mask_channel_selection="static",
         mask_channel_other=0.0, mask_channel_length=10, no_mask_channel_overlap=False, mask_channel_min_space=1,
         skip_masked=False, skip_nomask=True,          # HuBERT's loss on masked frames only (alpha = 1)
-        num_classes=int(cfg["clusters"]), final_dim=int(cfg["final_dim"]), feature_grad_mult=None)
+        num_classes=cfg["clusters"], final_dim=cfg["final_dim"], feature_grad_mult=None)
     model.config = {k: cfg[k] for k in ("conv", "dim", "layers", "heads", "clusters", "final_dim")}
-    model.embed_dim = int(cfg["dim"])
+    model.embed_dim = cfg["dim"]
     return model
 
 

@@ -94,6 +94,6 @@ PUBLISHED = (
 
 def build_ir50(cfg: dict) -> IRNet:
     """From the params.yaml `visual_encoder` section (block ir: layers, width, embed_dim, dropout, crop, first_stride)."""
-    return IRNet(cfg["layers"], int(cfg["width"]), int(cfg["embed_dim"]), float(cfg["dropout"]), int(cfg["crop"]),
+    return IRNet(cfg["layers"], cfg["width"], cfg["embed_dim"], cfg["dropout"], cfg["crop"],
                  int(cfg.get("first_stride", 2)))
 

@@ -72,7 +72,7 @@ class IResNet(nn.Module):
 
 def build_iresnet(cfg: dict) -> IResNet:
     """From a params.yaml section with `layers`, `width`, `embed_dim` and `crop` (e.g. `ires100`)."""
-    return IResNet(cfg["layers"], int(cfg["width"]), int(cfg["embed_dim"]), int(cfg["crop"]), float(cfg["dropout"]))
+    return IResNet(cfg["layers"], cfg["width"], cfg["embed_dim"], cfg["crop"], cfg["dropout"])
 
 
 _BLOCK_PARTS = {"bn1": "body.0", "conv1": "body.1", "bn2": "body.2", "prelu": "body.3", "conv2": "body.4",

@@ -73,7 +73,7 @@ class MobileNet(nn.Module):
 
 def build_mobilenet(cfg: dict) -> MobileNet:
     """From a params.yaml section with `stem`, `stages` and `embed_dim` (e.g. `fau`)."""
-    return MobileNet(int(cfg["stem"]), cfg["stages"], int(cfg["embed_dim"]))
+    return MobileNet(cfg["stem"], cfg["stages"], cfg["embed_dim"])
 
 
 def from_torchvision(state: dict) -> dict:

@@ -202,7 +202,7 @@ class VGGish(nn.Module):
 
 def architecture(cfg: dict) -> dict:
     """The architecture keys of params.yaml's `vggish` section, as VGGish.config holds them."""
-    return {"width": float(cfg["width"]), "fc": [int(f) for f in cfg["fc"]], "embed_dim": int(cfg["embed_dim"])}
+    return {"width": cfg["width"], "fc": [int(f) for f in cfg["fc"]], "embed_dim": cfg["embed_dim"]}
 
 
 def build_vggish(cfg: dict) -> VGGish:

@@ -121,9 +121,9 @@ class MaskedAutoencoderViT(nn.Module):
 
 def build_mae(cfg: dict) -> MaskedAutoencoderViT:
     """From the params.yaml `mae` section."""
-    return MaskedAutoencoderViT(int(cfg["crop"]), int(cfg["patch"]), int(cfg["dim"]), int(cfg["depth"]),
-                                int(cfg["heads"]), int(cfg["decoder_dim"]), int(cfg["decoder_depth"]),
-                                int(cfg["decoder_heads"]))
+    return MaskedAutoencoderViT(cfg["crop"], cfg["patch"], cfg["dim"], cfg["depth"],
+                                cfg["heads"], cfg["decoder_dim"], cfg["decoder_depth"],
+                                cfg["decoder_heads"])
 
 
 _BLOCK_PARTS = {"norm1": "norm1", "norm2": "norm2", "attn.qkv": "self_attn.in_proj", "attn.proj": "self_attn.out_proj",

@@ -52,22 +52,22 @@ class GumbelQuantizer(nn.Module):
 class Wav2Vec2Pretrain(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
-        c, dim = int(cfg["conv"]), int(cfg["dim"])
+        c, dim = cfg["conv"], cfg["dim"]
         self.config = {k: cfg[k] for k in ("conv", "dim", "layers", "heads", "groups", "entries", "final_dim")}
         self.embed_dim = dim
         self.model = wav2vec2_model(
             extractor_mode="group_norm", extractor_conv_layer_config=[(c, 10, 5)] + [(c, 3, 2)] * 4 + [(c, 2, 2)] * 2,
             extractor_conv_bias=False, encoder_embed_dim=dim, encoder_projection_dropout=0.0,
-            encoder_pos_conv_kernel=int(cfg["pos_conv_kernel"]), encoder_pos_conv_groups=int(cfg["pos_conv_groups"]),
-            encoder_num_layers=int(cfg["layers"]), encoder_num_heads=int(cfg["heads"]), encoder_attention_dropout=0.0,
+            encoder_pos_conv_kernel=cfg["pos_conv_kernel"], encoder_pos_conv_groups=cfg["pos_conv_groups"],
+            encoder_num_layers=cfg["layers"], encoder_num_heads=cfg["heads"], encoder_attention_dropout=0.0,
             encoder_ff_interm_features=4 * dim, encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
             encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
-        self.mask_generator = MaskGenerator(dim, float(cfg["mask_prob"]), "static", 0.0, int(cfg["mask_length"]),
+        self.mask_generator = MaskGenerator(dim, cfg["mask_prob"], "static", 0.0, cfg["mask_length"],
                                             False, 1, 0.0, "static", 0.0, 10, False, 1)
-        final = int(cfg["final_dim"])
-        self.quantizer = GumbelQuantizer(c, int(cfg["groups"]), int(cfg["entries"]), final)
+        final = cfg["final_dim"]
+        self.quantizer = GumbelQuantizer(c, cfg["groups"], cfg["entries"], final)
         self.final_proj = nn.Linear(dim, final)
-        self.distractors, self.diversity_weight = int(cfg["distractors"]), float(cfg["diversity_weight"])
+        self.distractors, self.diversity_weight = cfg["distractors"], cfg["diversity_weight"]
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> (B, frames, dim): the last Transformer layer at 50 Hz, no masking (the feature)."""
