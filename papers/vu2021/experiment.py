@@ -143,7 +143,8 @@ def released_vs_paper(params: dict, out_dir, sharing_runs: list[dict]) -> tuple[
     seeds = finding_seeds(params)
     paper = {r["seed"]: r for r in sharing_runs}
     paper = [paper[s] for s in seeds]
-    released = [released_run(params, out_dir, "student_sharing", s) for s in seeds]
+    released = run_parallel(lambda s: released_run(params, out_dir, "student_sharing", s), seeds,
+                            params["vu2021"]["workers"])           # as cnn_grid: seeds at once
     label = "Released vs paper: With sharing"
     cells = []
     for column, m in METRICS.items():          # (the judged sum, up to 3, is in the claim, not a cell)
