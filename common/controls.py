@@ -2,7 +2,7 @@
 
 Three claims of the papers hold on the embedded corpus because its generator builds a link in
 (papers/<paper>/claims.csv, kind "built into the data"): the voice follows arousal, valence and
-arousal move slowly (common/data/synthetic.py: va_timescale_s), and an expression is held for
+arousal move slowly (common/data/synthetic/latent.py: va_timescale_s), and an expression is held for
 seconds (expr_hold_s). For each link this module generates tiny corpora in memory with the
 generator's own functions, once intact and once with the link cut, and re-judges every built-in
 claim that rests on the link (common.verdicts.judge_claim, the claim's delta from claims.csv) on a

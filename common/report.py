@@ -170,7 +170,7 @@ def page(title: str, body: str) -> str:
 def banner(data_source: str) -> str:
     if data_source == "real":
         return "<p class=banner>Data: the real Aff-Wild2, from the folder named in params.yaml.</p>"
-    return ("<p class=banner><b>Data: the embedded synthetic Aff-Wild2</b> (common/data/synthetic.py), generated "
+    return ("<p class=banner><b>Data: the embedded synthetic Aff-Wild2</b> (common/data/synthetic/), generated "
             "in the official layout with the causal structure the papers rely on. Absolute values are "
             "<b>not comparable</b> with the published ones; each claim is judged by the direction and size of "
             "its effect across runs.</p>")

@@ -147,20 +147,36 @@ def test_every_claim_of_every_notebook_has_a_kind(paper):
 
 
 def test_the_named_generator_parameters_exist():
-    """A claim 'built into the data' names a corpus.<key> of params.yaml or a synthetic.<name>."""
+    """A claim 'built into the data' names a corpus.<key> of params.yaml or a synthetic.<name>.
+
+    synthetic.<name> must resolve, from the package, to an object the generator defines (not a name it
+    merely imports), and every number the claim quotes after the name ("pitch +0.4 octave") must
+    appear in that function's source, so a moved or retuned generator cannot leave a stale claim."""
+    import inspect
     import re
     from common.data import synthetic
     from common.params import load_params
     corpus = load_params(report.ROOT / "params.yaml")["corpus"]
+    named = 0
     for paper in report.PAPERS:
         for k in report.read_claim_kinds(report.ROOT / "papers" / paper):
-            for name in re.findall(r"synthetic\.(\w+)", k["parameter"]):
-                assert hasattr(synthetic, name), (paper, k["id"], name)
+            parts = re.split(r"synthetic\.(\w+)", k["parameter"])    # [text, name, text after it, name, ...]
+            for name, said in zip(parts[1::2], parts[2::2]):
+                assert name in synthetic.__all__, (paper, k["id"], name)
+                obj = getattr(synthetic, name)
+                if inspect.isfunction(obj) or inspect.isclass(obj):
+                    assert obj.__module__.startswith("common.data.synthetic."), (paper, k["id"], name)
+                    source = inspect.getsource(obj)
+                    for number in re.findall(r"\d+(?:\.\d+)?", said):
+                        assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d.])", source), \
+                            f"papers/{paper}/claims.csv {k['id']}: {number} is not in synthetic.{name}"
+                named += 1
             for key in re.findall(r"corpus\.([\w.]+)", k["parameter"]):
                 node = corpus
                 for part in key.split("."):
                     assert part in node, (paper, k["id"], key)
                     node = node[part]
+    assert named >= 3, "the claims name generator functions; the pattern above found too few"
 
 
 def test_claims_csv_errors_name_the_line(tmp_path):

@@ -3,6 +3,7 @@
 Each causal link is proven with a simple probe on a small generated corpus; each structural
 promise (layout, splits, determinism, atomic writes, parameter checks) with a direct check.
 """
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path):
 def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(synthetic, "write_mtl", boom)
+    monkeypatch.setattr(synthetic.driver, "write_mtl", boom)     # the name generate() calls
     cfg = tiny_config(subjects=3, two_person_videos=0, seconds=[3, 3], workers=1,
                       side_sets={"affectnet": 2, "expw": 2, "afew_va": 2})
     with pytest.raises(RuntimeError):
@@ -235,6 +236,18 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_out_of_range_corpus_params_name_the_key(key, value, fragment):
     with pytest.raises(ParamsError, match=fragment.replace(".", r"\.")):
         tiny_config(**{key: value})
+
+
+def test_corpus_config_takes_every_value_from_params():
+    # params.yaml's corpus section is the one place that sets a default: CorpusConfig has none, so a
+    # key dropped from the section is an error that names it, not a silent fallback.
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(CorpusConfig))
+    corpus = load_params(ROOT / "params.yaml", "smoke")["corpus"].copy()
+    assert set(corpus) == {f.name for f in dataclasses.fields(CorpusConfig)}
+    del corpus["snr_db"]
+    with pytest.raises(ParamsError, match=r"corpus\.snr_db is missing"):
+        CorpusConfig.from_params(corpus)
 
 
 def test_unknown_profile_key_names_its_path(tmp_path):

@@ -1,6 +1,6 @@
 """The corpus stage: `python -m common.data.corpus` (DVC stages `corpus_fingerprint` and `corpus`).
 
-`data.source: synthetic` generates the embedded corpus into `data.root` (common/data/synthetic.py).
+`data.source: synthetic` generates the embedded corpus into `data.root` (common/data/synthetic/).
 `data.source: real` generates nothing: it reads every label file of the real Aff-Wild2 at
 `data.root` once, so a malformed row stops the pipeline here with its file and line rather than
 half-way through feature extraction, and writes `data/affwild2/real_corpus.json`: what was found

@@ -1,6 +1,6 @@
 """Still-image side sets: the stand-ins for AffectNet (EXPR + VA), ExpW (EXPR) and AFEW-VA (VA).
 
-Layout (written by common/data/synthetic.py; a real copy can be converted to it):
+Layout (written by common/data/synthetic/; a real copy can be converted to it):
     <root>/side/<name>/images/<file>.jpg
     <root>/side/<name>/labels.csv     header: image[,expression][,valence,arousal]
 Expressions use the ABAW class order (0 Neutral ... 6 Surprise; these sets have no "Other").
