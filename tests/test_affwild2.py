@@ -16,6 +16,7 @@ import soundfile as sf
 from PIL import Image
 
 from common.data import affwild2 as aw
+from common.data import label_files
 from common.data.affwild2 import AffWild2Error
 
 VA_HEADER = "valence,arousal"
@@ -222,7 +223,7 @@ def test_big_file_non_numeric_last_line_found_without_the_line_by_line_walk(tmp_
     # the Python line walk (31 s for a million rows); one regex scan finds it now.
     def no_walk(*args, **kwargs):
         raise AssertionError("the line-by-line slow path ran")
-    monkeypatch.setattr(aw, "_parse_lines_slow", no_walk)
+    monkeypatch.setattr(label_files, "_parse_lines_slow", no_walk)
     rows = [f"{(i % 200) / 100 - 1:.2f},0.5" for i in range(20000)]
     for token, phrase in (("abc", "'abc' is not a number"), ("0_5", "'0_5' is not a number"),
                           ("", "'' is not a number")):

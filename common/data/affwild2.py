@@ -1,6 +1,6 @@
 """Reader for the official ABAW (Aff-Wild2) release layout.
 
-One reader serves the real corpus and the embedded synthetic one (common/data/synthetic.py
+One reader serves the real corpus and the embedded synthetic one (common/data/synthetic/
 writes exactly this layout):
 
     <root>/cropped_aligned/<video>/00001.jpg ...      1-based frame numbers; no file = no face found
@@ -13,7 +13,8 @@ Some real releases put the task folders directly under <root> (no `annotations/`
 
 Label files: line 1 is a header, line i + 1 belongs to frame i. Unannotated frames carry a
 marker: VA -5, EXPR -1, AU -1. The readers return (values, valid_mask) pairs in which masked
-entries always hold the marker, so a consumer can rely on the mask alone.
+entries always hold the marker, so a consumer can rely on the mask alone. The parsers of the
+label files live in common/data/label_files.py; this module reads the layout around them.
 
 Every problem raises AffWild2Error with the file, the 1-based line where there is one, and
 what to do about it: the real corpus has ~3 M label rows, and "could not convert string to
@@ -22,7 +23,6 @@ float" without a location is useless there.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 import re
@@ -32,8 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from common.data.label_files import (AU_INVALID, AU_NAMES, EXPR_INVALID, FIX_CHECK_ROOT, MTL_IMAGE, TASK_READERS,
+                                     VA_INVALID, AffWild2Error, read_mtl_table)
+# Callers import the label vocabulary and the per-task readers from here too.
+from common.data.label_files import EXPR_NAMES, HEADERS, VA_NAMES  # noqa: F401
+from common.data.label_files import read_au_labels, read_expr_labels, read_va_labels  # noqa: F401
 from common.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -46,282 +50,13 @@ SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set", "test": "Tes
 MTL_DIR = "MTL_Challenge"
 MTL_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
 
-VA_NAMES = ("valence", "arousal")
-EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-HEADERS = {"VA": VA_NAMES, "EXPR": EXPR_NAMES, "AU": AU_NAMES}
-
-# The "no annotation" markers of the official files.
-VA_INVALID = -5.0
-EXPR_INVALID = -1
-AU_INVALID = -1.0
-
 AUDIO_SOURCE_EXTS = (".mp4", ".avi")
 DEFAULT_AUDIO_CACHE = "audio_wav"       # under <root> when audio_path() gets no cache_dir
 
 _FRAME_FILE = re.compile(r"^(\d{5,})\.jpg$")
-_MTL_IMAGE = re.compile(r"^([^/\\]+)/(\d{5,})\.jpg$")
 # <id>-<fps>-<W>x<H>, e.g. 12-24-1920x1080 or 118-30-640x480_left.
 _FPS_IN_NAME = re.compile(r"^[^-]+-(\d+(?:\.\d+)?)-\d+x\d+$")
 _TWO_PERSON_SUFFIX = re.compile(r"_(left|right)$")
-
-_FIX_CHECK_ROOT = "check data.root in params.yaml (it must point at the Aff-Wild2 folder)"
-
-# What a label value may look like: a plain ASCII decimal (optional sign, fraction, exponent) or a
-# nan/inf spelling (parsed, then rejected as not finite), with ASCII blanks (space, tab, \f, \v,
-# as pandas takes them) around it. Python's float() also takes 0_1, full-width digits and other
-# Unicode digits and spaces; pandas reads a column made only of True/False as 1/0. None is a label.
-# (Possessive quantifiers: nothing to backtrack into, which halves the scan of a big file.)
-_NUMBER_TEXT = (r"[ \t\f\v]*+[+-]?+(?:(?:\d++\.?+\d*+|\.\d++)(?:[eE][+-]?+\d++)?+"
-                r"|(?i:nan|inf(?:inity)?+))[ \t\f\v]*+")
-_NUMBER = re.compile(_NUMBER_TEXT, re.ASCII)
-# A character that no plain decimal has; only when the body holds one can pandas' table differ
-# from a strict reading (words it reads as numbers), so only then is every line scanned.
-_NOT_DECIMAL = re.compile(r"[^0-9.,+\-eE \t\f\v\r\n]")
-# The same in a field after the first comma (the MTL image names are words).
-_NOT_DECIMAL_FIELD = re.compile(r",[0-9.+\-eE \t\f\v\r]*[^0-9.,+\-eE \t\f\v\r\n]")
-
-
-class AffWild2Error(ValueError):
-    """An Aff-Wild2 layout or label problem; the message names the file, the line and the fix."""
-
-
-# --------------------------------------------------------------------------------------------
-# Per-task label files
-# --------------------------------------------------------------------------------------------
-
-def read_va_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(values (N, 2) float32, valid (N,) bool); a -5 in either column marks the row unannotated."""
-    table = _read_label_table(Path(path), "VA")
-    valid = ~(table == VA_INVALID).any(axis=1)
-    values = table.astype(np.float32)
-    values[~valid] = VA_INVALID
-    return values, valid
-
-
-def read_expr_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(classes (N,) int64 in 0..7, valid (N,) bool); -1 marks an unannotated frame."""
-    table = _read_label_table(Path(path), "EXPR")
-    values = table[:, 0].astype(np.int64)
-    return values, values != EXPR_INVALID
-
-
-def read_au_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N, 12) float32 of 0/1, valid (N, 12) bool); -1 masks one AU (normally a whole row)."""
-    values = _read_label_table(Path(path), "AU").astype(np.float32)
-    return values, values != AU_INVALID
-
-
-TASK_READERS = {"VA": read_va_labels, "EXPR": read_expr_labels, "AU": read_au_labels}
-
-
-def _rows_ok(task: str, table: np.ndarray) -> np.ndarray:
-    """Per row: every value finite and either in the task's range or its invalid marker."""
-    finite = np.isfinite(table)
-    with np.errstate(invalid="ignore"):
-        if task == "VA":
-            good = ((table >= -1) & (table <= 1)) | (table == VA_INVALID)
-        elif task == "EXPR":
-            good = (table == np.round(table)) & (((table >= 0) & (table <= len(EXPR_NAMES) - 1))
-                                                 | (table == EXPR_INVALID))
-        else:
-            good = (table == 0) | (table == 1) | (table == AU_INVALID)
-    return (finite & good).all(axis=1)
-
-
-def _explain_value(task: str, column: str, value: float) -> str:
-    """Why one parsed value is not acceptable (called only for values _rows_ok rejected)."""
-    if not np.isfinite(value):
-        return f"{column} is {value}; labels must be finite numbers"
-    if task == "VA":
-        return f"{column} = {value:g} is outside [-1, 1] and is not the unannotated marker -5"
-    if task == "EXPR":
-        return f"expression = {value:g} is not a class index 0..7 nor the unannotated marker -1"
-    return f"{column} = {value:g} is not 0, 1 or the unannotated marker -1"
-
-
-def _fix_hint(task: str) -> str:
-    if task == "VA":
-        return ("each row must be 'valence,arousal' with values in [-1, 1], or -5,-5 for an "
-                "unannotated frame")
-    if task == "EXPR":
-        return "each row must be one class index 0..7 (Neutral..Other), or -1 for an unannotated frame"
-    return ("each row must be 12 comma-separated 0/1 values (AU1..AU26), or -1 for unannotated; "
-            "re-export this file or fix the line")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        # utf-8-sig: files saved by spreadsheet tools start with a byte-order mark.
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise AffWild2Error(f"{path}: file not found; {_FIX_CHECK_ROOT}") from None
-    except IsADirectoryError:
-        raise AffWild2Error(f"{path}: is a directory, not a label file; a label file is a text "
-                            f"file named <video>.txt: move or rename this folder, and "
-                            f"{_FIX_CHECK_ROOT}") from None
-    except PermissionError as e:
-        raise AffWild2Error(f"{path}: cannot be read ({e.strerror}); give this user read "
-                            f"permission on it") from None
-    except UnicodeDecodeError as e:
-        raise AffWild2Error(f"{path}: not a UTF-8 text file ({e}); re-download or re-export it") from None
-
-
-def _split_header(path: Path, text: str, expected_desc: str) -> tuple[str, str]:
-    """(header line, body text with trailing blank lines removed); an empty file raises."""
-    if not text.strip():
-        raise AffWild2Error(f"{path}:1: the file is empty; expected the header {expected_desc} "
-                            f"and then one row per video frame. Re-download or regenerate it.")
-    header, _, body = text.partition("\n")
-    # Trailing blank lines are harmless; blank lines in the middle would shift every later
-    # frame, so only the end is trimmed (the row parser rejects the others).
-    return header.rstrip("\r"), body.rstrip("\r\n\t ")
-
-
-def _check_header(path: Path, header: str, expected: tuple, skip_first: bool = False) -> None:
-    names = [h.strip().lower() for h in header.split(",")]
-    want = [e.lower() for e in expected]
-    got = names[1:] if skip_first else names      # the MTL image column may be named anything
-    if got != want:
-        first = "<image>," if skip_first else ""
-        raise AffWild2Error(
-            f"{path}:1: header is {header!r}, expected {first + ','.join(expected)!r}. Line 1 must be "
-            f"this header (the first label row belongs to frame 00001.jpg on line 2); if the file "
-            f"has no header or belongs to another task, put it in the right task folder.")
-
-
-def _read_label_table(path: Path, task: str) -> np.ndarray:
-    """The body of a per-task label file as a float64 (N, columns) table, fully validated."""
-    expected = HEADERS[task]
-    n_cols = 1 if task == "EXPR" else len(expected)
-    text = _read_text(path)
-    header, body = _split_header(path, text, repr(",".join(expected)))
-    _check_header(path, header, expected)
-    if not body:
-        raise AffWild2Error(f"{path}:2: no label rows after the header; {_fix_hint(task)}")
-    table = _parse_numeric_fast(body, n_cols)
-    word = _NOT_DECIMAL.search(body)
-    if table is None or word:
-        def head_ok(head_text: str, n_lines: int) -> bool:
-            head = _parse_numeric_fast(head_text, n_cols) if n_lines else np.empty((0, n_cols))
-            if head is not None:
-                _explain_rejected_row(path, task, body, head)
-            return head is not None
-        found = _first_bad_line(body, word, _row_pattern(n_cols), head_ok)
-        if found is not None:
-            line = body[found[1]:].split("\n", 1)[0].rstrip("\r")
-            _parse_row(path, found[0] + 2, line, n_cols, _column_names(task), task)
-            table = None
-    if table is not None:
-        _explain_rejected_row(path, task, body, table)
-        return table
-    # Slow path: walk the lines to name the first bad one. It returns a table only if pandas
-    # rejected well-formed lines.
-    return _parse_lines_slow(path, body, n_cols, task, first_line=2)
-
-
-def _explain_rejected_row(path: Path, task: str, body: str, table: np.ndarray) -> None:
-    """Raise for the first row of ``table`` (the first lines of ``body``) that _rows_ok rejects."""
-    ok = _rows_ok(task, table)
-    if not ok.all():
-        # Every line parsed, so the first rejected row is the first problem: explain just it.
-        first_bad = int(np.argmin(ok))
-        line = body.split("\n", first_bad + 1)[first_bad]
-        _parse_row(path, first_bad + 2, line.rstrip("\r"), table.shape[1], _column_names(task), task)
-
-
-def _row_pattern(n_cols: int, first: str = "") -> str:
-    """Regex of one well-formed line: ``first`` then n_cols numbers separated by commas."""
-    return first + ",".join([_NUMBER_TEXT] * n_cols)
-
-
-def _first_bad_line(body: str, word, row: str, head_ok) -> tuple[int, int] | None:
-    """(0-based index, start offset) of the line of ``body`` that holds its first problem, found
-    without a Python loop over the lines; None when no line is malformed, or when pandas refused
-    the lines before it (the caller's line-by-line walk then finds the problem).
-
-    ``word``: the first match of a character that no plain decimal has, or None. Its line is bad
-    (a word is malformed, nan/inf are not finite), so that is the place when the lines before it,
-    which hold only decimal characters, pass ``head_ok(their text, their count)``: pandas reads
-    them as on the valid path, and ``head_ok`` raises at a rejected value there. Otherwise a regex
-    scan finds the first malformed line, and the lines before it go through ``head_ok`` likewise.
-    """
-    for find in (lambda: word and _line_at(body, word.start()),
-                 lambda: _first_malformed_line(body, row)):
-        found = find()
-        if found and head_ok(body[:max(found[1] - 1, 0)], found[0]):
-            return found
-    return None
-
-
-def _line_at(body: str, offset: int) -> tuple[int, int]:
-    """(0-based index, start offset) of the line of ``body`` that holds ``offset``."""
-    start = body.rfind("\n", 0, offset) + 1
-    return body.count("\n", 0, start), start
-
-
-def _first_malformed_line(body: str, row: str) -> tuple[int, int] | None:
-    """(0-based index, start offset) of the first line of ``body`` that is not ``row`` (trailing
-    carriage returns allowed), or None. One regex match over the well-formed lines, ~0.15 s
-    for a million VA lines, instead of a Python loop over them."""
-    start = re.compile(rf"(?:{row}\r*\n)*+", re.ASCII).match(body).end()
-    rest = body[start:]
-    if "\n" not in rest and re.fullmatch(rf"{row}\r*", rest, re.ASCII):
-        return None                 # the last line (no newline after it) is well formed too
-    return _line_at(body, start)
-
-
-def _number(where: str, column: str, text: str, fix: str) -> float:
-    """One label field as a float, accepting only the plain decimals of _NUMBER."""
-    if not _NUMBER.fullmatch(text):
-        word = text.strip().lower() in ("true", "false")
-        hint = "write 1 or 0, not True/False" if word else \
-            "labels are plain ASCII decimals such as 0.25, -1 or 1e-3"
-        raise AffWild2Error(f"{where}: {column} = {text.strip()!r} is not a number ({hint}); {fix}")
-    return float(text)
-
-
-def _parse_numeric_fast(body: str, n_cols: int) -> np.ndarray | None:
-    """pandas' C parser on the whole body; None if anything is off (the slow path then explains)."""
-    try:
-        frame = pd.read_csv(io.StringIO(body), header=None, dtype=np.float64, engine="c",
-                            skip_blank_lines=False, index_col=False, quoting=csv.QUOTE_NONE)
-    except Exception:   # noqa: BLE001 - any parser complaint means "find the line by hand"
-        return None
-    table = frame.to_numpy(dtype=np.float64)
-    # A row count that differs from the line count means pandas skipped or merged something.
-    if table.shape != (body.count("\n") + 1, n_cols):
-        return None
-    return table
-
-
-def _column_names(task: str) -> tuple:
-    return ("expression",) if task == "EXPR" else HEADERS[task]
-
-
-def _parse_lines_slow(path: Path, body: str, n_cols: int, task: str, first_line: int) -> np.ndarray:
-    names = _column_names(task)
-    rows = []
-    for line_no, line in enumerate(body.split("\n"), start=first_line):
-        rows.append(_parse_row(path, line_no, line.rstrip("\r"), n_cols, names, task))
-    return np.array(rows, dtype=np.float64).reshape(-1, n_cols)
-
-
-def _parse_row(path: Path, line_no: int, line: str, n_cols: int, names: tuple, task: str) -> list:
-    where = f"{path}:{line_no}"
-    if not line.strip():
-        raise AffWild2Error(f"{where}: empty line inside the labels (it would shift every later "
-                            f"frame by one); remove it or write the unannotated marker. {_fix_hint(task)}")
-    fields = line.split(",")
-    if len(fields) != n_cols:
-        raise AffWild2Error(f"{where}: {len(fields)} field(s) in {line!r}, expected {n_cols} "
-                            f"({','.join(names)}); {_fix_hint(task)}")
-    values = [_number(where, name, text, _fix_hint(task)) for name, text in zip(names, fields)]
-    row = np.array([values], dtype=np.float64)
-    if not _rows_ok(task, row)[0]:
-        bad = next(i for i in range(n_cols) if not _rows_ok(task, row[:, i:i + 1])[0])
-        raise AffWild2Error(f"{where}: {_explain_value(task, names[bad], row[0, bad])}; {_fix_hint(task)}")
-    return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,7 +70,7 @@ def frame_images(root: str | Path, video: str) -> dict[int, str]:
     """
     folder = Path(root) / "cropped_aligned" / video
     if not folder.is_dir():
-        raise AffWild2Error(f"{folder}: no such face-image folder for video {video!r}; {_FIX_CHECK_ROOT}")
+        raise AffWild2Error(f"{folder}: no such face-image folder for video {video!r}; {FIX_CHECK_ROOT}")
     found = {}
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -419,7 +154,7 @@ def find_annotation_dir(root: str | Path) -> Path:
     """`root/annotations` if it holds task folders, else `root` if it does (some releases)."""
     root = Path(root)
     if not root.is_dir():
-        raise AffWild2Error(f"{root}: the Aff-Wild2 root folder does not exist; {_FIX_CHECK_ROOT}")
+        raise AffWild2Error(f"{root}: the Aff-Wild2 root folder does not exist; {FIX_CHECK_ROOT}")
     task_folders = list(TASK_DIRS.values()) + [MTL_DIR]
     for candidate in (root / "annotations", root):
         if any((candidate / name).is_dir() for name in task_folders):
@@ -508,7 +243,7 @@ def read_split(root: str | Path, split: str, tasks: tuple = TASKS) -> list[Video
         folder = ann_dir / TASK_DIRS[task] / SPLIT_DIRS[split]
         if not folder.is_dir():
             hidden = " (the real corpus does not release test labels)" if split == "test" else ""
-            raise AffWild2Error(f"{folder}: split folder not found{hidden}; {_FIX_CHECK_ROOT}, "
+            raise AffWild2Error(f"{folder}: split folder not found{hidden}; {FIX_CHECK_ROOT}, "
                                 f"or leave {task} out of the requested tasks")
         for path in sorted(folder.glob("*.txt")):
             video = path.stem
@@ -612,9 +347,6 @@ def _agree_on_rows(video: str, by_task: dict) -> int:
 # ABAW3 MTL (static) files
 # --------------------------------------------------------------------------------------------
 
-_MTL_COLUMNS = VA_NAMES + ("expression",) + AU_NAMES
-
-
 def read_mtl(root: str | Path, split: str, allow_missing_images: bool = False) -> dict[str, np.ndarray]:
     """The ABAW3 MTL file of one split as aligned arrays, one entry per row.
 
@@ -627,39 +359,13 @@ def read_mtl(root: str | Path, split: str, allow_missing_images: bool = False) -
     if split == "test" and not test_labels_released(root):
         log.info("Aff-Wild2 %s: test labels not released: the MTL test set is empty", root)
         return _empty_mtl()
-    if not path.exists():   # a directory there gets _read_text's message
+    if not path.exists():   # a directory there gets read_mtl_table's message
         hidden = " (the real corpus does not release test labels)" if split == "test" else ""
-        raise AffWild2Error(f"{path}: MTL file not found{hidden}; {_FIX_CHECK_ROOT}")
-    text = _read_text(path)
-    header, body = _split_header(path, text, "'image,valence,arousal,expression,AU1,...,AU26'")
-    _check_header(path, header, _MTL_COLUMNS, skip_first=True)
-    if not body:
-        raise AffWild2Error(f"{path}:2: no rows after the header; each row is "
-                            f"'video/00001.jpg,valence,arousal,expression,AU1,...,AU26'")
-    lines = body.split("\n")
-    images, table = _parse_mtl_fast(body, len(lines))
-    word = _NOT_DECIMAL_FIELD.search(body)
-    if images is None or word:
-        def head_ok(head_text: str, n_lines: int) -> bool:   # as for the per-task files
-            if not n_lines:
-                return True
-            head_images, head = _parse_mtl_fast(head_text, n_lines)
-            if head_images is not None:
-                _explain_rejected_mtl_row(path, lines, head_images, head)
-            return head_images is not None
-        found = _first_bad_line(body, word, _row_pattern(len(_MTL_COLUMNS), "[^,\n]*,"), head_ok)
-        if found is not None:
-            _parse_mtl_slow(path, lines[found[0]:found[0] + 1], first_line=found[0] + 2)
-            images = None
-    if images is not None:
-        _explain_rejected_mtl_row(path, lines, images, table)
-    else:
-        images, table = _parse_mtl_slow(path, lines)
-
-    parts = [_MTL_IMAGE.match(name).groups() for name in images]
+        raise AffWild2Error(f"{path}: MTL file not found{hidden}; {FIX_CHECK_ROOT}")
+    images, table = read_mtl_table(path)
+    parts = [MTL_IMAGE.match(name).groups() for name in images]
     videos = np.array([video for video, _ in parts], dtype=str)
     frames = np.array([int(number) for _, number in parts], dtype=np.int64)
-    _check_mtl_duplicates(path, images)
     image_paths = np.array([str(root / "cropped_aligned" / name) for name in images], dtype=str)
     has_image = _mtl_images_exist(root, path, videos, frames, allow_missing_images)
 
@@ -680,72 +386,6 @@ def _empty_mtl() -> dict[str, np.ndarray]:
             **{k: v for k, v in _empty_labels(0).items()}}
 
 
-def _explain_rejected_mtl_row(path: Path, lines: list, images: np.ndarray, table: np.ndarray) -> None:
-    """Raise for the first parsed MTL row (of the first lines) that _mtl_rows_ok rejects."""
-    ok = _mtl_rows_ok(images, table)
-    if not ok.all():
-        first_bad = int(np.argmin(ok))          # every line parsed: explain the first rejected one
-        _parse_mtl_slow(path, lines[first_bad:first_bad + 1], first_line=first_bad + 2)
-
-
-def _mtl_rows_ok(images: np.ndarray, table: np.ndarray) -> np.ndarray:
-    names_ok = np.array([bool(_MTL_IMAGE.match(name)) for name in images], dtype=bool)
-    return (names_ok & _rows_ok("VA", table[:, 0:2]) & _rows_ok("EXPR", table[:, 2:3])
-            & _rows_ok("AU", table[:, 3:]))
-
-
-def _parse_mtl_fast(body: str, n_lines: int):
-    n_cols = 1 + len(_MTL_COLUMNS)
-    try:
-        frame = pd.read_csv(io.StringIO(body), header=None, engine="c", skip_blank_lines=False,
-                            index_col=False, quoting=csv.QUOTE_NONE,
-                            dtype={0: str, **{c: np.float64 for c in range(1, n_cols)}})
-    except Exception:   # noqa: BLE001 - any parser complaint means "find the line by hand"
-        return None, None
-    if frame.shape != (n_lines, n_cols) or frame[0].isna().any():
-        return None, None
-    return frame[0].to_numpy(dtype=str), frame.iloc[:, 1:].to_numpy(dtype=np.float64)
-
-
-def _parse_mtl_slow(path: Path, lines: list, first_line: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    images, rows = [], []
-    fix = ("each row must be 'video/00001.jpg,valence,arousal,expression,AU1,...,AU26' with "
-           "-5,-5 / -1 / -1 for missing VA / expression / AU labels")
-    for line_no, line in enumerate(lines, start=first_line):
-        line = line.rstrip("\r")
-        where = f"{path}:{line_no}"
-        if not line.strip():
-            raise AffWild2Error(f"{where}: empty line; remove it. {fix}")
-        name, _, rest = line.partition(",")
-        if not _MTL_IMAGE.match(name.strip()):
-            raise AffWild2Error(f"{where}: image {name!r} is not of the form <video>/<00001>.jpg; {fix}")
-        fields = rest.split(",") if rest else []
-        if len(fields) != len(_MTL_COLUMNS):
-            raise AffWild2Error(f"{where}: {len(fields) + 1} field(s), expected {len(_MTL_COLUMNS) + 1} "
-                                f"(image,{','.join(_MTL_COLUMNS)}); {fix}")
-        values = [_number(where, column, text, fix) for column, text in zip(_MTL_COLUMNS, fields)]
-        row = np.array([values], dtype=np.float64)
-        for task, lo, hi in (("VA", 0, 2), ("EXPR", 2, 3), ("AU", 3, len(_MTL_COLUMNS))):
-            for i in range(lo, hi):
-                if not _rows_ok(task, row[:, i:i + 1])[0]:
-                    raise AffWild2Error(f"{where}: {_explain_value(task, _MTL_COLUMNS[i], row[0, i])}; {fix}")
-        images.append(name.strip())
-        rows.append(values)
-    return np.array(images, dtype=str), np.array(rows, dtype=np.float64)
-
-
-def _check_mtl_duplicates(path: Path, images: np.ndarray) -> None:
-    # A repeated image would count twice in every metric.
-    first_seen = {}
-    if len(np.unique(images)) == len(images):
-        return
-    for line_no, name in enumerate(images, start=2):
-        if name in first_seen:
-            raise AffWild2Error(f"{path}:{line_no}: image {name} already listed on line "
-                                f"{first_seen[name]}; keep one row per image")
-        first_seen[name] = line_no
-
-
 def _mtl_images_exist(root: Path, path: Path, videos: np.ndarray, frames: np.ndarray,
                       allow_missing: bool) -> np.ndarray:
     known: dict[str, dict] = {}
@@ -756,7 +396,7 @@ def _mtl_images_exist(root: Path, path: Path, videos: np.ndarray, frames: np.nda
     if not allow_missing and not has_image.all():
         i = int(np.argmin(has_image))
         image = root / "cropped_aligned" / videos[i] / f"{frames[i]:05d}.jpg"
-        raise AffWild2Error(f"{path}:{i + 2}: image {image} does not exist; {_FIX_CHECK_ROOT}, or "
+        raise AffWild2Error(f"{path}:{i + 2}: image {image} does not exist; {FIX_CHECK_ROOT}, or "
                             f"pass allow_missing_images=True to keep such rows (has_image marks them)")
     return has_image
 
@@ -786,7 +426,7 @@ def audio_path(root: str | Path, video: str, cache_dir: str | Path | None = None
     if source is None:
         looked = ", ".join(str(p) for p in [ready, cached] + sources)
         raise AffWild2Error(f"no audio for video {video!r}: looked for {looked}; put the video or "
-                            f"its wav into {root / 'videos'} ({_FIX_CHECK_ROOT})")
+                            f"its wav into {root / 'videos'} ({FIX_CHECK_ROOT})")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise AffWild2Error(f"{source}: ffmpeg is needed to extract its audio but is not on PATH; "

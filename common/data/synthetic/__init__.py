@@ -23,6 +23,7 @@ links the four papers' claims rest on:
 Absolute scores on this corpus are not comparable with published ones; the reports say so.
 Same seed, same bytes: every job draws from its own generator seeded by (seed, job), so the
 output does not depend on the number of worker processes.
+
 The package follows the generator's stages, one module each:
   config.py  the `corpus` section of params.yaml (CorpusConfig), checked; each job's random generator
   latent.py  the slow VA processes, expression episodes, AU intensities, and each subject's looks/voice
