@@ -64,7 +64,7 @@ def four_paper_report(tmp_path_factory):
         claims = [{**report.judge_claim([0.5 + 0.01 * k, 0.52, 0.55], [0.45, 0.5, 0.49], ">"), "id": id_,
                    "text": f"{id_}: a claim with <markup> & $dollars$"} for k, id_ in enumerate(ids)]
         (reports / paper / "table1.json").write_text(json.dumps({
-            "paper": paper, "notebook": "table1", "title": "Table 1", "seconds": 10.0 * (i + 1), "profile": "smoke",
+            "paper": paper, "notebook": "table1", "title": "Table 1", "seconds": 10.0 * (i + 1), "profile": "default",
             "data": "synthetic", "claims": claims,
             "leaderboard": [{"paper": paper, "model": "final", "split": "test", "p_va": 0.3 + 0.05 * i, "p_expr": 0.25}]}))
         nbformat.write(_executed_notebook(figure=True), str(reports / paper / "table1.ipynb"))
