@@ -153,3 +153,16 @@ def attention_over_time(params: dict, trials: list, root: str | Path, emotion: s
         total[start:start + n] += scores[0, :n].numpy()
         count[start:start + n] += 1
     return total / count[:, None, None]
+
+
+def validation_ccc(rows: list[dict], emotion: str, fold: int, seed: int, modality: str = "multimodal") -> float:
+    """The validation CCC of one run of a grid's result rows."""
+    return next(r["validation_ccc"] for r in rows
+                if (r["emotion"], r["fold"], r["seed"], r["modality"]) == (emotion, fold, seed, modality))
+
+
+def method_pairs(paper_rows: list[dict], released_rows: list[dict], folds, seeds) -> tuple[list, list]:
+    """(paper, released) multimodal validation CCCs of the same (emotion, fold, seed), in one order:
+    the pairs the released-vs-paper finding is judged on."""
+    keys = [(e, f, s) for e in EMOTIONS for f in folds for s in seeds]
+    return ([validation_ccc(paper_rows, *k) for k in keys], [validation_ccc(released_rows, *k) for k in keys])
