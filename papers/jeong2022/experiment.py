@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
-from common.parallel import finished_run
+from common.parallel import finished_run, run_parallel
 from common.runs import config_key
 from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from common.weights import PIPELINE, recorded_provenance
@@ -40,8 +40,12 @@ def run(params: dict, corpus, teachers: str | Path, role: str, inputs: str, seed
 
 
 def run_grid(params: dict, corpus, teachers, role: str, inputs_list, students=None) -> list[dict]:
-    return [run(params, corpus, teachers, role, inputs, seed, students)
-            for inputs in inputs_list for seed in params["jeong2022"]["seeds"]]
+    """Every (inputs, seed) run's result.json, in that order. The runs train `jeong2022.workers` at a
+    time, one per core (common/parallel.py: a run seeds itself, so the numbers do not depend on it);
+    each job is one folder (a student's also trains its own seed's teacher), so none share a folder."""
+    jobs = [(inputs, seed) for inputs in inputs_list for seed in params["jeong2022"]["seeds"]]
+    return run_parallel(lambda job: run(params, corpus, teachers, role, *job, students), jobs,
+                        params["jeong2022"]["workers"])
 
 
 # ---- the finding "does the released behaviour matter" (Tables 2 and 3) ---------------------------------
