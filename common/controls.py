@@ -5,7 +5,7 @@ Three claims of the papers hold on the embedded corpus because its generator bui
 arousal move slowly (common/data/synthetic/latent.py: va_timescale_s), and an expression is held for
 seconds (expr_hold_s). For each link this module generates tiny corpora in memory with the
 generator's own functions, once intact and once with the link cut, and re-judges every built-in
-claim that rests on the link (common.verdicts.judge_claim, the claim's delta from claims.csv) on a
+claim that rests on the link (common.claims.judge_claim, the claim's delta from claims.csv) on a
 probe of that corpus. A harness that can say no gives "absent", "inconclusive" (or
 "contradicted") on the cut corpus, never "reproduced"; the intact corpus is the positive control
 (the same probe sees the link when it is there).
@@ -40,7 +40,7 @@ import numpy as np
 from common.data import synthetic
 from common.files import atomic_write_text
 from common.metrics import ccc
-from common.verdicts import judge_claim
+from common.claims import judge_claim
 
 ROOT = Path(__file__).resolve().parents[1]
 LINKS = {"voice": "voice follows arousal", "timescale": "slow VA time scale", "hold": "expression held for seconds"}

@@ -1,7 +1,7 @@
 """How many runs a claim needs: power at its delta, and the runs to plan within a budget.
 
 The procedure (its error rates are simulated in tests/test_power.py through this code and
-common.verdicts.judge_claim):
+common.claims.judge_claim):
 1. A pilot: the runs a claim has so far give the spread sd of its per-run effect.
 2. The plan: the smallest n whose power reaches 80 % at the claim's delta, under sd (`runs_needed`),
    capped by the paper's budget (params.yaml `verdicts.runs_budget`).

@@ -24,7 +24,6 @@ LaTeX in notebook markdown is converted to MathML, which browsers render nativel
 """
 from __future__ import annotations
 
-import csv
 import html
 import json
 import math
@@ -32,97 +31,17 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from common import report_charts, report_figures
-from common.data.affwild2 import test_labels_released
+from common.claims import VERDICTS, read_claim_kinds, read_csv_rows
 from common.files import atomic_write_text
 from common.power import plan
-from common.report_claims import (CLAIM_KINDS, CLAIMS_HEADER, NOT_RELEASED, UNCLASSIFIED,  # noqa: F401 - the claims part
-                                  budget_section, claim_counts, claims_table, classify_claims, control_for, controls_section,
-                                  counts_sentence, declared_delta, fmt, read_claim_kinds, read_controls, read_csv_rows,
-                                  shown_verdict, verdict_legend)
-from common.verdicts import VERDICTS, judge_claim  # noqa: F401 - judge_claim: the notebooks' import
+from common.report_claims import (NOT_RELEASED, budget_section, claim_counts, claims_table, classify_claims,
+                                  control_for, controls_section, counts_sentence, fmt, read_controls, shown_verdict,
+                                  verdict_legend)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = {"jeong2022": "Jeong, Oh, Lim (CVPRW 2022)", "zhang2021": "Zhang, Ding, Wei, Guan (ICCVW 2021)",
           "liu2023": "Liu, Sun et al. (CVPRW 2023)", "vu2021": "Vu, Beurton-Aimar, Marchand (ICCVW 2021)"}
-
-
-# ---- claims ------------------------------------------------------------------------------------
-
-# judge_claim (common/verdicts.py) decides every verdict; claim() below gives it the declared delta.
-
-
-# ---- reading -----------------------------------------------------------------------------------
-
-def result_row(table: str, row: str, column: str, values, split: str) -> dict:
-    """One reproduced cell of a paper's table: the mean over seeds (or folds), the standard deviation
-    across them as its spread, and their count. Every notebook's <name>.json lists these."""
-    values = np.asarray(values, float)
-    return {"table": table, "row": row, "column": column, "value": float(values.mean()),
-            "spread": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values)), "split": split}
-
-
-def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
-    """<out_dir>/<notebook>.json, what this builder reads: a temp file renamed into place, numpy
-    scalars written as numbers."""
-    out = Path(out_dir) / f"{notebook}.json"
-    atomic_write_text(out, json.dumps(summary, indent=2, default=float) + "\n")
-    return out
-
-
-# ---- what the notebooks share ------------------------------------------------------------------
-# Every paper notebook ends the same way: result rows, judged claims, the differences from the paper,
-# one summary JSON. These helpers are that code, written once.
-
-def result_rows(table: str, cells, split: str) -> list[dict]:
-    """result_row for each (row, column, values) of `cells`, in order."""
-    return [result_row(table, row, column, values, split) for row, column, values in cells]
-
-
-def claim(id: str, table: str, text: str, a, b=None, explanation: str | None = None, **judge) -> dict:
-    """A judged claim as the summary JSON holds it: judge_claim(a, b, delta=<its claims.csv delta>,
-    **judge) plus its id, table and text (and the explanation shown under it, when given)."""
-    judge.setdefault("delta", declared_delta(id))
-    out = {**judge_claim(a, b, **judge), "id": id, "table": table, "text": text}
-    if explanation is not None:
-        out["explanation"] = explanation
-    return out
-
-
-def show_claims(claims: list[dict]) -> None:
-    """One line per claim: verdict, effect with its 95 % interval, delta, number of runs, the claim."""
-    for c in claims:
-        verdict = "negligible" if c.get("negligible") else c["verdict"]
-        print(f"{verdict:>13}  effect {c['effect']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]  "
-              f"delta {c['delta'] if c.get('delta') is not None else '-'}  n={c['n']}  {c['text']}")
-
-
-def show_differences(differences: list[dict]) -> None:
-    """One line per difference from the paper: what, the paper's choice, this run's."""
-    for d in differences:
-        print(f"- {d['what']}: paper {d['paper']}; here {d['here']}")
-
-
-def notebook_summary(paper: str, notebook: str, title: str, params, started: float, **fields) -> dict:
-    """The summary JSON of one notebook (the format in this module's docstring): paper, notebook, title,
-    the profile and data source of `params`, the seconds since `started` (time.perf_counter()), then
-    `fields` in the order given (results, claims, leaderboard, differences, anything else)."""
-    import time
-    # The real release keeps its test labels back: the report then shows the test rows as not released.
-    released = {} if params["data"]["source"] != "real" else {"test_labels": test_labels_released(params["data"]["root"])}
-    return {"paper": paper, "notebook": notebook, "title": title, "profile": params["profile"],
-            "data": params["data"]["source"], **released, "seconds": round(time.perf_counter() - started, 1), **fields}
-
-
-def write_notebook_summary(out_dir: str | Path, paper: str, notebook: str, title: str, params, started: float,
-                           **fields) -> Path:
-    """notebook_summary(...) written to <out_dir>/<notebook>.json by write_summary; prints where."""
-    summary = notebook_summary(paper, notebook, title, params, started, **fields)
-    path = write_summary(out_dir, notebook, summary)
-    print(f"written {path} after {summary['seconds']} s")
-    return path
 
 
 def read_published(paper_dir: Path) -> list[dict]:

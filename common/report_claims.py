@@ -1,39 +1,19 @@
-"""The claims part of the reports (common/report.py): what kind each claim is, the delta it declares
-(papers/<paper>/claims.csv: `id,kind,parameter,note,delta,delta_reason`), how the report states and
-counts its verdict (common/verdicts.py decides it), its runs made and planned and power at delta
+"""The claims part of the reports (common/report.py): each claim classified by its claims.csv row
+(common/claims.py reads it and decides the verdict), how the report states and counts its verdict, its runs made and planned and power at delta
 (common/power.py), and its negative control (common/controls.py, reports/controls.json).
 """
 from __future__ import annotations
 
-import csv
 import html
 import json
 import math
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from common.claims import CLAIM_KINDS, EXPLAINED, UNCLASSIFIED, VERDICTS, rejudge
 from common.power import MAX_RUNS
-from common.verdicts import EXPLAINED, VERDICTS, rejudge
 
-ROOT = Path(__file__).resolve().parents[1]
 NOT_RELEASED = "test labels not released"
-# What a judged claim is evidence of (papers/<paper>/claims.csv). Only findings are verdicts on the method.
-CLAIM_KINDS = {
-    "finding": ("Findings about the method",
-                "The verdicts that test the method. Only these count as reproduced, contradicted, absent or inconclusive."),
-    "built into the data": ("Built into the data",
-                            "The embedded corpus's generator builds these effects in by construction (the parameter is "
-                            "named). The computed verdict shows only that the pipeline recovers the effect, so these "
-                            "claims are counted apart from the findings."),
-    "published absolute number": ("Published absolute numbers",
-                                  "These compare with a number measured on the real Aff-Wild2. They are not judgeable on "
-                                  "this corpus, whose absolute values are not comparable."),
-    "configuration check": ("Configuration checks",
-                            "These check this repository's configuration. They are not results."),
-}
-UNCLASSIFIED = "unclassified"
-# papers/<paper>/claims.csv: delta is the smallest effect of interest, declared from the paper's own numbers.
-CLAIMS_HEADER = ["id", "kind", "parameter", "note", "delta", "delta_reason"]
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -44,51 +24,10 @@ def fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else html.escape(str(x))
 
 
-def read_csv_rows(path: Path, expected: list[str]) -> list[tuple[int, dict]]:
-    """(line number, row) of a CSV file whose header must be `expected`; [] when it does not exist."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != expected:
-            raise ValueError(f"{path}:1: header {reader.fieldnames}, expected {expected}")
-        return list(enumerate(reader, start=2))
-
-
-def declared_delta(id: str) -> float | None:
-    """The delta papers/*/claims.csv declares for claim `id` (the first row whose pattern matches, in
-    each paper); None when no row declares one. Two papers declaring different deltas is an error."""
-    from fnmatch import fnmatchcase
-    found = {}
-    for paper_dir in sorted((ROOT / "papers").glob("*/")):
-        row = next((k for k in read_claim_kinds(paper_dir) if fnmatchcase(id, k["id"])), None)
-        if row and row["delta"].strip():
-            found[paper_dir.name] = float(row["delta"])
-    if len(set(found.values())) > 1:
-        raise ValueError(f"claim {id!r}: papers/*/claims.csv declare different deltas {found}; give the ids "
-                         f"distinct names")
-    return next(iter(found.values()), None)
-
-
-def read_claim_kinds(paper_dir: Path) -> list[dict]:
-    """papers/<paper>/claims.csv: one row per claim id (fnmatch pattern), its kind, the generator
-    parameter that builds it in (for kind "built into the data"), and a note."""
-    path = paper_dir / "claims.csv"
-    rows = []
-    for line, row in read_csv_rows(path, CLAIMS_HEADER):
-        if row["kind"] not in CLAIM_KINDS:
-            raise ValueError(f"{path}:{line}: kind {row['kind']!r}; known: {sorted(CLAIM_KINDS)}")
-        if row["kind"] == "built into the data" and not row["parameter"].strip():
-            raise ValueError(f"{path}:{line}: a claim built into the data must name the generator parameter")
-        rows.append(row)
-    return rows
-
-
 def classify_claims(claims: list[dict], kinds: list[dict]) -> list[dict]:
     """Each claim with "kind", "parameter", "note", "delta" and "delta_reason" from the first claims.csv
-    row whose id pattern matches its id, judged again with that delta (common.verdicts.rejudge);
+    row whose id pattern matches its id, judged again with that delta (common.claims.rejudge);
     no match: the kind the claim carries, else "unclassified"."""
-    from fnmatch import fnmatchcase
     out = []
     for c in claims:
         row = next((k for k in kinds if fnmatchcase(str(c.get("id", "")), k["id"])), None)
@@ -211,7 +150,7 @@ def control_cell(c: dict) -> str:
 
 
 def verdict_legend() -> str:
-    """One line per verdict, what it means (common.verdicts.EXPLAINED)."""
+    """One line per verdict, what it means (common.claims.EXPLAINED)."""
     items = "".join(f"<li><span class={v}>{v}</span>: {html.escape(EXPLAINED[v])}</li>" for v in VERDICTS)
     return f"<ul class=legend>{items}</ul>"
 

@@ -381,9 +381,9 @@ def test_keras_init_sets_the_forget_bias_and_glorot_bounds():
 
 def test_batch_sizes_follow_the_released_loader():
     """train.batch_sizes: max_iter = ceil(largest / 256), floor(set / max_iter) for every set, as
-    common.metrics.jeong_batch_sizes (the loader's formula, held to the official loader in
+    papers.jeong2022.evaluation.jeong_batch_sizes (the loader's formula, held to the official loader in
     tests/official) (ledger: batch_sizes)."""
-    from common.metrics import jeong_batch_sizes
+    from papers.jeong2022.evaluation import jeong_batch_sizes
     from papers.jeong2022.train import batch_sizes
     n = {"va": 1000, "expr": 700, "au": 520, "mtl": 90}
     corpus = Corpus(None, None, None, None, None, None,

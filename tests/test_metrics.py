@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from common.metrics import (ABAW3_VALIDATION_FRAMES, NoValidFramesError, abaw2_au_criterion,
-                            abaw2_expr_criterion, au_metrics, batch_averaged, bootstrap_ci, ccc,
-                            expr_metrics, jeong_batch_scores, jeong_batch_sizes, jeong_code_metric,
-                            jeong_valid_rows, mtl_metrics, va_metrics)
+from common.bootstrap import bootstrap_ci
+from common.metrics import (NoValidFramesError, abaw2_au_criterion, abaw2_expr_criterion, au_metrics, batch_averaged,
+                            ccc, expr_metrics, mtl_metrics, va_metrics)
+from papers.jeong2022.evaluation import (ABAW3_VALIDATION_FRAMES, jeong_batch_scores, jeong_batch_sizes,
+                                         jeong_code_metric, jeong_valid_rows)
 
 
 # --------------------------------------------------------------------------- reference helpers
@@ -452,7 +453,8 @@ def test_jeong_batch_averaging_with_zero_division_1_inflates_scores():
 
 
 # --------------------------------------------------------------------------- Jeong et al.'s code metric
-# One test per rule of the authors' evaluation (REFERENCE_FACTS.md, Jeong section), each against
+# One test per rule of the authors' evaluation (EuiseokJeong/2022_ABAW_imlab@bb0513c:trainer.py:165-204,
+# utils.py:52-104; ledger: evaluation_metric), each against
 # numbers worked out by hand.
 
 def test_jeong_batch_sizes_are_proportional_with_the_largest_set_near_256():

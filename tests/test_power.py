@@ -1,5 +1,5 @@
 """The verdict procedure's error rates, shown by simulation through the code the report uses:
-common.power (pilot -> runs planned at 80 % power within a budget) and common.verdicts (the
+common.power (pilot -> runs planned at 80 % power within a budget) and common.claims (the
 t-interval and the four-way decision that judge_claim applies).
 
 Each simulated claim: a pilot of n0 runs gives the spread; the plan picks n (runs_needed_many,
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from common import power
-from common.verdicts import decide, judge_claim, t_interval
+from common.claims import decide, judge_claim, t_interval
 
 DELTA = 1.0
 SCENARIOS = [(sd, n0, budget) for sd in (0.5, 1.0, 2.0) for n0 in (2, 3, 4) for budget in (6, 12, 24)]

@@ -4,32 +4,32 @@ import json
 import nbformat
 import pytest
 
-from common import report
+from common import claims, report
 
 
 def test_verdicts_follow_the_interval_not_the_sign_alone():
-    clear = report.judge_claim([0.52, 0.55, 0.53], [0.40, 0.41, 0.42], ">")
+    clear = claims.judge_claim([0.52, 0.55, 0.53], [0.40, 0.41, 0.42], ">")
     assert clear["verdict"] == "reproduced" and clear["effect"] == pytest.approx(0.49 / 3 + 0.0, abs=0.05)
     assert clear["low"] > 0 and clear["n"] == 3 and clear["cohens_d"] > 1
-    noisy = report.judge_claim([0.50, 0.30, 0.62], [0.45, 0.44, 0.43], ">")
+    noisy = claims.judge_claim([0.50, 0.30, 0.62], [0.45, 0.44, 0.43], ">")
     assert noisy["verdict"] == "inconclusive" and noisy["low"] < 0 < noisy["high"]
-    wrong = report.judge_claim([0.30, 0.31, 0.29], [0.40, 0.41, 0.42], ">")
+    wrong = claims.judge_claim([0.30, 0.31, 0.29], [0.40, 0.41, 0.42], ">")
     assert wrong["verdict"] == "contradicted" and wrong["high"] < 0
-    single = report.judge_claim([0.9], [0.1], ">")
+    single = claims.judge_claim([0.9], [0.1], ">")
     assert single["verdict"] == "inconclusive"              # one run has no spread to judge by
 
 
 def test_about_the_same_claims_use_the_tolerance():
-    same = report.judge_claim([0.500, 0.502, 0.499], [0.501, 0.500, 0.500], "~", tolerance=0.02)
+    same = claims.judge_claim([0.500, 0.502, 0.499], [0.501, 0.500, 0.500], "~", tolerance=0.02)
     assert same["verdict"] == "reproduced"
-    apart = report.judge_claim([0.60, 0.61, 0.62], [0.50, 0.50, 0.51], "~", tolerance=0.02)
+    apart = claims.judge_claim([0.60, 0.61, 0.62], [0.50, 0.50, 0.51], "~", tolerance=0.02)
     assert apart["verdict"] == "contradicted"
     with pytest.raises(ValueError, match="equal run counts"):
-        report.judge_claim([1, 2], [1, 2, 3], ">")
+        claims.judge_claim([1, 2], [1, 2, 3], ">")
 
 
 def test_a_claims_explanation_is_shown_under_it():
-    claim = {**report.judge_claim([0.52, 0.55, 0.53], [0.40, 0.41, 0.42], ">"), "text": "A beats B",
+    claim = {**claims.judge_claim([0.52, 0.55, 0.53], [0.40, 0.41, 0.42], ">"), "text": "A beats B",
              "explanation": "Because <small> batches."}
     html_text = report.claims_table([{"claims": [claim, {**claim, "text": "C", "explanation": None}]}])
     assert "A beats B<br><span class=muted>Because &lt;small&gt; batches.</span>" in html_text
@@ -97,7 +97,7 @@ def test_build_writes_an_index_with_leaderboard_and_timings(tmp_path, monkeypatc
     (reports / "zhang2021").mkdir(parents=True)
     (reports / "zhang2021" / "table2.json").write_text(json.dumps({
         "paper": "zhang2021", "title": "Table 2", "seconds": 12.5, "profile": "smoke", "data": "synthetic",
-        "claims": [dict(report.judge_claim([0.5, 0.6, 0.55], [0.3, 0.35, 0.32]), id="mm>um", text="MM beats UM")],
+        "claims": [dict(claims.judge_claim([0.5, 0.6, 0.55], [0.3, 0.35, 0.32]), id="mm>um", text="MM beats UM")],
         "leaderboard": [{"paper": "zhang2021", "model": "MM+CV-LC", "split": "test", "p_va": 0.41}]}))
     index = report.build(reports)
     text = index.read_text()
@@ -124,7 +124,7 @@ def _notebook_claim_ids(paper_dir):
     sources += [(path.name, path.read_text()) for path in sorted(paper_dir.glob("*.py"))]
     found = {}
     for name, source in sources:
-        for m in re.finditer(r'(?:"id":\s*|\bclaim\(\s*)f?"([^"]+)"', source):     # a dict or common.report.claim
+        for m in re.finditer(r'(?:"id":\s*|\bclaim\(\s*)f?"([^"]+)"', source):     # a dict or common.claims.claim
             parts = re.split(r"\{[^}]*\}", m.group(1))
             found[m.group(1)] = (re.compile("[A-Za-z0-9_]+".join(map(re.escape, parts))), name)
     return found
@@ -189,7 +189,7 @@ def test_claims_csv_errors_name_the_line(tmp_path):
 
 
 def _claim(id_, a=(0.52, 0.55, 0.53), b=(0.40, 0.41, 0.42)):
-    return {**report.judge_claim(list(a), list(b), ">"), "id": id_, "text": f"claim {id_}"}
+    return {**claims.judge_claim(list(a), list(b), ">"), "id": id_, "text": f"claim {id_}"}
 
 
 def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
@@ -245,13 +245,13 @@ def test_smoke_pages_say_they_check_the_plumbing_and_count_no_verdict(tmp_path):
 def test_notebook_summary_keeps_the_field_order_and_claims_carry_their_ids(tmp_path, capsys):
     import time
     params = {"profile": "smoke", "data": {"source": "synthetic"}}
-    rows = report.result_rows("1", [("A", "Valence", [0.1, 0.3]), ("A", "Arousal", [0.5])], "validation")
+    rows = claims.result_rows("1", [("A", "Valence", [0.1, 0.3]), ("A", "Arousal", [0.5])], "validation")
     assert rows[0]["value"] == pytest.approx(0.2) and rows[1]["spread"] is None and rows[1]["n"] == 1
-    c = report.claim("x_beats_y", "1", "x beats y", [0.5, 0.6, 0.7], [0.1, 0.2, 0.2], explanation="why")
+    c = claims.claim("x_beats_y", "1", "x beats y", [0.5, 0.6, 0.7], [0.1, 0.2, 0.2], explanation="why")
     assert c["verdict"] == "reproduced" and (c["id"], c["table"], c["explanation"]) == ("x_beats_y", "1", "why")
-    report.show_claims([c])
+    claims.show_claims([c])
     assert "reproduced" in capsys.readouterr().out
-    path = report.write_notebook_summary(tmp_path, "zhang2021", "table9", "T", params, time.perf_counter(),
+    path = claims.write_notebook_summary(tmp_path, "zhang2021", "table9", "T", params, time.perf_counter(),
                                          results=rows, claims=[c], extra={"k": 1})
     data = json.loads(path.read_text())
     assert list(data) == ["paper", "notebook", "title", "profile", "data", "seconds", "results", "claims", "extra"]

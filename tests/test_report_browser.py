@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 from common import browser, report
+from common.claims import judge_claim
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def four_paper_report(tmp_path_factory):
         (reports / paper).mkdir(parents=True)
         with open(report.ROOT / "papers" / paper / "claims.csv", newline="") as f:
             ids = [row["id"].replace("*", "30") for row in csv.DictReader(f)]
-        claims = [{**report.judge_claim([0.5 + 0.01 * k, 0.52, 0.55], [0.45, 0.5, 0.49], ">"), "id": id_,
+        claims = [{**judge_claim([0.5 + 0.01 * k, 0.52, 0.55], [0.45, 0.5, 0.49], ">"), "id": id_,
                    "text": f"{id_}: a claim with <markup> & $dollars$"} for k, id_ in enumerate(ids)]
         (reports / paper / "table1.json").write_text(json.dumps({
             "paper": paper, "notebook": "table1", "title": "Table 1", "seconds": 10.0 * (i + 1), "profile": "default",

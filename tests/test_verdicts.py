@@ -1,4 +1,4 @@
-"""The four verdicts (common/verdicts.py), the deltas every claim declares (papers/*/claims.csv),
+"""The four verdicts (common/claims.py), the deltas every claim declares (papers/*/claims.csv),
 and how the report shows them."""
 import csv
 import json
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from common import report, verdicts
-from common.verdicts import judge_claim
+from common import claims, report
+from common.claims import VERDICTS, judge_claim
 
 JUDGED_KINDS = ("finding", "built into the data", "configuration check")
 
@@ -46,10 +46,10 @@ def test_a_claim_that_includes_zero_is_never_absent():
 def test_rejudge_follows_the_declared_delta():
     c = {**judge_claim([0.051, 0.049, 0.050, 0.052], None, ">"), "id": "x", "kind": "finding"}
     assert c["verdict"] == "reproduced"
-    assert verdicts.rejudge(c, 0.1)["verdict"] == "absent"
-    assert verdicts.rejudge(c, 0.01)["verdict"] == "reproduced"
+    assert claims.rejudge(c, 0.1)["verdict"] == "absent"
+    assert claims.rejudge(c, 0.01)["verdict"] == "reproduced"
     check = {**c, "kind": "configuration check", "verdict": "contradicted"}
-    assert verdicts.rejudge(check, 0.1)["verdict"] == "contradicted"    # a check sets its own verdict
+    assert claims.rejudge(check, 0.1)["verdict"] == "contradicted"    # a check sets its own verdict
 
 
 def _claims_rows(paper_dir):
@@ -72,11 +72,11 @@ def test_every_judged_claim_declares_its_delta_from_the_paper(paper):
 
 
 def test_notebook_claims_take_the_declared_delta():
-    c = report.claim("ec_vs_lc_valence", "2", "same", [0.46, 0.462, 0.461], [0.461, 0.462, 0.46], direction="~",
+    c = claims.claim("ec_vs_lc_valence", "2", "same", [0.46, 0.462, 0.461], [0.461, 0.462, 0.46], direction="~",
                      tolerance=0.01)
     assert c["delta"] == 0.01 and c["verdict"] == "reproduced"
-    assert report.declared_delta("no_such_claim") is None
-    assert report.declared_delta("window_300_beats_36") == 0.01          # a pattern row (window_*_beats_*)
+    assert claims.declared_delta("no_such_claim") is None
+    assert claims.declared_delta("window_300_beats_36") == 0.01          # a pattern row (window_*_beats_*)
 
 
 def test_the_report_shows_delta_power_and_the_verdict_legend(tmp_path):
@@ -97,7 +97,7 @@ def test_the_report_shows_delta_power_and_the_verdict_legend(tmp_path):
     assert re.search(r"4 / \d+<br><span class=muted>budget 4: \d+ seeds would decide", page)
     assert "voice follows arousal cut" in page
     assert "Negative controls: can the harness say no?" in index and "sharing_expr" in index
-    for v in verdicts.VERDICTS:
+    for v in VERDICTS:
         assert f"<li><span class={v}>{v}</span>: " in page and f"<li><span class={v}>{v}</span>: " in index
     assert "decided: 1 (50 %)" in page and "Runs: what the budget decides" in index
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.claims import claim, result_row
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.parallel import finished_run, run_parallel
 from common.runs import config_key
-from common.report import result_row, write_summary  # noqa: F401  (the notebooks call write_summary through experiment)
 from common.weights import PIPELINE, recorded_provenance
 from papers.jeong2022.data import load_corpus  # noqa: F401  (re-exported for the notebooks)
 from papers.jeong2022.train import train_run
@@ -87,7 +87,6 @@ def released_vs_paper(params: dict, paper_rows: list[dict], released_rows: list[
                       table: str, label: str) -> tuple[list[dict], dict]:
     """Both columns of one row (the paper method's runs `paper_rows`, the released method's on the same
     frames) and the claim released_vs_paper_<role>: validation P_MTL about the same, paired by seed."""
-    from common.report import claim
     paper = values(paper_rows, "mtl", role=role, inputs="I+A")
     released = values(released_rows, "mtl", split="validation_paper_frames", role=role, inputs="I+A")
     cells = []
@@ -197,8 +196,8 @@ def evaluation_sets(corpus, prediction, split: str = "validation"):
 
 
 def authors_metric(corpus, prediction, seed: int, shuffles: int, set_sizes=None) -> list[dict]:
-    """The authors' procedure (common.metrics.jeong_code_metric) on one run's predictions, once per shuffle seed."""
-    from common.metrics import jeong_code_metric
+    """The authors' procedure (evaluation.jeong_code_metric) on one run's predictions, once per shuffle seed."""
+    from papers.jeong2022.evaluation import jeong_code_metric
     truth, guess = evaluation_sets(corpus, prediction)
     return [jeong_code_metric(truth, guess, seed=1000 * seed + k, set_sizes=set_sizes) for k in range(shuffles)]
 
@@ -206,7 +205,7 @@ def authors_metric(corpus, prediction, seed: int, shuffles: int, set_sizes=None)
 def batch_sweep(corpus, predictions: dict, sweep, shuffles: int, terms) -> dict:
     """{"shuffled" | "consecutive": {term: [mean over runs and shuffles, per MTL batch size of `sweep`]}}:
     the authors' procedure on the MTL set at each batch size, shuffled (theirs) or over consecutive frames."""
-    from common.metrics import jeong_code_metric
+    from papers.jeong2022.evaluation import jeong_code_metric
     curves = {"shuffled": {k: [] for k, _ in terms}, "consecutive": {k: [] for k, _ in terms}}
     for b in sweep:
         for kind, draws in (("shuffled", range(shuffles)), ("consecutive", [0])):

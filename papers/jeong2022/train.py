@@ -22,7 +22,7 @@ Early stop on the validation P_MTL after `early_stop` epochs without improvement
 (model.ARCHITECTURE), the row filter and stream order (data.py) and, under `released`, the task
 discriminator's weight (epoch + 1) / epochs (trainer.py:125, ledger: discriminator_weight) and the
 per-epoch validation metric that selects the model and counts gamma's epochs: the authors' batch-wise
-procedure (common.metrics.jeong_code_metric, trainer.py:165-204, ledger: selection_metric).
+procedure (evaluation.jeong_code_metric, trainer.py:165-204, ledger: selection_metric).
 """
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ from torch.utils.data import Dataset
 
 from common.device import module_device
 from common.files import atomic_write_json
-from common.metrics import JEONG_SET_TASKS, au_metrics, batch_averaged, expr_metrics, jeong_code_metric, va_metrics
+from common.metrics import au_metrics, batch_averaged, expr_metrics, va_metrics
 from common.train import TrainConfig, fit
 from common.weights import load_weights_file
 from papers.jeong2022.data import STREAM_ORDER, STREAMS, TASKS, Corpus, batch, inputs
+from papers.jeong2022.evaluation import JEONG_SET_TASKS, jeong_code_metric
 from papers.jeong2022.losses import DOMAIN_WEIGHT, STUDENT_LOSS, TEACHER_LOSS, TaskPatience, paper_supervision
 from papers.jeong2022.model import ARCHITECTURE, JeongNet, keras_init
 
@@ -109,7 +110,7 @@ def make_student_loss(teacher: JeongNet, gamma: dict, jp: dict, schedule: dict |
         out = model(b["img"], b["aud"])
         soft = None
         if stream != "mtl":
-            # fit() moves the student and the batches; the frozen teacher follows them (issue 11)
+            # fit() moves the student and the batches; the frozen teacher follows them
             if module_device(teacher) != b["img"].device:
                 teacher.to(b["img"].device)
             with torch.no_grad():
@@ -140,7 +141,7 @@ def task_scores(labelled: dict, pred: dict, tasks=TASKS, style: str = "abaw") ->
     style "abaw": over all frames of the set (Sec. 5.1, the ABAW definition);
     style "code": the mean over consecutive batches of 256 with F1 zero_division=1. This is NOT
     what the released code does (ledger: evaluation_metric): it shuffles each set and sizes the
-    batches in proportion to the sets (common.metrics.jeong_code_metric, Table 4's notebook); it stays
+    batches in proportion to the sets (evaluation.jeong_code_metric, Table 4's notebook); it stays
     as the reading this project used before, which Table 4 shows labelled as such."""
     out = {}
     for t in tasks:
@@ -159,7 +160,7 @@ def task_scores(labelled: dict, pred: dict, tasks=TASKS, style: str = "abaw") ->
 def authors_scores(model: JeongNet, corpus: Corpus, split: str, seed: int) -> dict:
     """The released code's validation metric on the split's four sets: shuffled, cut into batches in
     proportion to the sets, scored batch by batch and averaged (trainer.valid, utils.get_metric), as
-    common.metrics.jeong_code_metric computes it. Keys stl_va, stl_expr, stl_au, stl_total, mtl_*, mtl."""
+    evaluation.jeong_code_metric computes it. Keys stl_va, stl_expr, stl_au, stl_total, mtl_*, mtl."""
     truth, guess = evaluation_sets(corpus, predict_split(model, corpus, split), split)
     out = jeong_code_metric(truth, guess, seed=seed)
     return {k: v for k, v in out.items() if isinstance(v, float)}
@@ -167,7 +168,7 @@ def authors_scores(model: JeongNet, corpus: Corpus, split: str, seed: int) -> di
 
 def evaluation_sets(corpus: Corpus, prediction: tuple, split: str = "validation") -> tuple[dict, dict]:
     """{set: {task: labels}} and {set: {task: predictions}} of one run's predictions (frames, {task: array}),
-    the sets of common.metrics.JEONG_SET_TASKS, as jeong_code_metric takes them."""
+    the sets of evaluation.JEONG_SET_TASKS, as jeong_code_metric takes them."""
     frames, pred = prediction
     truth, guess = {}, {}
     for name, tasks in JEONG_SET_TASKS.items():

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.claims import claim, result_rows
 from common.data.folds import make_folds
 from common.data.sequences import split_ccc
 from common.files import atomic_write_json
 from common.parallel import RESULT, finished_runs
 from common.runs import config_key
 from common.train import TrainConfig, fit
-from common import ledger, report
+from common import ledger
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.weights import recorded_provenance
 from papers.liu2023.data import NORMALISERS, ChunkDataset, TASKS, load_clips, predict
@@ -440,14 +441,14 @@ def feature_claims(scores: dict, visual_only: str | None) -> tuple[list[dict], l
         row = f"affectnet,{feature} | -" if feature in bank.VISUAL else f"affectnet | {feature}"
         if visual_only and row in scores:
             gain = np.array(scores[row][task]) - np.array(scores[visual_only][task])
-            claims.append(report.claim(f"{feature}_helps_{task}", "5", f"Adding {feature} to the visual features helps "
+            claims.append(claim(f"{feature}_helps_{task}", "5", f"Adding {feature} to the visual features helps "
                                        f"{task} ({row} vs {visual_only}; Sec. 4.6, Table 5)", gain, None, direction=">"))
         else:
             not_judged.append(f"{feature} helps {task}")
     for feature, task, row, reference, published_gain in TABLE5_PAIRS:
         if row in scores and reference in scores:
             gain = np.array(scores[row][task]) - np.array(scores[reference][task])
-            claims.append(report.claim(f"{feature}_helps_{task}_table5_rows", "5", f"Table 5's own rows: adding {feature} "
+            claims.append(claim(f"{feature}_helps_{task}_table5_rows", "5", f"Table 5's own rows: adding {feature} "
                                        f"({row} vs {reference}) raises {task} (paper: {published_gain:+.4f})",
                                        gain, None, direction=">"))
         else:
@@ -487,11 +488,11 @@ def released_vs_paper(params: dict, clips, root, rows: list[dict], grid: list[di
         a, b = [r["validation"][t] for r in released], [paper[s]["validation"][t] for s in seeds]
         cells += [(label, f"{t.title()}, method paper", b), (label, f"{t.title()}, method released", a)]
         which = "Table 1's best row" if cfg is best else "a stand-in for Table 1's best row (not in this profile's grid)"
-        claims.append(report.claim(
+        claims.append(claim(
             f"released_vs_paper_{t}", "1", f"The released code's training (liu2023.method: released) scores {t} about as "
             f"the paper's does, on {which} {row_label(cfg)} (within {SAME_WITHIN[t]}, the Transformer vs LSTM gap "
             "of Table 1 that Sec. 4.3 calls competitive)", a, b, direction="~", tolerance=SAME_WITHIN[t]))
-    return report.result_rows("1", cells, "validation"), claims
+    return result_rows("1", cells, "validation"), claims
 
 
 FOLD_COLUMNS = ("valence", "arousal", "mean")

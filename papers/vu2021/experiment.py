@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ledger, report
+from common import ledger
+from common.claims import claim, result_rows
 from common.data.affwild2 import read_split
 from common.files import atomic_write_json
 from common.notebooks import notebook_params  # noqa: F401  (the notebooks call experiment.notebook_params)
 from common.parallel import RESULT, finished_run, run_parallel
 from common.runs import config_key
 from common.params import merge_checked
-from common.report import result_row, write_summary  # noqa: F401  (the notebooks call them through experiment)
 from papers.vu2021 import data as vd
 from papers.vu2021 import train as vt
 
@@ -88,14 +88,6 @@ def gru_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False)
         vt.train_gru(params, kind, seed, tracks, out, teacher, progress)
 
     return finished_run(out, train, config_key(params, "vu2021", stage="gru", kind=kind, seed=seed))
-
-
-def gru_grid(params: dict, out_dir, kinds) -> list[dict]:
-    """Every (seed, kind) GRU run's result.json, in that order, the seeds `vu2021.workers` at a time as
-    in cnn_grid (each seed extracts its own CNN's features into its own cache folder, then trains)."""
-    per_seed = run_parallel(lambda seed: [gru_run(params, out_dir, kind, seed) for kind in kinds],
-                            params["vu2021"]["seeds"], params["vu2021"]["workers"])
-    return [row for rows in per_seed for row in rows]
 
 
 def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
@@ -158,12 +150,12 @@ def released_vs_paper(params: dict, out_dir, sharing_runs: list[dict]) -> tuple[
     for column, m in METRICS.items():          # (the judged sum, up to 3, is in the claim, not a cell)
         cells += [(label, f"{column}, method paper", metric(paper, m)),
                   (label, f"{column}, method released", metric(released, m))]
-    claim = report.claim(
+    judged = claim(
         "released_vs_paper_student_sharing", "2",
         "The released code's training (vu2021.method: released) scores the student with shared annotations "
         f"about as the paper's does: criterion + CCC_V + CCC_A within {SAME_WITHIN} (Table 2's sharing effect)",
         metric(released, "score"), metric(paper, "score"), direction="~", tolerance=SAME_WITHIN)
-    return report.result_rows("2", cells, "validation"), claim
+    return result_rows("2", cells, "validation"), judged
 
 
 def per_seed(rows: list[dict], kind: str, split: str, metric: str) -> np.ndarray:
@@ -226,7 +218,7 @@ def metric(rows: list[dict], name: str, split: str = "validation") -> list[float
 
 
 def table_cells(rows_by_name: dict, split: str = "validation", metrics: dict = METRICS) -> list[tuple]:
-    """(row, column, per-seed values) for each table row and metric column: common.report.result_rows' cells."""
+    """(row, column, per-seed values) for each table row and metric column: common.claims.result_rows' cells."""
     return [(name, column, metric(rs, m, split)) for name, rs in rows_by_name.items() for column, m in metrics.items()]
 
 

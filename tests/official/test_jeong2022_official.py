@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics import jeong_batch_sizes, jeong_code_metric
 from common.train import TrainConfig, fit
 from papers.jeong2022.data import STREAM_ORDER, keep_all, released_rows
+from papers.jeong2022.evaluation import jeong_batch_sizes, jeong_code_metric
 from papers.jeong2022.losses import DOMAIN_WEIGHT, STUDENT_LOSS, TEACHER_LOSS, TaskPatience
 from papers.jeong2022.model import ARCHITECTURE, JeongNet
 
@@ -298,7 +298,8 @@ def test_row_filter_keeps_the_rows_the_released_loader_keeps():
 
 def test_jeong_code_metric_matches_get_metric_batch_by_batch():
     """utils.get_metric on the batches dataloader.get_batch_size cuts, in order (no shuffle), averaged as
-    trainer.valid does, against common.metrics.jeong_code_metric(shuffle=False). Tolerance 1e-6 (float32 CCC)."""
+    trainer.valid does, against papers/jeong2022/evaluation.py: jeong_code_metric(shuffle=False). Tolerance 1e-6
+    (float32 CCC)."""
     z = load("metric")
     names = {"VA": "va", "EXPR": "expr", "AU": "au", "MTL": "mtl"}
     tasks = {"va": ("va",), "expr": ("expr",), "au": ("au",), "mtl": ("va", "expr", "au")}

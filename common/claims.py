@@ -1,10 +1,15 @@
-"""The one place that decides a claim's verdict: `judge_claim` (re-exported by common.report).
+"""Claims: what a paper notebook records, and the one place a claim's verdict is decided.
 
-A claim compares two sets of runs of the same metric ("a > b", "a < b", or "a is about b") and
-declares `delta`, its smallest effect of interest, before the runs (papers/<paper>/claims.csv: the
-paper's reported gain, a tolerance it states, or the metric's practical resolution). From the
-runs' mean effect and its 95 % t-interval [low, high] the verdict is one of four:
+A notebook ends the same way in every paper: result rows (`result_rows`), judged claims (`claim`,
+`show_claims`), the differences from the paper (common/ledger.py), and one summary JSON
+(`write_notebook_summary`) that the report (common/report.py) reads. This module is what the
+notebooks import; the report's pages render its claims (common/report_claims.py).
 
+Each claim declares `delta`, its smallest effect of interest, before the runs
+(papers/<paper>/claims.csv: `id,kind,parameter,note,delta,delta_reason`; the paper's reported gain,
+a tolerance it states, or the metric's practical resolution); `claim` reads it (`declared_delta`).
+A claim compares two sets of runs of the same metric ("a > b", "a < b", or "a is about b"). From the
+runs' mean effect and its 95 % t-interval [low, high] `judge_claim` gives one of four verdicts:
   reproduced    the interval lies wholly on the claimed side (of the claim's threshold `margin`);
   contradicted  it lies wholly on the other side;
   absent        it lies inside (-delta, +delta): an equivalence test (two one-sided tests at 2.5 %
@@ -22,9 +27,19 @@ can run tens of thousands of simulated claims through this exact code.
 """
 from __future__ import annotations
 
+import csv
+import json
 import math
+import time
+from fnmatch import fnmatchcase
+from pathlib import Path
 
 import numpy as np
+
+from common.data.affwild2 import test_labels_released
+from common.files import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VERDICTS = ("reproduced", "contradicted", "absent", "inconclusive")
 EXPLAINED = {
@@ -142,3 +157,129 @@ def rejudge(claim: dict, delta: float | None) -> dict:
     if judge.get("direction") == "~" and delta is None:
         delta = claim.get("tolerance")
     return {**claim, **judge_claim(claim["a"], claim.get("b"), delta=delta, **judge)}
+
+
+# ---- claims.csv: each claim's kind and declared delta ----------------------------------------
+
+# What a judged claim is evidence of (papers/<paper>/claims.csv). Only findings are verdicts on the method.
+CLAIM_KINDS = {
+    "finding": ("Findings about the method",
+                "The verdicts that test the method. Only these count as reproduced, contradicted, absent or inconclusive."),
+    "built into the data": ("Built into the data",
+                            "The embedded corpus's generator builds these effects in by construction (the parameter is "
+                            "named). The computed verdict shows only that the pipeline recovers the effect, so these "
+                            "claims are counted apart from the findings."),
+    "published absolute number": ("Published absolute numbers",
+                                  "These compare with a number measured on the real Aff-Wild2. They are not judgeable on "
+                                  "this corpus, whose absolute values are not comparable."),
+    "configuration check": ("Configuration checks",
+                            "These check this repository's configuration. They are not results."),
+}
+UNCLASSIFIED = "unclassified"
+# papers/<paper>/claims.csv: delta is the smallest effect of interest, declared from the paper's own numbers.
+CLAIMS_HEADER = ["id", "kind", "parameter", "note", "delta", "delta_reason"]
+
+
+def read_csv_rows(path: Path, expected: list[str]) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV file whose header must be `expected`; [] when it does not exist."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != expected:
+            raise ValueError(f"{path}:1: header {reader.fieldnames}, expected {expected}")
+        return list(enumerate(reader, start=2))
+
+
+def declared_delta(id: str) -> float | None:
+    """The delta papers/*/claims.csv declares for claim `id` (the first row whose pattern matches, in
+    each paper); None when no row declares one. Two papers declaring different deltas is an error."""
+    found = {}
+    for paper_dir in sorted((ROOT / "papers").glob("*/")):
+        row = next((k for k in read_claim_kinds(paper_dir) if fnmatchcase(id, k["id"])), None)
+        if row and row["delta"].strip():
+            found[paper_dir.name] = float(row["delta"])
+    if len(set(found.values())) > 1:
+        raise ValueError(f"claim {id!r}: papers/*/claims.csv declare different deltas {found}; give the ids "
+                         f"distinct names")
+    return next(iter(found.values()), None)
+
+
+def read_claim_kinds(paper_dir: Path) -> list[dict]:
+    """papers/<paper>/claims.csv: one row per claim id (fnmatch pattern), its kind, the generator
+    parameter that builds it in (for kind "built into the data"), and a note."""
+    path = paper_dir / "claims.csv"
+    rows = []
+    for line, row in read_csv_rows(path, CLAIMS_HEADER):
+        if row["kind"] not in CLAIM_KINDS:
+            raise ValueError(f"{path}:{line}: kind {row['kind']!r}; known: {sorted(CLAIM_KINDS)}")
+        if row["kind"] == "built into the data" and not row["parameter"].strip():
+            raise ValueError(f"{path}:{line}: a claim built into the data must name the generator parameter")
+        rows.append(row)
+    return rows
+
+
+# ---- what the notebooks record --------------------------------------------------------------
+
+def result_row(table: str, row: str, column: str, values, split: str) -> dict:
+    """One reproduced cell of a paper's table: the mean over seeds (or folds), the standard deviation
+    across them as its spread, and their count. Every notebook's <name>.json lists these."""
+    values = np.asarray(values, float)
+    return {"table": table, "row": row, "column": column, "value": float(values.mean()),
+            "spread": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values)), "split": split}
+
+
+def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
+    """<out_dir>/<notebook>.json, what the report reads (format: common/report.py): a temp file renamed into place, numpy
+    scalars written as numbers."""
+    out = Path(out_dir) / f"{notebook}.json"
+    atomic_write_text(out, json.dumps(summary, indent=2, default=float) + "\n")
+    return out
+
+
+def result_rows(table: str, cells, split: str) -> list[dict]:
+    """result_row for each (row, column, values) of `cells`, in order."""
+    return [result_row(table, row, column, values, split) for row, column, values in cells]
+
+
+def claim(id: str, table: str, text: str, a, b=None, explanation: str | None = None, **judge) -> dict:
+    """A judged claim as the summary JSON holds it: judge_claim(a, b, delta=<its claims.csv delta>,
+    **judge) plus its id, table and text (and the explanation shown under it, when given)."""
+    judge.setdefault("delta", declared_delta(id))
+    out = {**judge_claim(a, b, **judge), "id": id, "table": table, "text": text}
+    if explanation is not None:
+        out["explanation"] = explanation
+    return out
+
+
+def show_claims(claims: list[dict]) -> None:
+    """One line per claim: verdict, effect with its 95 % interval, delta, number of runs, the claim."""
+    for c in claims:
+        verdict = "negligible" if c.get("negligible") else c["verdict"]
+        print(f"{verdict:>13}  effect {c['effect']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]  "
+              f"delta {c['delta'] if c.get('delta') is not None else '-'}  n={c['n']}  {c['text']}")
+
+
+def show_differences(differences: list[dict]) -> None:
+    """One line per difference from the paper: what, the paper's choice, this run's."""
+    for d in differences:
+        print(f"- {d['what']}: paper {d['paper']}; here {d['here']}")
+
+
+def notebook_summary(paper: str, notebook: str, title: str, params, started: float, **fields) -> dict:
+    """The summary JSON of one notebook (the format in common/report.py's docstring): paper, notebook, title,
+    the profile and data source of `params`, the seconds since `started` (time.perf_counter()), then
+    `fields` in the order given (results, claims, leaderboard, differences, anything else)."""
+    # The real release keeps its test labels back: the report then shows the test rows as not released.
+    released = {} if params["data"]["source"] != "real" else {"test_labels": test_labels_released(params["data"]["root"])}
+    return {"paper": paper, "notebook": notebook, "title": title, "profile": params["profile"],
+            "data": params["data"]["source"], **released, "seconds": round(time.perf_counter() - started, 1), **fields}
+
+
+def write_notebook_summary(out_dir: str | Path, paper: str, notebook: str, title: str, params, started: float,
+                           **fields) -> Path:
+    """notebook_summary(...) written to <out_dir>/<notebook>.json by write_summary; prints where."""
+    summary = notebook_summary(paper, notebook, title, params, started, **fields)
+    path = write_summary(out_dir, notebook, summary)
+    print(f"written {path} after {summary['seconds']} s")
+    return path
