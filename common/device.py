@@ -1,4 +1,4 @@
-"""Which device a module lives on, where inference runs (DESIGN.md, "GPU conventions"), and how
+"""Which device a module lives on, where inference runs, and how
 many CPU threads torch uses for a block (`torch_threads`).
 
 Rule: anything a loss, augmentation, evaluate, predict or extract function creates takes its
@@ -25,7 +25,7 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def inference_device() -> torch.device:
-    """Where a feature extractor runs: the GPU when there is one (issue 11), else the CPU."""
+    """Where a feature extractor runs: the GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -206,7 +206,7 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore: int
             raise ValueError(f"target holds class {bad}, outside 0..{n_classes - 1} and not the "
                              f"ignore value {ignore}")
     else:
-        # On an accelerator the check must not wait for the device every step (issue 11): it is
+        # On an accelerator the check must not wait for the device every step: it is
         # queued there, and a bad class stops the run at the next synchronisation.
         torch._assert_async(~out_of_range.any(), f"target holds a class outside 0..{n_classes - 1} "
                             f"and not the ignore value {ignore}")

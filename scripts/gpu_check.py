@@ -5,7 +5,7 @@ trained for a few steps with its own training loss (the one its pipeline stage u
 already on the GPU. Each is timed four ways:
   * `fit`:      what common.train.fit does: bf16 autocast, channels_last for conv nets with
                 cudnn.benchmark, fused Adam, the loss summed on the device (common.train.train_step);
-  * `before`:   the loop as it was before issue 11 (NCHW, unfused Adam, float(loss) every step);
+  * `before`:   the loop as it was before these changes (NCHW, unfused Adam, float(loss) every step);
   * `nchw`:     `fit` without channels_last (a bare variant);
   * `compiled`: `fit` under torch.compile (a bare variant; skipped when it does not compile).
 The `fit` share of the fastest variant is the issue's ">= 90 % of the fastest bare loop"
@@ -342,7 +342,7 @@ def shares(row: dict, variants) -> dict:
 
 def resume_check(out_root: Path, deterministic: bool) -> dict:
     """fit() of a small conv net killed after epoch 2 and resumed, against an uninterrupted run:
-    the largest weight difference (0.0 = exact; issue 11 measured 8.7e-3 before the CUDA RNG was
+    the largest weight difference (0.0 = exact; an earlier run measured 8.7e-3 before the CUDA RNG was
     checkpointed and the deterministic switch existed)."""
     from torch.utils.data import TensorDataset
 

@@ -3,7 +3,7 @@
     python scripts/gpu_paper_loops.py [--work /tmp/gpu_paper_loops] [--out reports/benchmarks]
                                       [--budget-s 300] [--step-s 180] [--tiny] [--keep]
 
-Part of the GPU check (issue 11, item 2): the `paper` profile's networks and loops, shrunk in data
+Part of the GPU check (`make gpu-check`): the `paper` profile's networks and loops, shrunk in data
 and epochs only, run end to end on whatever device torch sees.
 
 1. Writes <work>/params.yaml: the `paper` profile of the project's params.yaml (`--tiny`: the

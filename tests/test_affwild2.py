@@ -219,7 +219,7 @@ def test_big_file_fast_path_matches_values_and_finds_late_error(tmp_path):
 
 
 def test_big_file_non_numeric_last_line_found_without_the_line_by_line_walk(tmp_path, monkeypatch):
-    # Issue 13: one bad token on the last line of a big file used to send the whole file through
+    # One bad token on the last line of a big file used to send the whole file through
     # the Python line walk (31 s for a million rows); one regex scan finds it now.
     def no_walk(*args, **kwargs):
         raise AssertionError("the line-by-line slow path ran")

@@ -1,4 +1,4 @@
-"""Each paper folder opens with its chapter, papers/<paper>/README.md (issue 15).
+"""Each paper folder opens with its chapter, papers/<paper>/README.md.
 
 The chapter's table maps the paper's equations and sections to `file.py:function`; these tests
 keep it true: every name in it exists, every "Eq. N" the paper's code cites is in it, every

@@ -1,4 +1,4 @@
-"""Device placement (issue 11; DESIGN.md "GPU conventions"): every tensor a loss, augmentation,
+"""Device placement: every tensor a loss, augmentation,
 evaluate, predict or extract function creates follows the model's device.
 
 CI has no GPU, so each path runs with the model and the batch on torch's `meta` device: tensors

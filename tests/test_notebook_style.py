@@ -1,4 +1,4 @@
-"""Notebooks read as chapters (issue 15 items 3, 4).
+"""Notebooks read as chapters.
 
 The measure of "prose at least equal to code": the non-whitespace characters of a notebook's
 markdown cells against those of its code cells (every code cell: the parameters cell, comments

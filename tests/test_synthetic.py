@@ -1,4 +1,4 @@
-"""The embedded corpus carries the signal it promises (DESIGN.md, "The embedded default").
+"""The embedded corpus carries the signal it promises.
 
 Each causal link is proven with a simple probe on a small generated corpus; each structural
 promise (layout, splits, determinism, atomic writes, parameter checks) with a direct check.

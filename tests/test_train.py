@@ -217,7 +217,7 @@ def kill_at_epoch_2(state, **_):
 
 def test_a_damaged_checkpoint_is_refused_not_resumed(tmp_path):
     """16 zeroed bytes inside one weight tensor load without complaint from torch.load: the
-    checksum written with the checkpoint catches them (issue 13)."""
+    checksum written with the checkpoint catches them."""
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, hooks=[kill_at_epoch_2])
     path = tmp_path / "checkpoint.pt"

@@ -2,7 +2,8 @@
 
 Zhang et al. feed 128-d VGGish embeddings to their second aural TCN (Sec. 3.2), "obtained from
 the pre-trained VGGish model" (Sec. 4.2), one embedding per video frame: the authors' code slides
-the 0.96 s VGGish window with a hop of 1/fps and applies no PCA (REFERENCE_FACTS.md, Zhang).
+the 0.96 s VGGish window with a hop of 1/fps and applies no PCA (sucv/ABAW2@71d40fb:preprocessing.py:419-435,
+vggish/inference.py:54-58; ledger: vggish).
 
 Input, exactly as the published model's front end (AudioSet `vggish_input.py` / `mel_features.py`):
 16 kHz mono -> STFT magnitude with a 25 ms periodic Hann window, 10 ms hop, 512-point FFT -> 64 mel

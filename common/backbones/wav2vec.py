@@ -113,7 +113,7 @@ class Wav2Vec2Pretrain(nn.Module):
     def contrastive_loss(self, waveforms: torch.Tensor) -> torch.Tensor:
         logits, code_probs = self.masked_logits(waveforms)
         n = sum(len(l) for l in logits)
-        # the target (column 0) follows the logits to their device (issue 11)
+        # the target (column 0) follows the logits to their device
         contrastive = sum(F.cross_entropy(l, torch.zeros(len(l), dtype=torch.long, device=l.device), reduction="sum")
                           for l in logits) / max(n, 1) if logits else code_probs.sum() * 0.0
         gv = code_probs.numel()
