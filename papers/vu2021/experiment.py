@@ -90,6 +90,14 @@ def gru_run(params: dict, out_dir, kind: str, seed: int, progress: bool = False)
     return finished_run(out, train, config_key(params, "vu2021", stage="gru", kind=kind, seed=seed))
 
 
+def gru_grid(params: dict, out_dir, kinds) -> list[dict]:
+    """Every (seed, kind) GRU run's result.json, in that order, the seeds `vu2021.workers` at a time as
+    in cnn_grid (each seed extracts its own CNN's features into its own cache folder, then trains)."""
+    per_seed = run_parallel(lambda seed: [gru_run(params, out_dir, kind, seed) for kind in kinds],
+                            params["vu2021"]["seeds"], params["vu2021"]["workers"])
+    return [row for rows in per_seed for row in rows]
+
+
 def cnn_on_gru_frames(params: dict, out_dir, seed: int) -> dict:
     """The student (with sharing) CNN alone, scored on every annotated frame like the GRU."""
     # Written under gru/ (the Table 3 stage's output), never into students/: a later stage that
