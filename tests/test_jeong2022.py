@@ -13,8 +13,8 @@ import torch
 from common.backbones.resnext_se import ResNeXtSE
 from common.backbones.soundnet import (LAYERS, SAMPLE_RATE, SoundNet8, SoundNetWeightsError, hop_samples,
                                        load_soundnet_weights, port_key_to_ours)
+from common.claims import VERDICTS
 from common.features import soundnet as sn_features
-from common.report import VERDICTS
 from common.train import TrainConfig, fit
 from papers.jeong2022.data import Corpus, frame_offsets, inputs
 from papers.jeong2022.model import JeongNet

@@ -208,7 +208,7 @@ def test_published_csv_has_every_number():
 def test_smoke_notebooks(tiny_features, tmp_path):
     from common.features.faces import extract_faces
     from common.notebooks import run_notebook
-    from common.report import VERDICTS
+    from common.claims import VERDICTS
     params, path = tiny_features
     extract_faces(params, workers=0, progress=False)
     reports = tmp_path / "reports"
