@@ -102,5 +102,6 @@ PUBLISHED = torchaudio_layouts(
 def load_hubert_weights(model, path) -> None:
     """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
     this module's own names, a torchaudio bundle state dict or a fairseq checkpoint (PUBLISHED)."""
-    load_checked(model, path, HubertWeightsError, "HuBERT", "hubert", "conv / dim / layers / heads / clusters / final_dim",
+    load_checked(model, path, HubertWeightsError, "HuBERT", "hubert",
+                 "conv / dim / layers / heads / clusters / final_dim",
                  PUBLISHED)

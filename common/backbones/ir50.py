@@ -55,7 +55,8 @@ class IRNet(nn.Module):
         super().__init__()
         self.config = {"block": "ir", "layers": [int(n) for n in layers], "width": int(width),
                        "embed_dim": int(embed_dim), "crop": int(crop), "first_stride": int(first_stride)}
-        self.input_layer = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(width))
+        self.input_layer = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                         nn.PReLU(width))
         units, self._stage_ends, c, size = [], [], int(width), int(crop)
         for i, n in enumerate(self.config["layers"]):
             c_out, stride = int(width) * 2 ** i, (int(first_stride) if i == 0 else 2)
@@ -85,15 +86,19 @@ def from_abaw2_fer(state: dict) -> dict:
 
 _FITS = "block ir, layers [3, 4, 14, 3], width 64, embed_dim 512"
 PUBLISHED = (
-    Layout("Zhang et al.'s IR-50 FER+ checkpoint (sucv/ABAW2 my_res50)", "backbone.input_layer.0.weight", from_abaw2_fer,
-           f"the ABAW2 FER+ backbone .pth with {_FITS}, crop 40, first_stride 1 (its output layer is Linear(512 * 5 * 5))"),
+    Layout("Zhang et al.'s IR-50 FER+ checkpoint (sucv/ABAW2 my_res50)", "backbone.input_layer.0.weight",
+           from_abaw2_fer,
+           f"the ABAW2 FER+ backbone .pth with {_FITS}, crop 40, first_stride 1 "
+           "(its output layer is Linear(512 * 5 * 5))"),
     Layout("face.evoLVe IR-50 backbone", "input_layer.0.weight", dict,
-           f"backbone_ir50_ms1m_epoch120.pth / backbone_ir50_asia.pth with {_FITS}, crop 112, first_stride 2 (7x7 map)"),
+           f"backbone_ir50_ms1m_epoch120.pth / backbone_ir50_asia.pth with {_FITS}, crop 112, "
+           "first_stride 2 (7x7 map)"),
 )
 
 
 def build_ir50(cfg: dict) -> IRNet:
-    """From the params.yaml `visual_encoder` section (block ir: layers, width, embed_dim, dropout, crop, first_stride)."""
+    """From the params.yaml `visual_encoder` section
+    (block ir: layers, width, embed_dim, dropout, crop, first_stride)."""
     return IRNet(cfg["layers"], cfg["width"], cfg["embed_dim"], cfg["dropout"], cfg["crop"],
                  int(cfg.get("first_stride", 2)))
 

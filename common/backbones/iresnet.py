@@ -53,7 +53,8 @@ class IResNet(nn.Module):
         super().__init__()
         self.config = {"layers": [int(n) for n in layers], "width": int(width), "embed_dim": int(embed_dim),
                        "input_size": int(input_size), "dropout": float(dropout)}
-        blocks, c, size = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(width)], width, input_size
+        blocks = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(width)]
+        c, size = width, input_size
         for i, n in enumerate(self.config["layers"]):
             c_out = width * 2 ** i
             for j in range(n):

@@ -65,7 +65,8 @@ class FerPlusResNet50(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self._cbr("conv1_7x7_s2", x))
         for name in self.blocks:
-            y = self._cbr(f"{name}_1x1_increase", self._cbr(f"{name}_3x3", self._cbr(f"{name}_1x1_reduce", x)), relu=False)
+            y = self._cbr(f"{name}_1x1_increase", self._cbr(f"{name}_3x3", self._cbr(f"{name}_1x1_reduce", x)),
+                          relu=False)
             skip = self._cbr(f"{name}_1x1_proj", x, relu=False) if hasattr(self, f"{name}_1x1_proj") else x
             x = torch.relu(y + skip)
         return x.mean((2, 3))

@@ -201,7 +201,8 @@ def load_soundnet_weights(model: SoundNet8, path: str | Path) -> None:
     try:
         raw = read_numpy_weights(path) if is_npy else read_state_dict(path)
     except UnreadableWeights as e:
-        raise SoundNetWeightsError(f"{path}: cannot be read as {'a numpy dict of arrays' if is_npy else 'a weights-only torch state dict'} "
+        raise SoundNetWeightsError(f"{path}: cannot be read as "
+                                   f"{'a numpy dict of arrays' if is_npy else 'a weights-only torch state dict'} "
                                    f"({e}); fix soundnet.weights: {PUBLISHED}") from None
     if not isinstance(raw, dict):
         raise SoundNetWeightsError(f"{path}: holds a {type(raw).__name__}, not a dict of layers; fix soundnet.weights: "
@@ -215,7 +216,8 @@ def load_soundnet_weights(model: SoundNet8, path: str | Path) -> None:
                 value = value.squeeze(-1)
             mapped[port_key_to_ours(key)] = value
     for key, value in model.state_dict().items():    # not stored by the TF port or torch < 0.4.1
-        if key.endswith("num_batches_tracked") and key not in mapped and key.replace("num_batches_tracked", "running_var") in mapped:
+        if (key.endswith("num_batches_tracked") and key not in mapped
+                and key.replace("num_batches_tracked", "running_var") in mapped):
             mapped[key] = torch.zeros_like(value)
     problems = _mismatches(model, mapped)
     if problems:

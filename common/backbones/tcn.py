@@ -12,7 +12,6 @@ normalisation on every convolution, dropout 0.1, a residual connection per block
   Its nn.Dropout2d on (B, C, T) zeroes whole channels in torch 1.6 and 2.9 alike; nn.Dropout1d
   does the same with the same random draws.
 """
-import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 

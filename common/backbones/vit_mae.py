@@ -136,7 +136,8 @@ def from_mae_release(state: dict) -> dict:
     in_proj_weight/in_proj_bias). A fine-tuning head (head.*, fc_norm.*) is dropped."""
     out = {}
     for key, value in state.items():
-        m = re.match(r"(blocks|decoder_blocks)\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", key)
+        m = re.match(r"(blocks|decoder_blocks)\.(\d+)\."
+                     r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", key)
         if m:
             stack = "encoder" if m[1] == "blocks" else "decoder"
             part = _BLOCK_PARTS[m[3]]
@@ -159,5 +160,6 @@ MAE_RELEASE = Layout(
 def load_mae_weights(model: MaskedAutoencoderViT, path) -> None:
     """Load a local state dict (torch.load weights_only=True) into `model`, or say what does not fit:
     this module's own names, or the official MAE release (MAE_RELEASE)."""
-    load_checked(model, path, MAEWeightsError, "MAE", "mae", "crop / patch / dim / depth / decoder_dim / decoder_depth / decoder_heads",
+    load_checked(model, path, MAEWeightsError, "MAE", "mae",
+                 "crop / patch / dim / depth / decoder_dim / decoder_depth / decoder_heads",
                  (MAE_RELEASE,))

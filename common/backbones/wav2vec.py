@@ -76,7 +76,8 @@ class Wav2Vec2Pretrain(nn.Module):
     def masked_logits(self, waveforms: torch.Tensor):
         """Per utterance, (masked steps, 1 + K) similarity logits (target column 0), and the code probabilities."""
         z, _ = self.model.feature_extractor(waveforms, None)            # (B, T, conv) latents
-        q, code_probs = self.quantizer(self.model.encoder.feature_projection.layer_norm(z))   # as fairseq: normalised latents
+        # as fairseq: normalised latents
+        q, code_probs = self.quantizer(self.model.encoder.feature_projection.layer_norm(z))
         x, _ = self.model.encoder._preprocess(z, None)                   # layer norm + projection to dim
         x, mask = self._mask_spans(x)
         c = self.final_proj(self.model.encoder.transformer(x))
@@ -112,10 +113,10 @@ class Wav2Vec2Pretrain(nn.Module):
 
     def contrastive_loss(self, waveforms: torch.Tensor) -> torch.Tensor:
         logits, code_probs = self.masked_logits(waveforms)
-        n = sum(len(l) for l in logits)
+        n = sum(len(lg) for lg in logits)
         # the target (column 0) follows the logits to their device
-        contrastive = sum(F.cross_entropy(l, torch.zeros(len(l), dtype=torch.long, device=l.device), reduction="sum")
-                          for l in logits) / max(n, 1) if logits else code_probs.sum() * 0.0
+        contrastive = sum(F.cross_entropy(lg, torch.zeros(len(lg), dtype=torch.long, device=lg.device), reduction="sum")
+                          for lg in logits) / max(n, 1) if logits else code_probs.sum() * 0.0
         gv = code_probs.numel()
         perplexity = torch.exp(-(code_probs * (code_probs + 1e-7).log()).sum(-1)).sum()
         return contrastive + self.diversity_weight * (gv - perplexity) / gv              # Eq. 4
@@ -125,8 +126,8 @@ class Wav2Vec2Pretrain(nn.Module):
         """(hits, masked steps, expected hits by chance): steps whose own q_t is the most similar among
         q_t and its K distractors; chance is 1 / (candidates left) per step."""
         logits, _ = self.masked_logits(waveforms)
-        return (sum(int((l.argmax(1) == 0).sum()) for l in logits), sum(len(l) for l in logits),
-                sum(float((1.0 / torch.isfinite(l).sum(1)).sum()) for l in logits))
+        return (sum(int((lg.argmax(1) == 0).sum()) for lg in logits), sum(len(lg) for lg in logits),
+                sum(float((1.0 / torch.isfinite(lg).sum(1)).sum()) for lg in logits))
 
 
 def load_wav2vec_weights(model: Wav2Vec2Pretrain, path) -> None:
@@ -138,8 +139,9 @@ def load_wav2vec_weights(model: Wav2Vec2Pretrain, path) -> None:
     which keeps its seeded initialisation: extraction never runs it."""
     from common.backbones.hubert import torchaudio_layouts
     published = torchaudio_layouts(
-        "model.", "wav2vec 2.0 Base wav2vec2_fairseq_base_ls960.pth (torchaudio WAV2VEC2_BASE) or fairseq wav2vec_small.pt "
-        "with conv 512, dim 768, layers 12, heads 12, pos_conv_kernel 128, pos_conv_groups 16 (the paper profile)",
+        "model.", "wav2vec 2.0 Base wav2vec2_fairseq_base_ls960.pth (torchaudio WAV2VEC2_BASE) "
+        "or fairseq wav2vec_small.pt with conv 512, dim 768, layers 12, heads 12, pos_conv_kernel 128, "
+        "pos_conv_groups 16 (the paper profile)",
         ("quantizer.", "final_proj.", "mask_generator."))
     load_checked(model, path, Wav2VecWeightsError, "wav2vec 2.0", "wav2vec",
                  "conv / dim / layers / heads / groups / entries / final_dim", published)

@@ -79,16 +79,19 @@ FEATURES = {f.name: f for f in [
     Feature("fau", "visual", "IResNet-100, facial action unit detection on a commercial AU set",
             "a narrow IResNet in pure torch (common/backbones/iresnet.py; IResNet-100 in the paper profile) trained "
             "in the pipeline for the 12 ABAW AUs on the Train_Set's AU-annotated frames (or weights from "
-            "fau.weights); BN-FC-BN embedding per face frame (common/features/fau.py)", "video fps", _network("fau"), "face_network@fau"),
+            "fau.weights); BN-FC-BN embedding per face frame (common/features/fau.py)", "video fps", _network("fau"),
+            "face_network@fau"),
     Feature("ms_va", "visual", "MobileNet, valence-arousal regression on AffectNet",
             "a narrow MobileNetV2 in pure torch (common/backbones/mobilenet.py) trained in the pipeline for valence "
             "and arousal (1 - CCC) on the AffectNet-like stills (or weights from ms_va.weights); pooled penultimate "
-            "feature per face frame (common/features/face_networks.py)", "video fps", _network("face_networks", "ms_va"),
+            "feature per face frame (common/features/face_networks.py)", "video fps",
+            _network("face_networks", "ms_va"),
             "face_network@ms_va"),
     Feature("mae", "visual", "ViT masked autoencoder on DFEW, EmotioNet, FERV39k (expression + AU)",
             "a tiny ViT masked autoencoder in pure torch (common/backbones/vit_mae.py) pre-trained in the pipeline, "
             "self-supervised, on Train_Set faces (or weights from mae.weights); no expression / AU fine-tuning; "
-            "mean encoder token per face frame (common/features/mae.py)", "video fps", _network("mae"), "face_network@mae"),
+            "mean encoder token per face frame (common/features/mae.py)", "video fps", _network("mae"),
+            "face_network@mae"),
     Feature("affectnet", "visual", "expression model pre-trained on AffectNet (Table 1 row 3; not described further)",
             "the shared frame encoder (common/features/visual.py): a small ResNet pre-trained in the pipeline on the "
             "AffectNet-like stills for 7-class expression + VA, 512-d; a faithful small stand-in",
@@ -107,7 +110,8 @@ FEATURES = {f.name: f for f in [
     Feature("wav2vec", "audio", "wav2vec 2.0, self-supervised on speech",
             "a tiny wav2vec 2.0 (torchaudio's encoder + a Gumbel quantiser and the contrastive + diversity "
             "losses, common/backbones/wav2vec.py) pre-trained in the pipeline on the training audio (or weights "
-            "from wav2vec.weights); last layer (common/features/wav2vec.py)", "50 Hz", _network("wav2vec"), "network@wav2vec"),
+            "from wav2vec.weights); last layer (common/features/wav2vec.py)", "50 Hz", _network("wav2vec"),
+            "network@wav2vec"),
     Feature("hubert", "audio", "HuBERT, self-supervised masked prediction on speech",
             "a tiny HuBERT from torchaudio's blocks (common/backbones/hubert.py), HuBERT iteration 1 in the "
             "pipeline: masked prediction of MFCC k-means ids on the training audio (or weights from "

@@ -42,8 +42,7 @@ from common import runs
 from common.features import pretraining
 from common.features.cache import FeatureCache, FeatureCacheError
 from common.features.extract import audio_todo, audio_tracks, put_aligned
-from common.files import atomic_torch_save, atomic_write_json
-from common.weights import weights_provenance
+from common.files import atomic_write_json
 
 NAME = "ecapatdnn"
 VERSION = "1"

@@ -71,7 +71,8 @@ def extract_audio(params: dict, name: str, workers: int = 2, progress: bool = Tr
     started = time.perf_counter()
     groups = audio_tracks(root)
     todo = audio_todo(groups, cache)
-    bar = tqdm(total=len(todo), desc=f"features: {name}", unit="audio", disable=None if progress else True, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"features: {name}", unit="audio", disable=None if progress else True,
+               file=sys.stderr)
     with mp.get_context("fork").Pool(workers) if workers > 1 else _Serial() as pool:
         for wav, feats in zip(todo, pool.imap(_compute, [(name, wav) for wav in todo])):
             put_aligned(cache, groups[wav], feats, extractor.rate)
@@ -105,7 +106,8 @@ def stage_parser(description: str, steps: bool = True, workers: str | None = Non
     --workers (processes the tracks are shared out to, default 2)."""
     ap = argparse.ArgumentParser(description=description)
     if steps:
-        ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"), help="run in order (the DVC stage runs both)")
+        ap.add_argument("steps", nargs="+", choices=("pretrain", "extract"),
+                        help="run in order (the DVC stage runs both)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", choices=("smoke", "default", "paper"))
     if workers is not None:

@@ -68,7 +68,8 @@ class FaceNetwork:
 
 
 NETWORKS = {
-    "densenet": FaceNetwork("expression", build_densenet, load_densenet_weights, DenseNetWeightsError, densenet_config_width),
+    "densenet": FaceNetwork("expression", build_densenet, load_densenet_weights, DenseNetWeightsError,
+                            densenet_config_width),
     "ires100": FaceNetwork("expression", build_iresnet, load_iresnet_weights, IResNetWeightsError),
     "ms_va": FaceNetwork("va", build_mobilenet, load_mobilenet_weights, MobileNetWeightsError),
 }

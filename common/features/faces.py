@@ -49,7 +49,8 @@ from common.params import ParamsError, load_params
 EXTRACTOR = "faces"
 VERSION = "1"
 FORMATS = ("npy", "jpeg")
-JPEG_QUALITY = 95            # re-encoding of faces resized to faces.size (4:4:4 chroma); same-size JPEGs are kept as they are
+# re-encoding of faces resized to faces.size (4:4:4 chroma); same-size JPEGs are kept as they are
+JPEG_QUALITY = 95
 STAGE = "`python -m common.features.faces` (dvc stage face_pixels)"
 
 
@@ -385,7 +386,8 @@ def extract_face_feature(params: dict, name: str, encoder: nn.Module, cache, cro
 def main(argv=None) -> int:
     args = stage_parser("decode every face track once into the face-pixel cache", steps=False,
                         workers="JPEG-decoding processes").parse_args(argv)
-    return run_stage(lambda: print(json.dumps(extract_faces(load_params(args.params, args.profile), args.workers), indent=2)),
+    return run_stage(lambda: print(json.dumps(extract_faces(load_params(args.params, args.profile), args.workers),
+                                              indent=2)),
                      (ParamsError, AffWild2Error, FeatureCacheError, ValueError))
 
 

@@ -220,7 +220,8 @@ def extract_fer(params: dict, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    return cli(argv, "fer", "pre-train (or load) the FER network, or extract its features", pretrain_fer, extract_fer, (FerWeightsError,))
+    return cli(argv, "fer", "pre-train (or load) the FER network, or extract its features", pretrain_fer, extract_fer,
+               (FerWeightsError,))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def _train_hubert(params: dict, model, out_dir: Path, progress: bool) -> dict:
     result = fit(model, TensorDataset(x, y), training_loss, evaluate,
                  pretraining.train_config(p, "val_masked_accuracy", "max"),
                  out_dir / "train", progress=progress, key=runs.feature_key(params))
-    return {"source": "pre-trained in pipeline: HuBERT iteration 1 (masked prediction of MFCC k-means ids, training audio)",
+    return {"source": "pre-trained in pipeline: HuBERT iteration 1 "
+                      "(masked prediction of MFCC k-means ids, training audio)",
             "crops": len(x), "val_crops": len(vx), "val_majority_cluster_share": majority, "validation": result["best"]}
 
 

@@ -316,7 +316,8 @@ def extract_soundnet(params: dict, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    return cli(argv, "soundnet", "pre-train (or load) SoundNet, or extract its features", pretrain_soundnet, extract_soundnet, (SoundNetWeightsError,))
+    return cli(argv, "soundnet", "pre-train (or load) SoundNet, or extract its features", pretrain_soundnet,
+               extract_soundnet, (SoundNetWeightsError,))
 
 
 if __name__ == "__main__":

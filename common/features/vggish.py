@@ -346,7 +346,8 @@ def extract_vggish(params: dict, workers: int = 2, progress: bool = True) -> dic
     # Tracks sharing a wav share its length; the longest one sets how far embeddings go.
     jobs = [(wav, max(t.n_frames for t in groups[wav]), groups[wav][0].fps) for wav in todo]
     patches = 0
-    bar = tqdm(total=len(todo), desc="features: vggish", unit="audio", disable=None if progress else True, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="features: vggish", unit="audio", disable=None if progress else True,
+               file=sys.stderr)
     threads = cfg["threads"]
     # On a GPU (the paper profile: the published network, a patch per frame) one process feeds it;
     # forked workers cannot share CUDA. On the CPU, one wav per worker process.

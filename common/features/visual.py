@@ -116,8 +116,8 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     if problems:
         fits = "; ".join(f"{lo.name}: {lo.fits}" for lo in IR_PUBLISHED)
         raise EncoderWeightsError(f"{path}: does not fit the configured frame encoder {encoder_config_note(encoder)}; "
-                                  f"{problems}. Set visual_encoder block/layers/width/embed_dim/crop/first_stride to the "
-                                  f"file's architecture (published files this loader reads: {fits}).")
+                                  f"{problems}. Set visual_encoder block/layers/width/embed_dim/crop/first_stride "
+                                  f"to the file's architecture (published files this loader reads: {fits}).")
     encoder.load_state_dict(state)
     encoder.weights_source = layout.name if layout is not None else None
 
@@ -301,7 +301,8 @@ def main(argv=None) -> int:
     ap = stage_parser("pre-train (or load) the frame encoder, then extract its features",
                       workers="JPEG-decoding processes for extract")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads; 2 only helps on an otherwise idle machine (see common.device.torch_threads)")
+                    help="torch CPU threads; 2 only helps on an otherwise idle machine (see "
+                         "common.device.torch_threads)")
     args = ap.parse_args(argv)
 
     def run():
