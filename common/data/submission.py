@@ -41,7 +41,8 @@ def format_predictions(task: str, values, video: str = "?") -> str:
         rows = [f"{v:.6f},{a:.6f}" for v, a in np.clip(values, -1.0, 1.0)]
     elif task == "EXPR":
         if not np.isin(values, np.arange(len(EXPR_NAMES))).all():
-            raise SubmissionError(f"EXPR predictions of video {video!r} must be class indices 0..7 (argmax of the logits)")
+            raise SubmissionError(f"EXPR predictions of video {video!r} must be class indices 0..7 "
+                                  "(argmax of the logits)")
         rows = [str(int(c)) for c in values]
     else:
         if not np.isin(values, (0, 1)).all():
