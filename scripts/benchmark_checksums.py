@@ -39,7 +39,8 @@ def timed(fn) -> float:
 
 def measure(caches: list, arrays: dict) -> dict:
     """Seconds to write every array without / with checksums, check them once, and read them again."""
-    plain = timed(lambda: [atomic_save_npy(c.folder / "plain" / f"{v}.npy", a) for c in caches for v, a in arrays[c].items()])
+    plain = timed(lambda: [atomic_save_npy(c.folder / "plain" / f"{v}.npy", a)
+                           for c in caches for v, a in arrays[c].items()])
     put = timed(lambda: [c.put(v, a) for c in caches for v, a in arrays[c].items()])
     cache_module._VERIFIED.clear()                                 # as a new process (page cache warm)
     first = timed(lambda: [c.get(v) for c in caches for v in arrays[c]])
@@ -48,7 +49,8 @@ def measure(caches: list, arrays: dict) -> dict:
     files = sum(len(arrays[c]) for c in caches)
     return {"files": files, "mebibytes": round(size / 2 ** 20, 1), "write_s": round(plain, 2),
             "write_with_checksum_s": round(put, 2), "first_read_s": round(first, 2),
-            "first_read_mib_per_s": round(size / 2 ** 20 / first), "later_read_us_per_file": round(again / files * 1e6, 1)}
+            "first_read_mib_per_s": round(size / 2 ** 20 / first),
+            "later_read_us_per_file": round(again / files * 1e6, 1)}
 
 
 def main() -> None:

@@ -37,7 +37,8 @@ def main() -> None:
     rows.append(run(default, subjects=12, seconds=[20, 20], two_person_videos=0, side_sets=small_sides, workers=1))
     rows.append(run(default, subjects=6, seconds=[20, 20], two_person_videos=0, side_sets=small_sides, image_size=112))
     rows.append({**run(default), "note": "the default profile"})
-    print(f"{'subjects':>8} {'s/video':>8} {'px':>4} {'workers':>7} {'frames':>7} {'wall s':>7} {'frames/s':>9} {'MiB':>6}")
+    print(f"{'subjects':>8} {'s/video':>8} {'px':>4} {'workers':>7} {'frames':>7} {'wall s':>7} "
+          f"{'frames/s':>9} {'MiB':>6}")
     for r in rows:
         print(f"{r['subjects']:>8} {r['seconds_per_video'][0]:>8} {r['image_size']:>4} {r['workers']:>7} "
               f"{r['frames']:>7} {r['wall_s']:>7} {r['frames_per_s']:>9} {r['mib']:>6}")

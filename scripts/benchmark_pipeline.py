@@ -72,7 +72,8 @@ def run_timed(cmd: list[str], env: dict) -> tuple[list[tuple[str, float]], float
             marks.append((m.group(1), time.perf_counter()))
     code = proc.wait()
     end = time.perf_counter()
-    stages = [(name, round((marks[i + 1][1] if i + 1 < len(marks) else end) - t, 1)) for i, (name, t) in enumerate(marks)]
+    stages = [(name, round((marks[i + 1][1] if i + 1 < len(marks) else end) - t, 1))
+              for i, (name, t) in enumerate(marks)]
     return stages, round(end - started, 1), code
 
 
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--table", action="store_true", help="only print the table of the last run's JSON")
     args = ap.parse_args(argv)
     if args.table:
-        result = json.loads((ROOT / "reports" / "benchmarks" / f"pipeline_{args.profile or 'default'}.json").read_text())
+        path = ROOT / "reports" / "benchmarks" / f"pipeline_{args.profile or 'default'}.json"
+        result = json.loads(path.read_text())
         print_table(result)
         return 0
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}

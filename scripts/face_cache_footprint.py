@@ -51,7 +51,8 @@ def measure(root: Path, subjects: int, seconds: list, size: int) -> dict:
         seconds_taken = time.perf_counter() - started
         cache = faces.face_cache(fp)
         stored = sum(cache.path(t.video).stat().st_size for t in tracks)
-        out[format] = {"bytes_per_frame": round(stored / frames, 1), "stage_frames_per_s": round(frames / seconds_taken, 1),
+        out[format] = {"bytes_per_frame": round(stored / frames, 1),
+                       "stage_frames_per_s": round(frames / seconds_taken, 1),
                        "projected_gb": round(stored / frames * AFFWILD2_FRAMES / 1e9, 1)}
     cache = faces.face_cache({**params, "faces": {"size": size, "format": "jpeg"}})
     lazy = [cache.get(t.video, t.n_frames) for t in tracks]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -70,11 +69,9 @@ class Network:
 
 def paper_networks(P: dict, tiny: bool) -> list[Network]:
     """The paper-profile networks (or the smoke sizes under --tiny), with their stages' losses."""
-    from common.backbones.densenet import build_densenet
     from common.backbones.ecapatdnn import build_ecapa
     from common.backbones.hubert import build_hubert, last_layer
     from common.backbones.iresnet import build_iresnet
-    from common.backbones.mobilenet import build_mobilenet
     from common.backbones.soundnet import SoundNet8
     from common.backbones.vggish import build_vggish
     from common.backbones.vit_mae import build_mae
@@ -405,7 +402,8 @@ def project_papers(P: dict, rows: dict, specs: dict) -> list[dict]:
     windows_per_epoch = 1.9e6 / int(z["hop"])
     zhang_runs = 6 * 2 * 2 * len(z["seeds"])
     s = seconds_of("zhang_tcn", windows_per_epoch * int(z["epochs"]) * zhang_runs)
-    out.append({"paper": "Zhang 2021", "what": f"{zhang_runs} runs x {z['epochs']} epochs x {windows_per_epoch:,.0f} windows",
+    out.append({"paper": "Zhang 2021",
+                "what": f"{zhang_runs} runs x {z['epochs']} epochs x {windows_per_epoch:,.0f} windows",
                 "hours": s / 3600 if s else None})
     v = P["vu2021"]
     vu_runs = 4 * len(v["seeds"])

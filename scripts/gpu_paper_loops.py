@@ -331,7 +331,8 @@ def main(argv=None) -> int:
     report = {**info, "profile": "smoke" if args.tiny else "paper", "tiny": args.tiny, "opensmile": with_opensmile,
               "budget_s": args.budget_s, "step_s": args.step_s,
               "corpus": {k: params["corpus"][k] for k in ("subjects", "seconds", "image_size")},
-              "liu_config": LIU_CONFIG, "setup_seconds": setup_seconds, "total_seconds": round(time.perf_counter() - started, 2), "steps": steps}
+              "liu_config": LIU_CONFIG, "setup_seconds": setup_seconds,
+              "total_seconds": round(time.perf_counter() - started, 2), "steps": steps}
     atomic_write_json(out_json, report)
     print(table(steps))
     print(f"{sum(s['ok'] for s in steps)}/{len(steps)} steps ok in {report['total_seconds']:.0f} s -> {out_json}")

@@ -33,7 +33,8 @@ def kernel_spec(python: str = sys.executable, root: Path = ROOT) -> dict:
         "display_name": DISPLAY_NAME,
         "language": "python",
         # figures inline, as common.notebooks runs them, whatever MPLBACKEND the shell that started Lab set
-        "env": {"PYTHONHASHSEED": "0", "DVC_NO_ANALYTICS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+        "env": {"PYTHONHASHSEED": "0", "DVC_NO_ANALYTICS": "1",
+                "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
         "metadata": {"debugger": True},
     }
 

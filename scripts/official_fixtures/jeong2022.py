@@ -260,7 +260,8 @@ def fixture_schedule(trainer_mod, tf) -> dict:
             calls.append((self.who, bool(training)))
             return None
 
-    def get_loss(t_out, labels, task, alpha, beta, domain_weight, T, non_improve_list, task_weight, exp=None, s_out=None):
+    def get_loss(t_out, labels, task, alpha, beta, domain_weight, T, non_improve_list, task_weight, exp=None,
+                 s_out=None):
         calls.append(("loss", task, float(domain_weight), float(T), s_out is not None))
         return tf.constant(0.0)
 
@@ -313,7 +314,8 @@ def fixture_schedule(trainer_mod, tf) -> dict:
 
     def train_epoch(loader, epoch):
         seen.append([t.non_improve_list[k] for k in ("VA", "EXPR", "AU")])
-        return {k: [0.0] for k in ("VA", "EXPR", "AU", "MTL")}, {k: [0.0] for k in ("VA", "EXPR", "AU", "MTL", "domain")}
+        return ({k: [0.0] for k in ("VA", "EXPR", "AU", "MTL")},
+                {k: [0.0] for k in ("VA", "EXPR", "AU", "MTL", "domain")})
 
     def valid(model, loader):
         e = len(seen) - 1
@@ -396,7 +398,6 @@ def fixture_rows(dataloader_mod, utils, official: Path, scratch: Path) -> dict:
             for wav in (crop / base).glob("*.wav"):
                 (audio_feat / base / wav.name.replace(".wav", ".npy")).write_bytes(b"")
     # label files: per task, some videos, with -5 / -1 markers and VA values of exactly -1
-    split_dir = {"train": "Train_Set", "valid": "Validation_Set"}
     for task in ("VA", "EXPR", "AU"):
         (data / "annotation" / ann[task] / "Train_Set").mkdir(parents=True)
         (data / "annotation" / ann[task] / "Validation_Set").mkdir(parents=True)

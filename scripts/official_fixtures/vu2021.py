@@ -240,7 +240,9 @@ def samplers_and_transforms(out: Path) -> None:
     torch.manual_seed(6)
     b = train(image)
     e = evaluate(image)
-    level = lambda t: (t + mean).round().clamp(0, 255).to(torch.uint8).numpy()   # back to 0-255 levels
+
+    def level(t):   # back to 0-255 levels
+        return (t + mean).round().clamp(0, 255).to(torch.uint8).numpy()
     np.savez_compressed(out / "transforms.npz", face=face.transpose(2, 0, 1), train_seed5=level(a),
                         train_seed6=level(b), eval=level(e))
 

@@ -164,7 +164,8 @@ def multimodal(official) -> dict:
     # record the fusion's inputs (the TCN outputs reaching encoder1/2/3), its scores and output
     seen = {}
     for name in ("encoder1", "encoder2", "encoder3"):
-        getattr(net, name).register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(f"in/{n}", i[0].detach().numpy().copy()))
+        getattr(net, name).register_forward_hook(lambda m, i, o,
+                                                 n=name: seen.__setitem__(f"in/{n}", i[0].detach().numpy().copy()))
     net.ln.register_forward_hook(lambda m, i, o: seen.__setitem__("ln_out", o.detach().numpy().copy()))
     softmax = mm.nn.functional.softmax
 
@@ -229,7 +230,8 @@ def fake_dataset(root: Path, rng) -> dict:
         for trial, n in trials.items():
             d = root / "npy_data" / trial
             d.mkdir(parents=True)
-            np.save(d / "mfcc.npy", (scale * rng.standard_normal((n, 39)) + rng.standard_normal(39) * 3).astype(np.float32))
+            np.save(d / "mfcc.npy",
+                    (scale * rng.standard_normal((n, 39)) + rng.standard_normal(39) * 3).astype(np.float32))
             np.save(d / "vggish.npy", (scale * rng.random((n, 128)) * 2 - 0.5).astype(np.float32))
             np.save(d / "egemaps.npy", rng.standard_normal((n, 23)).astype(np.float32))
             np.save(d / "label.npy", rng.uniform(-1, 1, (n, 2)).astype(np.float32))
@@ -257,7 +259,8 @@ def normalisation_and_windows(official: Path) -> dict:
         stats = arranger.mean_std_info
         for feature in ("mfcc", "vggish"):
             for part in ("Train_Set", "Validation_Set", "Target_Set"):
-                out[f"stats/{feature}/{part}"] = np.array([stats[feature][0][part]["mean"], stats[feature][0][part]["std"]])
+                out[f"stats/{feature}/{part}"] = np.array([stats[feature][0][part]["mean"],
+                                                           stats[feature][0][part]["std"]])
         windows = arranger.resample_according_to_window_and_hop_length(0)
         for mode, part in (("train", "Train_Set"), ("validate", "Validation_Set")):
             ds = ABAW2_VA_Dataset(windows[part], emotion="valence", head="single-headed",
@@ -287,11 +290,13 @@ def split_ccc(official) -> dict:
     lengths, window, hop = {"a": 75, "b": 18, "c": 50}, 30, 20
     labels = {k: rng.uniform(-1, 1, n).astype(np.float32) for k, n in lengths.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, obj in (("dataset_info", {"partition": {"Train_Set": {}, "Validation_Set": lengths, "Target_Set": {}}}),
+        for name, obj in (("dataset_info",
+                           {"partition": {"Train_Set": {}, "Validation_Set": lengths, "Target_Set": {}}}),
                           ("mean_std_dict", {})):
             with open(Path(tmp) / f"{name}.pkl", "wb") as f:
                 pickle.dump(obj, f)
-        windows = ABAW2_VA_Arranger(tmp, window_length=window, hop_length=hop).resample_according_to_window_and_hop_length(0)
+        arranger = ABAW2_VA_Arranger(tmp, window_length=window, hop_length=hop)
+        windows = arranger.resample_according_to_window_and_hop_length(0)
     outputs_h, labels_h = ContinuousOutputHandlerNPYTrial(["Valence"]), ContinuousOutputHandlerNPYTrial(["Valence"])
     out = {}
     for _, trial, idx, n in windows["Validation_Set"]:
