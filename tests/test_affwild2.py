@@ -509,7 +509,8 @@ def test_read_mtl_values_and_masks(corpus):
 
 
 def write_mtl(corpus: Path, rows: list) -> Path:
-    return write_text(corpus / "annotations" / "MTL_Challenge" / "train.txt", MTL_HEADER + "\n" + "\n".join(rows) + "\n")
+    return write_text(corpus / "annotations" / "MTL_Challenge" / "train.txt",
+                      MTL_HEADER + "\n" + "\n".join(rows) + "\n")
 
 
 def test_mtl_missing_image(corpus):

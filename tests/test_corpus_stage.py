@@ -24,7 +24,8 @@ def params_file(tmp_path, source, root):
 
 def test_a_real_corpus_is_indexed_not_generated(tiny_params, tmp_path):
     out = tmp_path / "stage_out"
-    rc = corpus.main(["--params", str(params_file(tmp_path, "real", tiny_params["data"]["root"])), "--stage-out", str(out)])
+    rc = corpus.main(["--params", str(params_file(tmp_path, "real", tiny_params["data"]["root"])), "--stage-out",
+                      str(out)])
     assert rc == 0
     summary = json.loads((out / "real_corpus.json").read_text())
     assert summary["source"] == "real" and len(summary["fingerprint"]["labels_sha256"]) == 64
@@ -119,9 +120,11 @@ def test_dvc_reruns_the_stages_after_the_fingerprint_exactly_when_a_label_change
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     def repro() -> int:
-        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]) if not (project / ".dvc").exists() else ():
+        inits = [["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]]
+        for cmd in inits if not (project / ".dvc").exists() else ():
             subprocess.run(cmd, cwd=project, env=env, check=True)
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True,
+                              text=True)
         assert done.returncode == 0, done.stdout + done.stderr
         return (project / "runs.txt").read_text().count("run")
 

@@ -245,7 +245,8 @@ def _zhang(modality):
     from papers.zhang2021.train import window_ccc_loss
     z = SMOKE["zhang2021"]
     dims = z["dims"]
-    x = {m: torch.randn(2, 12, dims[m]) for m in (("visual",) if modality == "unimodal" else ("visual", "mfcc", "vggish"))}
+    x = {m: torch.randn(2, 12, dims[m]) for m in (("visual",) if modality == "unimodal"
+                                                  else ("visual", "mfcc", "vggish"))}
     batch = {"x": x, "y": torch.rand(2, 12) * 2 - 1, "mask": torch.rand(2, 12) < 0.9}
     return lambda: window_ccc_loss(z["loss_unbiased"])(on_meta(build_model(z, modality)), meta(batch))
 
@@ -265,7 +266,8 @@ def _vu(stage, role):
         build, batch = (lambda: train.build_cnn(vp["cnn"])), meta(_vu_batch("image", (3, 28, 28)))
     else:
         # the GRUs read both heads' cached features, EXPR then VA: 2 x feature_dim
-        build, batch = (lambda: train.build_gru(SMOKE)), meta(_vu_batch("x", (2 * int(vp["cnn"]["feature_dim"]),), (5,)))
+        build, batch = ((lambda: train.build_gru(SMOKE)),
+                        meta(_vu_batch("x", (2 * int(vp["cnn"]["feature_dim"]),), (5,))))
     key = "image" if stage == "cnn" else "x"
     if role == "teacher":
         return lambda: losses.teacher_loss(train.forward_sets(on_meta(build()), batch, key), batch, vp)
@@ -288,7 +290,8 @@ class MetaTruth:
 
 
 PAPER_STEPS = {
-    **{f"liu2023-{e}-early": (lambda e=e: _liu(e, "early")) for e in ("transformer", "lstm", "gru", "transformer_lstm")},
+    **{f"liu2023-{e}-early": (lambda e=e: _liu(e, "early"))
+       for e in ("transformer", "lstm", "gru", "transformer_lstm")},
     "liu2023-transformer-late": lambda: _liu("transformer", "late"),
     **{f"jeong2022-{role}-{s}": (lambda role=role, s=s: _jeong(role, s))
        for role in ("teacher", "student") for s in ("va", "expr", "au", "mtl")},
@@ -439,7 +442,8 @@ def _wav2vec_extract_and_evaluate(monkeypatch):
     from common.features.hubert import chunk_frames
     model = on_meta(Wav2Vec2Pretrain(SMOKE["wav2vec"]))
     seen = []
-    monkeypatch.setattr(model, "masked_accuracy", lambda w: (seen.append(model.masked_logits(w)[1].device), (0, 0, 0.0))[1])
+    monkeypatch.setattr(model, "masked_accuracy",
+                        lambda w: (seen.append(model.masked_logits(w)[1].device), (0, 0, 0.0))[1])
     assert wav2vec.contrastive_accuracy(model, torch.randn(3, 16000), batch=2) == (0, 0, 0.0)
     assert seen == [META, META]
     frames = evaluated(_Frames(lambda net, wave: net(wave), Wav2Vec2Pretrain(SMOKE["wav2vec"])))
@@ -455,7 +459,8 @@ def _liu_predict():
                        {"a": rng.random((n, 6), np.float32), "b": rng.random((n, 4), np.float32)})
              for i, n in enumerate((7, 12))]
     norm = Normalizer(clips, ["a", "b"])
-    model = evaluated(LiuModel(6, 4, "transformer_lstm", "early", dim=8, layers=1, heads=2, segment=5, head_hidden=(8,)))
+    model = evaluated(LiuModel(6, 4, "transformer_lstm", "early", dim=8, layers=1, heads=2, segment=5,
+                               head_hidden=(8,)))
     out = data.predict(model, clips, norm, ["a"], ["b"], 5)
     assert {v: p.shape for v, p in out.items()} == {"v0": (7, 2), "v1": (12, 2)}
 

@@ -32,7 +32,8 @@ def test_each_exercise_keeps_a_runnable_cell_a_profile_and_a_prediction(paper):
         assert "**Your prediction**" in kept[i - 1].source, (paper, i)      # a place to write it down first
         # a bold line names the profile: the exercise's own, or the exercises' introduction for all of them
         said = [m for m in re.findall(r"\*\*([^*]+)\*\*", before) if "profile" in m]
-        assert said or "**Every exercise needs the default profile.**" in "\n".join(c.source for c in kept[:i]), (paper, i)
+        introduction = "\n".join(c.source for c in kept[:i])
+        assert said or "**Every exercise needs the default profile.**" in introduction, (paper, i)
     for c in checks:
         assert "exercises.check(" in c.source and "needs=" in c.source, (paper, c.source)
     text = "\n".join(c.source for c in nb.cells)
@@ -44,7 +45,8 @@ def test_check_words_the_answer_from_the_numbers(capsys):
         "fell": {"before": 0.40, "after": 0.27, "change": -0.13},
         "flat": {"before": 0.30, "after": 0.301, "change": 0.001},
         "rose": {"before": 0.10, "after": 0.15, "change": 0.05}}}
-    lines = exercises.check(result, {"fell": "down", "flat": "down|same", "rose": "down"}, needs="default", profile="default")
+    lines = exercises.check(result, {"fell": "down", "flat": "down|same", "rose": "down"}, needs="default",
+                            profile="default")
     assert lines[0] == "Answer (x): a -> b" and capsys.readouterr().out.splitlines() == lines
     assert lines[1] == "fell: fell (+0.400 -> +0.270, -0.130), as the answer expects"
     assert lines[2].startswith("flat: did not move (") and lines[2].endswith("as the answer expects")

@@ -31,7 +31,8 @@ def test_densenet_width_follows_stem_growth_and_compression(tmp_path):
     net = DenseNet(16, 12, [2, 2, 2]).eval()
     # 16 + 2*12 = 40 -> /2 = 20 -> +24 = 44 -> /2 = 22 -> +24 = 46 (no transition after the last block)
     assert net.embed_dim == 46 == densenet_width(16, 12, [2, 2, 2])
-    assert DenseNet(64, 32, [6, 12, 24, 16]).embed_dim == densenet_width(64, 32, [6, 12, 24, 16]) == 1024   # DenseNet-121
+    # DenseNet-121
+    assert DenseNet(64, 32, [6, 12, 24, 16]).embed_dim == densenet_width(64, 32, [6, 12, 24, 16]) == 1024
     x = torch.randn(3, 3, 40, 40)
     out = net(x)
     assert out.shape == (3, 46) and (out >= 0).all()            # pooled after the final BN-ReLU
@@ -65,7 +66,8 @@ def test_task_metrics_score_a_perfect_prediction_as_one():
     assert face_networks.task_metrics("expression", np.eye(7)[labels], labels)["score"] == pytest.approx(1.0)
     va = np.random.default_rng(0).uniform(-1, 1, (50, 2)).astype(np.float32)
     assert face_networks.task_metrics("va", va, va)["score"] == pytest.approx(1.0)
-    assert face_networks.task_loss("va", torch.from_numpy(va), torch.from_numpy(va)).item() == pytest.approx(0, abs=1e-5)
+    loss = face_networks.task_loss("va", torch.from_numpy(va), torch.from_numpy(va))
+    assert loss.item() == pytest.approx(0, abs=1e-5)
 
 
 def test_a_still_set_without_the_task_labels_is_refused_by_key(tiny_features):

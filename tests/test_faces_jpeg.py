@@ -172,7 +172,8 @@ def test_vu_training_reads_jpeg_faces_in_two_dataloader_workers(both, monkeypatc
         loader = DataLoader(dataset, 4, shuffle=True, generator=torch.Generator().manual_seed(0), num_workers=2)
         it = iter(loader)                                   # the workers are forked here
         with monkeypatch.context() as m:
-            m.setattr(faces, "decode_jpeg", lambda data: (_ for _ in ()).throw(AssertionError("decoded in the main process")))
+            m.setattr(faces, "decode_jpeg",
+                      lambda data: (_ for _ in ()).throw(AssertionError("decoded in the main process")))
             batches[format] = list(it)
     for a, b in zip(batches["npy"], batches["jpeg"]):
         for k in a:

@@ -136,7 +136,8 @@ def test_inf_values_are_named_with_their_file(written):
 def test_a_truncated_manifest_is_named(written):
     text = written.manifest_path.read_text()
     written.manifest_path.write_text(text[: len(text) // 2])
-    for read in (lambda: written.get("vid"), lambda: FeatureCache(written.folder.parents[1], "mfcc", "1", {"n": 13}, 3)):
+    for read in (lambda: written.get("vid"),
+                 lambda: FeatureCache(written.folder.parents[1], "mfcc", "1", {"n": 13}, 3)):
         with pytest.raises(FeatureCacheError, match=r"manifest\.json: unreadable \(.*truncated or damaged\).*"
                                                     r"dvc repro -s --force audio_features@mfcc"):
             read()
@@ -150,7 +151,8 @@ def test_a_cache_written_before_checksums_is_refused_and_rebuilt(written):
     written.manifest_path.write_text(json.dumps(manifest))
     assert not written.has("vid")
     with pytest.raises(FeatureCacheError, match=r"vid\.npy: manifest\.json records no checksum for it.*"
-                                                r"delete .* and re-run its stage: dvc repro -s --force audio_features@mfcc"):
+                                                r"delete .* and re-run its stage: "
+                                                r"dvc repro -s --force audio_features@mfcc"):
         written.get("vid")
     written.put("vid", np.zeros((50, 3)))
     assert written.has("vid") and float(written.get("vid", 50).max()) == 0.0

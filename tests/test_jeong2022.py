@@ -342,7 +342,8 @@ def test_notebooks_smoke(tiny_features, tmp_path):
     assert len(answers) == 2 and "t = 1.0" in answers[0] and "MTL batch" in answers[1]
     # the student's copy (python -m common.exercises: no solution cells) runs on the same runs
     from tests.helpers.notebooks import run_student_copy
-    printed = run_student_copy("jeong2022", "table4", {"params_path": str(params_path), "out_dir": str(reports / "jeong2022")},
+    printed = run_student_copy("jeong2022", "table4",
+                               {"params_path": str(params_path), "out_dir": str(reports / "jeong2022")},
                                tmp_path)
     assert len(printed) == 2
 

@@ -79,7 +79,8 @@ def test_configs_parse_from_params_text():
 
 def test_ecapa_tdnn_embeds_a_window_and_loads_only_fitting_weights(tmp_path):
     torch.manual_seed(0)
-    net = EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=8, scale=4, se_bottleneck=8, attention_bottleneck=8).eval()
+    net = EcapaTDNN(n_mels=20, channels=16, mfa=32, embed_dim=8, scale=4, se_bottleneck=8,
+                    attention_bottleneck=8).eval()
     x = torch.randn(3, 50, 20)
     out = net(x)
     assert out.shape == (3, 8) and torch.isfinite(out).all()
@@ -169,10 +170,13 @@ def test_padding_repeats_the_last_frame_and_is_masked():
 
 def test_temporal_model_learns_a_toy_signal(tmp_path):
     rng = np.random.default_rng(0)
-    clips = ([_clip(f"tr{i}", "train", 200, rng) for i in range(6)] + [_clip(f"va{i}", "validation", 200, rng) for i in range(2)]
+    clips = ([_clip(f"tr{i}", "train", 200, rng) for i in range(6)]
+             + [_clip(f"va{i}", "validation", 200, rng) for i in range(2)]
              + [_clip(f"te{i}", "test", 200, rng) for i in range(2)])
-    lp = {"segment": 20, "chunk_segments": 2, "dim": 16, "layers": 1, "heads": 2, "dropout": 0.0, "head_hidden": [16, 8],
-          "head_dropout": 0.0, "alpha": 1.0, "beta": 1.0, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "epochs": 10,
+    lp = {"segment": 20, "chunk_segments": 2, "dim": 16, "layers": 1, "heads": 2, "dropout": 0.0,
+          "head_hidden": [16, 8],
+          "head_dropout": 0.0, "alpha": 1.0, "beta": 1.0, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0,
+          "epochs": 10,
           "step_lr_epochs": 0, "step_lr_gamma": 0.1, "tvm_epochs": [9, 10], "folds": 2}
     params = {"liu2023": lp}
     cfg = ex.config("transformer", ["vis"], ["aud"])
@@ -263,7 +267,8 @@ def test_notebooks_run_on_the_tiny_corpus(tiny_features, tmp_path):
         assert answer["exercise"] == name and answer["metrics"] and answer["finite"], answer
     # the student's copy (python -m common.exercises: no solution cells) runs on the same runs
     from tests.helpers.notebooks import run_student_copy
-    printed = run_student_copy("liu2023", "submissions", {"params_path": str(path), "out_dir": str(tmp_path / "liu2023")},
+    printed = run_student_copy("liu2023", "submissions",
+                               {"params_path": str(path), "out_dir": str(tmp_path / "liu2023")},
                                tmp_path / "student")
     assert len(printed) == len(EXERCISES)
     short = json.loads((tmp_path / "liu2023" / "exercises" / "segment_fifth" / "answer.json").read_text())

@@ -11,7 +11,7 @@ from common.backbones.mobilenet import MobileNet, MobileNetWeightsError, load_mo
 from common.backbones.vit_mae import MAEWeightsError, MaskedAutoencoderViT, load_mae_weights, sincos_positions
 from common.backbones.hubert import STRIDE, HubertWeightsError, build_hubert, last_layer, load_hubert_weights
 from common.backbones.wav2vec import Wav2Vec2Pretrain, Wav2VecWeightsError, load_wav2vec_weights
-from common.features import bank, face_frames, fau, hubert, mae, pretraining, wav2vec
+from common.features import bank, face_frames, fau, hubert, mae, wav2vec
 from tests.helpers.features import first_track_rows, pretrain_with
 from tests.helpers.weights import check_weights_loader
 
@@ -39,12 +39,13 @@ def test_random_crop_flip_takes_one_window_and_flips_about_half_of_the_faces():
     images = torch.rand(64, 3, 6, 6)
     out = face_frames.random_crop_flip(images, 4, torch.Generator().manual_seed(0))
     assert out.shape == (64, 3, 4, 4)
-    windows = [(t, l) for t in range(3) for l in range(3)
-               if all(torch.equal(o, images[i, :, t:t + 4, l:l + 4]) or torch.equal(o, images[i, :, t:t + 4, l:l + 4].flip(-1))
+    windows = [(t, left) for t in range(3) for left in range(3)
+               if all(torch.equal(o, images[i, :, t:t + 4, left:left + 4])
+                      or torch.equal(o, images[i, :, t:t + 4, left:left + 4].flip(-1))
                       for i, o in enumerate(out))]
     assert len(windows) == 1                                          # one crop position for the batch
-    t, l = windows[0]
-    flipped = sum(not torch.equal(o, images[i, :, t:t + 4, l:l + 4]) for i, o in enumerate(out))
+    t, left = windows[0]
+    flipped = sum(not torch.equal(o, images[i, :, t:t + 4, left:left + 4]) for i, o in enumerate(out))
     assert 16 <= flipped <= 48
 
 
@@ -147,7 +148,8 @@ def test_hubert_frames_are_50_hz_and_weights_load_only_when_they_fit(tmp_path):
     assert torch.equal(y[1], torch.from_numpy(np.arange(50, 149) % 5))  # labels of the crop's own frames
     logit_m, _, penalty = net.train()(x, y)
     assert logit_m.shape[1] == 5 + 1 and torch.isfinite(penalty)        # target column 0 + one per cluster
-    check_weights_loader(load_hubert_weights, net, build_hubert(HUBERT_TINY), build_hubert({**HUBERT_TINY, "clusters": 7}),
+    check_weights_loader(load_hubert_weights, net, build_hubert(HUBERT_TINY),
+                         build_hubert({**HUBERT_TINY, "clusters": 7}),
                          HubertWeightsError, r"label_embeddings.*hubert\.conv", "hubert", tmp_path)
 
 
@@ -171,7 +173,8 @@ def test_wav2vec_contrastive_logits_and_weights(tmp_path):
     wave = torch.randn(2, 16000)
     logits, code_probs = net.masked_logits(wave)
     assert code_probs.shape == (2, 4) and torch.allclose(code_probs.sum(-1), torch.ones(2))
-    assert logits and all(l.shape[1] == 1 + 3 and torch.isfinite(l[:, 0]).all() for l in logits)   # target never excluded
+    # target never excluded
+    assert logits and all(lg.shape[1] == 1 + 3 and torch.isfinite(lg[:, 0]).all() for lg in logits)
     loss = net.contrastive_loss(wave)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()

@@ -31,7 +31,8 @@ def t64(values, grad=False):
 
 def close(actual, expected, tol=1e-7):
     """Equal up to float64 rounding and the CCC's eps = 1e-8 in the denominator."""
-    as_float = lambda x: float(x.detach()) if torch.is_tensor(x) else float(x)
+    def as_float(x):
+        return float(x.detach()) if torch.is_tensor(x) else float(x)
     return abs(as_float(actual) - as_float(expected)) < tol
 
 

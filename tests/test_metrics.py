@@ -592,7 +592,8 @@ def test_jeong_ccc_uses_population_variances():
     rng = np.random.default_rng(33)
     va_t, va_p = make_va(rng, 20 * 16)
     np.testing.assert_allclose(jeong_batch_scores("va", va_t.reshape(20, 16, 2), va_p.reshape(20, 16, 2)),
-                               [va_metrics(a, b)["p_va"] for a, b in zip(va_t.reshape(20, 16, 2), va_p.reshape(20, 16, 2))])
+                               [va_metrics(a, b)["p_va"]
+                                for a, b in zip(va_t.reshape(20, 16, 2), va_p.reshape(20, 16, 2))])
 
 
 def test_jeong_metric_is_the_plain_mean_over_batches():

@@ -22,7 +22,8 @@ NOTEBOOKS = sorted(ROOT.glob("papers/*/*.ipynb"))
 # Liu's notebooks are being rewritten as chapters by another change; until then they are
 # expected to fail the style checks (strict=False: they pass as soon as they are rewritten).
 PENDING: set = set()
-LAST = {"zhang2021": "window", "jeong2022": "table4", "vu2021": "table4", "liu2023": "submissions"}      # each chapter's last notebook, with the exercises
+# each chapter's last notebook, with the exercises
+LAST = {"zhang2021": "window", "jeong2022": "table4", "vu2021": "table4", "liu2023": "submissions"}
 
 
 def _param(path: Path):
@@ -33,7 +34,8 @@ def _param(path: Path):
 
 def prose_and_code(nb) -> tuple[int, int]:
     """(markdown characters, code characters), whitespace not counted."""
-    count = lambda kind: sum(len(re.sub(r"\s", "", c.source)) for c in nb.cells if c.cell_type == kind)
+    def count(kind):
+        return sum(len(re.sub(r"\s", "", c.source)) for c in nb.cells if c.cell_type == kind)
     return count("markdown"), count("code")
 
 
@@ -54,7 +56,8 @@ def test_prose_at_least_equals_code(path):
 @pytest.mark.parametrize("path", [_param(p) for p in NOTEBOOKS])
 def test_code_cells_are_short_and_each_follows_prose(path):
     nb = nbformat.read(path, 4)
-    long = [(i, code_lines(c)) for i, c in enumerate(nb.cells) if c.cell_type == "code" and code_lines(c) > MAX_CODE_LINES]
+    long = [(i, code_lines(c)) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and code_lines(c) > MAX_CODE_LINES]
     assert not long, f"{path.name}: code cells over {MAX_CODE_LINES} lines (cell, lines): {long}"
     bare = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "parameters" not in tags(c)
             and (i == 0 or nb.cells[i - 1].cell_type != "markdown")]
@@ -70,7 +73,8 @@ def test_each_chapter_names_its_last_notebook_and_it_holds_two_or_three_exercise
         answers = [c for c in nb.cells if c.cell_type == "code" and SOLUTION_TAG in tags(c)]
         assert 2 <= len(answers) <= 3, (paper, len(answers))
         first = next(i for i, c in enumerate(nb.cells) if SOLUTION_TAG in tags(c))
-        assert all(c.cell_type == "markdown" or "summary" not in c.source for c in nb.cells[first:])  # after the summary
+        # after the summary
+        assert all(c.cell_type == "markdown" or "summary" not in c.source for c in nb.cells[first:])
 
 
 @pytest.mark.parametrize("paper", sorted(LAST))

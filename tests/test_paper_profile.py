@@ -59,7 +59,8 @@ PUBLISHED = [
 @pytest.mark.parametrize("what, build, published, tolerance, source", PUBLISHED, ids=[p[0] for p in PUBLISHED])
 def test_paper_profile_networks_have_the_published_size(what, build, published, tolerance, source):
     n = count(build())
-    assert abs(n - published) <= tolerance * published, f"{what}: {n:,} parameters, published {published:,.0f} ({source})"
+    assert abs(n - published) <= tolerance * published, (
+        f"{what}: {n:,} parameters, published {published:,.0f} ({source})")
 
 
 @pytest.mark.parametrize("name, published", [("hubert", torchaudio.models.hubert_base),

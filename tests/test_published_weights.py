@@ -37,7 +37,8 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 elif name.endswith(("bn.weight", "norm.weight")) or ".weight" in name and t.dim() == 1:
                     t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
                 else:
-                    t.copy_(torch.randn(t.shape, generator=g) * (0.5 / max(1, t[0].numel()) ** 0.5 if t.dim() > 1 else 0.1))
+                    t.copy_(torch.randn(t.shape, generator=g)
+                            * (0.5 / max(1, t[0].numel()) ** 0.5 if t.dim() > 1 else 0.1))
     return module.eval()
 
 
@@ -56,10 +57,12 @@ def save(state: dict, path) -> str:
 def test_torchvision_densenet121_gives_the_same_output_as_torchvision(tmp_path):
     reference = randomise(torchvision.models.densenet121())
     ours = densenet.build_densenet({"stem": 64, "growth": 32, "blocks": [6, 12, 24, 16], "imagenet_stem": True}).eval()
-    densenet.load_densenet_weights(ours, save(reference.state_dict(), tmp_path / "densenet121-a639ec97.pth"), "densenet")
+    densenet.load_densenet_weights(ours, save(reference.state_dict(), tmp_path / "densenet121-a639ec97.pth"),
+                                   "densenet")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        expected = F.adaptive_avg_pool2d(F.relu(reference.features(x)), 1).flatten(1)   # torchvision's forward less the classifier
+        # torchvision's forward less the classifier
+        expected = F.adaptive_avg_pool2d(F.relu(reference.features(x)), 1).flatten(1)
         torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
     assert ours.weights_source == "torchvision DenseNet"
 
@@ -68,10 +71,12 @@ def test_torchvision_mobilenet_v2_gives_the_same_output_as_torchvision(tmp_path)
     reference = randomise(torchvision.models.mobilenet_v2())
     stages = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
     ours = mobilenet.build_mobilenet({"stem": 32, "stages": stages, "embed_dim": 1280}).eval()
-    mobilenet.load_mobilenet_weights(ours, save(reference.state_dict(), tmp_path / "mobilenet_v2-b0353104.pth"), "ms_va")
+    mobilenet.load_mobilenet_weights(ours, save(reference.state_dict(), tmp_path / "mobilenet_v2-b0353104.pth"),
+                                     "ms_va")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), F.adaptive_avg_pool2d(reference.features(x), 1).flatten(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(x), F.adaptive_avg_pool2d(reference.features(x), 1).flatten(1), atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_paper_profile_holds_the_torchvision_files():
@@ -81,7 +86,8 @@ def test_paper_profile_holds_the_torchvision_files():
                                   (mobilenet, "ms_va", torchvision.models.mobilenet_v2)):
         published = on_meta_shapes(library)
         build = densenet.build_densenet if module is densenet else mobilenet.build_mobilenet
-        assert state_dict_problems(on_meta_shapes(lambda: build(paper[name])), module.TORCHVISION.convert(published)) == ""
+        own = on_meta_shapes(lambda: build(paper[name]))
+        assert state_dict_problems(own, module.TORCHVISION.convert(published)) == ""
 
 
 def test_wrong_network_stops_naming_file_key_mismatches_and_the_file_that_fits(tmp_path):
@@ -92,13 +98,15 @@ def test_wrong_network_stops_naming_file_key_mismatches_and_the_file_that_fits(t
         densenet.load_densenet_weights(ours, path, "densenet")
     text = str(err.value)
     assert "mobilenet.pth" in text and "densenet.stem / growth / blocks / imagenet_stem" in text
-    assert re.search(r"missing key \S+ \(\d+(, \d+)*\), \S+ \(.*\), \S+ \(.*\) \(\+\d+ more\)", text)   # the first three
+    # the first three
+    assert re.search(r"missing key \S+ \(\d+(, \d+)*\), \S+ \(.*\), \S+ \(.*\) \(\+\d+ more\)", text)
     assert "densenet121-a639ec97.pth" in text                                   # the published file that fits
     assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())   # nothing half-loaded
 
     narrow = densenet.build_densenet({"stem": 16, "growth": 12, "blocks": [2, 2, 2]})
     with pytest.raises(densenet.DenseNetWeightsError, match=r"torchvision DenseNet file does not fit.*shape mismatch"):
-        densenet.load_densenet_weights(narrow, save(torchvision.models.densenet121().state_dict(), tmp_path / "d.pth"), "densenet")
+        densenet.load_densenet_weights(narrow, save(torchvision.models.densenet121().state_dict(), tmp_path / "d.pth"),
+                                       "densenet")
 
 
 def test_a_published_file_is_reported_as_published_weights(tmp_path):
@@ -126,7 +134,8 @@ def insightface_keys(layers, width=64, embed=512, side=7) -> dict:
         for b in range(n):
             p = f"layer{s}.{b}"
             keys.update({**bn(f"{p}.bn1", c), f"{p}.conv1.weight": (planes, c, 3, 3), **bn(f"{p}.bn2", planes),
-                         f"{p}.prelu.weight": (planes,), f"{p}.conv2.weight": (planes, planes, 3, 3), **bn(f"{p}.bn3", planes)})
+                         f"{p}.prelu.weight": (planes,), f"{p}.conv2.weight": (planes, planes, 3, 3),
+                         **bn(f"{p}.bn3", planes)})
             if b == 0:
                 keys.update({f"{p}.downsample.0.weight": (planes, c, 1, 1), **bn(f"{p}.downsample.1", planes)})
             c = planes
@@ -137,7 +146,8 @@ def insightface_keys(layers, width=64, embed=512, side=7) -> dict:
 def insightface_forward(sd: dict, x: torch.Tensor, layers) -> torch.Tensor:
     """IResNet.forward of arcface_torch, on the published names (eval mode)."""
     def bn(name, t):
-        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"], eps=1e-5)
+        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
+                            sd[f"{name}.bias"], eps=1e-5)
     x = F.prelu(bn("bn1", F.conv2d(x, sd["conv1.weight"], padding=1)), sd["prelu.weight"])
     for s, n in enumerate(layers, 1):
         for b in range(n):
@@ -145,7 +155,8 @@ def insightface_forward(sd: dict, x: torch.Tensor, layers) -> torch.Tensor:
             out = bn(f"{p}.bn1", x)
             out = F.prelu(bn(f"{p}.bn2", F.conv2d(out, sd[f"{p}.conv1.weight"], padding=1)), sd[f"{p}.prelu.weight"])
             out = bn(f"{p}.bn3", F.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride, padding=1))
-            identity = bn(f"{p}.downsample.1", F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride)) if b == 0 else x
+            identity = (bn(f"{p}.downsample.1", F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride))
+                        if b == 0 else x)
             x = out + identity
     x = bn("bn2", x).flatten(1)
     return bn("features", F.linear(x, sd["fc.weight"], sd["fc.bias"]))
@@ -156,14 +167,16 @@ def test_insightface_iresnet100_key_layout_fits_the_paper_profile():
     published = {k: torch.empty(s, device="meta") for k, s in insightface_keys([3, 13, 30, 3]).items()}
     for section in ("ires100", "fau"):
         cfg = load_params("params.yaml", "paper")[section]
-        assert state_dict_problems(on_meta_shapes(lambda: iresnet.build_iresnet(cfg)), iresnet.from_insightface(published)) == ""
+        assert state_dict_problems(on_meta_shapes(lambda: iresnet.build_iresnet(cfg)),
+                                   iresnet.from_insightface(published)) == ""
 
 
 def test_insightface_iresnet_loads_and_runs_as_published(tmp_path):
     layers = [1, 2, 1, 1]
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.rand(s, generator=g) + 0.5 if k.endswith("running_var") else
-              torch.tensor(0) if not s else torch.randn(s, generator=g) * 0.2) for k, s in insightface_keys(layers, 8, 16, 2).items()}
+              torch.tensor(0) if not s else torch.randn(s, generator=g) * 0.2)
+          for k, s in insightface_keys(layers, 8, 16, 2).items()}
     model = iresnet.IResNet(layers, 8, 16, 28).eval()
     iresnet.load_iresnet_weights(model, save(sd, tmp_path / "backbone.pth"), "ires100")
     x = torch.randn(2, 3, 28, 28)
@@ -171,7 +184,8 @@ def test_insightface_iresnet_loads_and_runs_as_published(tmp_path):
         torch.testing.assert_close(model(x), insightface_forward(sd, x, layers), atol=1e-5, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- IR-50 (face.evoLVe / Zhang's FER+ checkpoint)
+# --------------------------------------------------------------------------- IR-50 (face.evoLVe / Zhang's FER+
+# checkpoint)
 
 def evolve_keys(layers=(3, 4, 14, 3), width=64, embed=512, side=5) -> dict:
     """face.evoLVe model_irse.Backbone (mode 'ir'): input_layer.0-2, body.N.shortcut_layer.0/1 (a MaxPool,
@@ -198,7 +212,8 @@ def evolve_keys(layers=(3, 4, 14, 3), width=64, embed=512, side=5) -> dict:
 
 def evolve_forward(sd, x, layers, first_stride):
     def bn(name, t):
-        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"])
+        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
+                            sd[f"{name}.bias"])
     x = F.prelu(bn("input_layer.1", F.conv2d(x, sd["input_layer.0.weight"], padding=1)), sd["input_layer.2.weight"])
     unit = 0
     for s, n in enumerate(layers):
@@ -206,8 +221,10 @@ def evolve_forward(sd, x, layers, first_stride):
             p, stride = f"body.{unit}", ((first_stride if s == 0 else 2) if b == 0 else 1)
             short = (bn(f"{p}.shortcut_layer.1", F.conv2d(x, sd[f"{p}.shortcut_layer.0.weight"], stride=stride))
                      if f"{p}.shortcut_layer.0.weight" in sd else x[:, :, ::stride, ::stride])
-            r = F.prelu(F.conv2d(bn(f"{p}.res_layer.0", x), sd[f"{p}.res_layer.1.weight"], padding=1), sd[f"{p}.res_layer.2.weight"])
-            x, unit = bn(f"{p}.res_layer.4", F.conv2d(r, sd[f"{p}.res_layer.3.weight"], stride=stride, padding=1)) + short, unit + 1
+            r = F.prelu(F.conv2d(bn(f"{p}.res_layer.0", x), sd[f"{p}.res_layer.1.weight"], padding=1),
+                        sd[f"{p}.res_layer.2.weight"])
+            x = bn(f"{p}.res_layer.4", F.conv2d(r, sd[f"{p}.res_layer.3.weight"], stride=stride, padding=1)) + short
+            unit += 1
     x = bn("output_layer.0", x).flatten(1)
     return bn("output_layer.4", F.linear(x, sd["output_layer.3.weight"], sd["output_layer.3.bias"]))
 
@@ -222,8 +239,10 @@ def test_ir50_key_layout_is_face_evolve_and_zhangs_checkpoint_loads(tmp_path):
 
     layers, g = (1, 2, 1, 1), torch.Generator().manual_seed(1)
     sd = {k: (torch.rand(s, generator=g) + 0.5 if k.endswith("running_var") else
-              torch.tensor(0) if not s else torch.randn(s, generator=g) * 0.2) for k, s in evolve_keys(layers, 8, 16, 3).items()}
-    abaw2 = {"backbone." + k: v for k, v in sd.items()} | {"logits.weight": torch.zeros(8, 16), "logits.bias": torch.zeros(8)}
+              torch.tensor(0) if not s else torch.randn(s, generator=g) * 0.2)
+          for k, s in evolve_keys(layers, 8, 16, 3).items()}
+    abaw2 = {"backbone." + k: v for k, v in sd.items()} | {"logits.weight": torch.zeros(8, 16),
+                                                           "logits.bias": torch.zeros(8)}
     vp = {"block": "ir", "layers": list(layers), "width": 8, "embed_dim": 16, "dropout": 0.4, "input_size": 24,
           "crop": 20, "first_stride": 1}
     encoder = build_encoder(vp).eval()
@@ -232,7 +251,8 @@ def test_ir50_key_layout_is_face_evolve_and_zhangs_checkpoint_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(encoder(x), evolve_forward(sd, x, layers, 1), atol=1e-5, rtol=1e-5)
     assert encoder.weights_source.startswith("Zhang et al.'s IR-50 FER+ checkpoint")
-    with pytest.raises(Exception, match=r"fer_plus_ir50\.pth.*output_layer\.3\.weight.*first_stride.*crop 40, first_stride 1"):
+    with pytest.raises(Exception,
+                       match=r"fer_plus_ir50\.pth.*output_layer\.3\.weight.*first_stride.*crop 40, first_stride 1"):
         load_encoder_weights(build_encoder({**vp, "first_stride": 2}), tmp_path / "fer_plus_ir50.pth")
 
 
@@ -261,7 +281,8 @@ def ferplus_dag_keys() -> dict:
 def test_ferplus_dag_layout_loads_exactly_with_caffe_strides(tmp_path):
     model = resnet_dag.FerPlusResNet50()
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == ferplus_dag_keys()
-    assert model.conv3_1_1x1_reduce.stride == (2, 2) and model.conv3_1_3x3.stride == (1, 1)   # stride on the 1x1 (Caffe)
+    # stride on the 1x1 (Caffe)
+    assert model.conv3_1_1x1_reduce.stride == (2, 2) and model.conv3_1_3x3.stride == (1, 1)
     path = save(randomise(resnet_dag.FerPlusResNet50(), 3).state_dict(), tmp_path / "resnet50_ferplus_dag.pth")
     resnet_dag.load_ferplus_resnet50(model.eval(), path)
     assert model(torch.randn(1, 3, 112, 112)).shape == (1, 2048)
@@ -269,7 +290,8 @@ def test_ferplus_dag_layout_loads_exactly_with_caffe_strides(tmp_path):
         resnet_dag.load_ferplus_resnet50(model, save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth"))
 
 
-# --------------------------------------------------------------------------- MAE ViT-B/16 (official release, timm names)
+# --------------------------------------------------------------------------- MAE ViT-B/16 (official release, timm
+# names)
 
 def mae_release_keys(depth=12, dim=768, patch=16, grid=14) -> dict:
     """mae_pretrain_vit_base.pth["model"]: cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1, attn.qkv,
@@ -279,9 +301,11 @@ def mae_release_keys(depth=12, dim=768, patch=16, grid=14) -> dict:
     for n in range(depth):
         p = f"blocks.{n}"
         keys.update({f"{p}.norm1.weight": (dim,), f"{p}.norm1.bias": (dim,), f"{p}.attn.qkv.weight": (3 * dim, dim),
-                     f"{p}.attn.qkv.bias": (3 * dim,), f"{p}.attn.proj.weight": (dim, dim), f"{p}.attn.proj.bias": (dim,),
+                     f"{p}.attn.qkv.bias": (3 * dim,), f"{p}.attn.proj.weight": (dim, dim),
+                     f"{p}.attn.proj.bias": (dim,),
                      f"{p}.norm2.weight": (dim,), f"{p}.norm2.bias": (dim,), f"{p}.mlp.fc1.weight": (4 * dim, dim),
-                     f"{p}.mlp.fc1.bias": (4 * dim,), f"{p}.mlp.fc2.weight": (dim, 4 * dim), f"{p}.mlp.fc2.bias": (dim,)})
+                     f"{p}.mlp.fc1.bias": (4 * dim,), f"{p}.mlp.fc2.weight": (dim, 4 * dim),
+                     f"{p}.mlp.fc2.bias": (dim,)})
     return {**keys, "norm.weight": (dim,), "norm.bias": (dim,)}
 
 
@@ -294,11 +318,13 @@ def vit_forward(sd, x, depth, heads, patch, eps):
     for i in range(depth):
         p = f"blocks.{i}"
         h = F.layer_norm(t, (d,), sd[f"{p}.norm1.weight"], sd[f"{p}.norm1.bias"], eps)
-        q, k, v = F.linear(h, sd[f"{p}.attn.qkv.weight"], sd[f"{p}.attn.qkv.bias"]).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        qkv = F.linear(h, sd[f"{p}.attn.qkv.weight"], sd[f"{p}.attn.qkv.bias"])
+        q, k, v = qkv.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         a = torch.softmax(q @ k.transpose(-2, -1) / (d // heads) ** 0.5, -1) @ v
         t = t + F.linear(a.transpose(1, 2).reshape(b, n, d), sd[f"{p}.attn.proj.weight"], sd[f"{p}.attn.proj.bias"])
         h = F.layer_norm(t, (d,), sd[f"{p}.norm2.weight"], sd[f"{p}.norm2.bias"], eps)
-        t = t + F.linear(F.gelu(F.linear(h, sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"])), sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
+        t = t + F.linear(F.gelu(F.linear(h, sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"])),
+                         sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
     return F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps)
 
 
@@ -306,7 +332,8 @@ def test_mae_release_layout_fits_vit_b16_and_runs_as_published(tmp_path):
     from common.params import load_params
     cfg = {**load_params("params.yaml", "paper")["mae"], "crop": 224}
     published = {k: torch.empty(s, device="meta") for k, s in mae_release_keys().items()}
-    own = {k: v for k, v in on_meta_shapes(lambda: vit_mae.build_mae(cfg)).items() if not k.startswith(("decoder", "mask_token"))}
+    own = {k: v for k, v in on_meta_shapes(lambda: vit_mae.build_mae(cfg)).items()
+           if not k.startswith(("decoder", "mask_token"))}
     assert state_dict_problems(own, vit_mae.from_mae_release(published)) == ""
 
     g = torch.Generator().manual_seed(2)
@@ -358,7 +385,8 @@ def test_vggish_torchvggish_port_layout_fits_the_published_vggish():
     published |= {f"{k}.bias": torch.empty(o, device="meta") for k, (o, i) in layers.items()}
     for k, (o, i) in {"embeddings.0": (4096, 12288), "embeddings.2": (4096, 4096), "embeddings.4": (128, 4096)}.items():
         published |= {f"{k}.weight": torch.empty(o, i, device="meta"), f"{k}.bias": torch.empty(o, device="meta")}
-    published |= {"pproc._pca_matrix": torch.empty(128, 128, device="meta"), "pproc._pca_means": torch.empty(128, 1, device="meta")}
+    published |= {"pproc._pca_matrix": torch.empty(128, 128, device="meta"),
+                  "pproc._pca_means": torch.empty(128, 1, device="meta")}
     assert state_dict_problems(on_meta_shapes(lambda: vggish.VGGish()), vggish.TORCHVGGISH.convert(published)) == ""
 
 
@@ -368,7 +396,8 @@ def as_bundle_file(model: torch.nn.Module) -> dict:
     """A Wav2Vec2Model state dict as torchaudio's bundle files store it (weight norm as weight_g / weight_v)."""
     sd = dict(model.state_dict())
     for old, new in (("original0", "weight_g"), ("original1", "weight_v")):
-        sd[f"encoder.transformer.pos_conv_embed.conv.{new}"] = sd.pop(f"encoder.transformer.pos_conv_embed.conv.parametrizations.weight.{old}")
+        pos_conv = "encoder.transformer.pos_conv_embed.conv"
+        sd[f"{pos_conv}.{new}"] = sd.pop(f"{pos_conv}.parametrizations.weight.{old}")
     return sd
 
 
@@ -392,17 +421,23 @@ def fairseq_names(sd: dict) -> dict:
     """torchaudio names -> fairseq's (wav2vec2.py / hubert.py attribute names), written from fairseq's definition."""
     out = {}
     for key, v in sd.items():
-        for pattern, repl in ((r"feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
-                              (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+        for pattern, repl in ((r"feature_extractor\.conv_layers\.0\.layer_norm\.",
+                               "feature_extractor.conv_layers.0.2."),
+                              (r"feature_extractor\.conv_layers\.(\d+)\.conv\.",
+                               r"feature_extractor.conv_layers.\1.0."),
                               (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
                               (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
                               (r"encoder\.transformer\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
                               (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
                               (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-                              (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-                              (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-                              (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-                              (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm.")):
+                              (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.",
+                               r"encoder.layers.\1.self_attn_layer_norm."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.",
+                               r"encoder.layers.\1.fc1."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.",
+                               r"encoder.layers.\1.fc2."),
+                              (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.",
+                               r"encoder.layers.\1.final_layer_norm.")):
             if re.match(pattern, key):
                 out[re.sub(pattern, repl, key)] = v
                 break
@@ -425,11 +460,13 @@ def test_fairseq_hubert_checkpoint_loads_through_torchaudios_key_map(tmp_path):
     x = torch.randn(1, 4000)
     with torch.no_grad():
         torch.testing.assert_close(hub.last_layer(ours, x), reference.extract_features(x)[0][-1], atol=1e-5, rtol=1e-5)
-    with pytest.raises(hub.HubertWeightsError, match=r"hubert_base_ls960\.pt.*hubert\.conv / dim.*hubert_fairseq_base_ls960\.pth"):
+    with pytest.raises(hub.HubertWeightsError,
+                       match=r"hubert_base_ls960\.pt.*hubert\.conv / dim.*hubert_fairseq_base_ls960\.pth"):
         hub.load_hubert_weights(hub.build_hubert({**cfg, "dim": 64}), tmp_path / "hubert_base_ls960.pt")
 
 
-# --------------------------------------------------------------------------- ECAPA-TDNN: speechbrain's embedding_model.ckpt
+# --------------------------------------------------------------------------- ECAPA-TDNN: speechbrain's
+# embedding_model.ckpt
 
 def speechbrain_ecapa_keys(n_mels=80, channels=1024, mfa=3072, embed=192, scale=8, se=128, attention=128) -> dict:
     """speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN(input_size=n_mels, channels=[C, C, C, C, mfa],
@@ -472,7 +509,8 @@ def speechbrain_ecapa_forward(sd: dict, fbank: torch.Tensor, scale: int) -> torc
         return F.conv1d(F.pad(x, (pad, pad), mode="reflect") if pad else x, w, sd[f"{name}.bias"], dilation=dilation)
 
     def bn(name, x):
-        return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"], eps=1e-5)
+        return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
+                            sd[f"{name}.bias"], eps=1e-5)
 
     def tdnn(name, x, dilation=1):
         return bn(f"{name}.norm.norm", F.relu(conv(f"{name}.conv.conv", x, dilation)))
@@ -485,9 +523,11 @@ def speechbrain_ecapa_forward(sd: dict, fbank: torch.Tensor, scale: int) -> torc
         p, residual = f"blocks.{b}", x
         ys = []
         for i, chunk in enumerate(torch.chunk(tdnn(f"{p}.tdnn1", x), scale, 1)):
-            ys.append(chunk if i == 0 else tdnn(f"{p}.res2net_block.blocks.{i - 1}", chunk if i == 1 else chunk + ys[-1], dilation))
+            ys.append(chunk if i == 0
+                      else tdnn(f"{p}.res2net_block.blocks.{i - 1}", chunk if i == 1 else chunk + ys[-1], dilation))
         h = tdnn(f"{p}.tdnn2", torch.cat(ys, 1))
-        s = torch.sigmoid(conv(f"{p}.se_block.conv2.conv", F.relu(conv(f"{p}.se_block.conv1.conv", h.mean(2, keepdim=True)))))
+        s = torch.sigmoid(conv(f"{p}.se_block.conv2.conv",
+                               F.relu(conv(f"{p}.se_block.conv1.conv", h.mean(2, keepdim=True)))))
         x = s * h + residual
         outs.append(x)
     x = tdnn("mfa", torch.cat(outs, 1))
@@ -499,13 +539,15 @@ def speechbrain_ecapa_forward(sd: dict, fbank: torch.Tensor, scale: int) -> torc
     return conv("fc.conv", pooled)[:, :, 0]
 
 
-SPEECHBRAIN_VOXCELEB = {"n_mels": 80, "channels": 1024, "mfa": 3072, "embed_dim": 192, "scale": 8, "variant": "speechbrain"}
+SPEECHBRAIN_VOXCELEB = {"n_mels": 80, "channels": 1024, "mfa": 3072, "embed_dim": 192, "scale": 8,
+                        "variant": "speechbrain"}
 
 
 def test_speechbrain_ecapa_layout_fits_the_published_voxceleb_model():
     from common.backbones import ecapatdnn as ecapa_backbone
     published = {k: torch.empty(s, device="meta") for k, s in speechbrain_ecapa_keys().items()}
-    n_params = sum(t.numel() for k, t in published.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    n_params = sum(t.numel() for k, t in published.items()
+                   if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert round(n_params / 1e6, 1) == 20.8                                  # the published model's size
     ours = on_meta_shapes(lambda: ecapa_backbone.build_ecapa(SPEECHBRAIN_VOXCELEB))
     converted = ecapa_backbone.SPEECHBRAIN.convert(published)
@@ -531,14 +573,16 @@ def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
         else:
             sd[k] = torch.randn(s, generator=g) * (0.4 / s[1] ** 0.5 if len(s) > 1 else 0.1)
     path = save(sd, tmp_path / "embedding_model.ckpt")
-    model = ecapa_backbone.EcapaTDNN(20, 32, 48, 12, 8, se_bottleneck=16, attention_bottleneck=24, variant="speechbrain").eval()
+    model = ecapa_backbone.EcapaTDNN(20, 32, 48, 12, 8, se_bottleneck=16, attention_bottleneck=24,
+                                     variant="speechbrain").eval()
     ecapa_backbone.load_ecapa_weights(model, path)
     assert model.weights_source == "speechbrain ECAPA_TDNN"
     fbank = torch.randn(3, 57, 20)
     with torch.no_grad():
         torch.testing.assert_close(model(fbank), speechbrain_ecapa_forward(sd, fbank, 8), atol=1e-5, rtol=1e-5)
 
-    # the same file into the paper variant, or a narrower network: stops, names file, key, mismatches, the file that fits
+    # the same file into the paper variant, or a narrower network: stops, names file, key, mismatches, the file that
+    # fits
     for cfg in ({**small, "variant": "paper"}, {**small, "channels": 16}):
         wrong = ecapa_backbone.build_ecapa(cfg)
         before = {k: v.clone() for k, v in wrong.state_dict().items()}
@@ -546,7 +590,8 @@ def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
             ecapa_backbone.load_ecapa_weights(wrong, path)
         text = str(err.value)
         assert "embedding_model.ckpt" in text and "ecapatdnn.variant / channels" in text
-        assert re.search(r"(missing key|unexpected key|shape mismatch \(file vs model\)) \S+ \(.*\), \S+ \(.*\), \S+ \(", text)
+        assert re.search(r"(missing key|unexpected key|shape mismatch \(file vs model\)) "
+                         r"\S+ \(.*\), \S+ \(.*\), \S+ \(", text)
         assert "spkrec-ecapa-voxceleb" in text and "variant: speechbrain" in text
         assert all(torch.equal(before[k], v) for k, v in wrong.state_dict().items())     # nothing half-loaded
 
@@ -556,15 +601,18 @@ def test_speechbrain_ecapa_file_is_reported_as_published_weights(tmp_path):
     from common.features import ecapatdnn
     cfg = {"n_mels": 80, "channels": 16, "mfa": 32, "embed_dim": 8, "scale": 8, "variant": "speechbrain"}
     shapes = speechbrain_ecapa_keys(80, 16, 32, 8, 8, se=8, attention=16)
-    path = save({k: torch.zeros(s) if s else torch.tensor(0) for k, s in shapes.items()}, tmp_path / "embedding_model.ckpt")
+    path = save({k: torch.zeros(s) if s else torch.tensor(0) for k, s in shapes.items()},
+                tmp_path / "embedding_model.ckpt")
     params = {"ecapatdnn": {**cfg, "weights": path, "model_dir": str(tmp_path / "model"), "pretrain": {"seed": 0}}}
     ecapatdnn.pretrain_ecapa(params, progress=False)
     summary = json.loads((tmp_path / "model" / "ecapatdnn.json").read_text())
     assert summary["source"] == "published weights (speechbrain ECAPA_TDNN: embedding_model.ckpt)"
-    ecapa_backbone.load_ecapa_weights(ecapa_backbone.build_ecapa(cfg), ecapatdnn.model_path(params))   # the pipeline's copy reloads
+    # the pipeline's copy reloads
+    ecapa_backbone.load_ecapa_weights(ecapa_backbone.build_ecapa(cfg), ecapatdnn.model_path(params))
 
 
-# --------------------------------------------------------------------------- every paper's report: published or pre-trained here
+# --------------------------------------------------------------------------- every paper's report: published or
+# pre-trained here
 
 def record(folder, name: str, **info) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -573,7 +621,8 @@ def record(folder, name: str, **info) -> None:
 
 def test_recorded_provenance_words_every_stage_record_one_way(tmp_path):
     from common.weights import recorded_provenance
-    cases = {"published weights (torchvggish port: vggish-10086976.pth)": "published weights (torchvggish port: vggish-10086976.pth), file /w/vggish-10086976.pth",
+    cases = {"published weights (torchvggish port: vggish-10086976.pth)":
+             "published weights (torchvggish port: vggish-10086976.pth), file /w/vggish-10086976.pth",
              "pretrained_in_pipeline": "pre-trained in the pipeline on the affectnet side set",
              "pre-trained in pipeline on audio events": "pre-trained in the pipeline on audio events",
              "pre-trained in the pipeline: va on affectnet": "pre-trained in the pipeline: va on affectnet",
@@ -598,7 +647,8 @@ def smoke_params(tmp_path) -> dict:
 def test_zhang_report_reads_each_networks_recorded_source(tmp_path):
     from papers.zhang2021 import experiment
     params = smoke_params(tmp_path)
-    record(Path(params["visual_encoder"]["model_dir"]), "frame_encoder", source="published weights (face.evoLVe IR-50: backbone_ir50_ms1m_epoch120.pth)",
+    record(Path(params["visual_encoder"]["model_dir"]), "frame_encoder",
+           source="published weights (face.evoLVe IR-50: backbone_ir50_ms1m_epoch120.pth)",
            weights_file="/w/backbone_ir50_ms1m_epoch120.pth", weights_file_sha256="ab" * 32)
     record(Path(params["vggish"]["model_dir"]), "vggish", source="pre-trained in pipeline on audio events")
     params["vggish"]["weights"] = "/w/vggish-10086976.pth"          # params say a file; the record says what ran
@@ -618,11 +668,13 @@ def test_jeong_report_reads_fer_and_soundnet_records(tmp_path):
     from papers.jeong2022 import experiment
     params = smoke_params(tmp_path)
     record(Path(params["fer"]["model_dir"]), "fer", source="pretrained_in_pipeline", side_set="affectnet")
-    record(Path(params["soundnet"]["model_dir"]), "soundnet", source=PUBLISHED_SOURCE, weights_file="data/weights/sound8.npy",
+    record(Path(params["soundnet"]["model_dir"]), "soundnet", source=PUBLISHED_SOURCE,
+           weights_file="data/weights/sound8.npy",
            weights_file_sha256="7bef6917" + "0" * 56)
     rows = {d["what"]: d for d in experiment.differences(params)}
     assert "pre-trained in the pipeline on the AffectNet-like side set" in rows["FER backbone"]["here"]
-    assert "published weights (Aytar et al. 2016)" in rows["SoundNet"]["here"] and rows["SoundNet"]["why"] == "as the paper"
+    assert "published weights (Aytar et al. 2016)" in rows["SoundNet"]["here"]
+    assert rows["SoundNet"]["why"] == "as the paper"
     record(Path(params["soundnet"]["model_dir"]), "soundnet", source="pretrained_in_pipeline")
     rows = {d["what"]: d for d in experiment.differences(params)}
     assert "pre-trained in the pipeline with SoundNet's own recipe" in rows["SoundNet"]["here"]
@@ -642,8 +694,10 @@ def test_liu_report_says_published_or_pretrained_for_every_bank_network(tmp_path
     from papers.liu2023 import experiment
     params = smoke_params(tmp_path)
     shapes = speechbrain_ecapa_keys(80, 16, 32, 8, 8, se=8, attention=16)
-    path = save({k: torch.zeros(s) if s else torch.tensor(0) for k, s in shapes.items()}, tmp_path / "embedding_model.ckpt")
-    params["ecapatdnn"].update({"weights": path, "variant": "speechbrain", "channels": 16, "mfa": 32, "embed_dim": 8, "scale": 8})
+    path = save({k: torch.zeros(s) if s else torch.tensor(0) for k, s in shapes.items()},
+                tmp_path / "embedding_model.ckpt")
+    params["ecapatdnn"].update({"weights": path, "variant": "speechbrain", "channels": 16, "mfa": 32, "embed_dim": 8,
+                                "scale": 8})
     ecapatdnn.pretrain_ecapa(params, progress=False)                   # the real stage writes the record
     record(Path(params["hubert"]["model_dir"]), "hubert", source="pre-trained in pipeline: HuBERT iteration 1",
            validation={"val_accuracy": 0.25})

@@ -31,7 +31,8 @@ def _real_params_file(base: Path, release: Path, weights: Path) -> Path:
     text = (ROOT / "params.yaml").read_text()
     for old, new in (("profile: default", "profile: smoke"), ("source: synthetic", "source: real"),
                      ("root: data/affwild2", f"root: {release}"), ("root: data/features", f"root: {base}/features"),
-                     ('  weights: ""                # local published VGGish', f'  weights: {weights}  # local published VGGish'),
+                     ('  weights: ""                # local published VGGish',
+                      f'  weights: {weights}  # local published VGGish'),
                      ("missing_audio: error", "missing_audio: silence")):
         assert text.count(old) >= 1, old
         text = text.replace(old, new, 1)

@@ -72,7 +72,8 @@ def test_notebook_html_is_offline_and_renders_math(tmp_path):
 def test_test_rows_say_test_labels_not_released_on_the_real_release():
     published = [{"table": "1", "row": "MM", "column": "test", "value": 0.6, "split": "test", "note": ""},
                  {"table": "1", "row": "MM", "column": "validation", "value": 0.5, "split": "validation", "note": ""}]
-    row = lambda split, value: {"table": "1", "row": "MM", "column": split, "value": value, "split": split}
+    def row(split, value):
+        return {"table": "1", "row": "MM", "column": split, "value": value, "split": split}
     results = [{"paper": "x", "data": "real", "results": [row("test", float("nan")), row("validation", 0.45)]}]
     assert "not released" not in report.results_table(published, results)     # a corpus with test labels
     results[0]["test_labels"] = False
@@ -184,7 +185,8 @@ def test_claims_csv_errors_name_the_line(tmp_path):
     with pytest.raises(ValueError, match=r"claims\.csv:3: kind 'obvious'"):
         report.read_claim_kinds(tmp_path)
     (tmp_path / "claims.csv").write_text("id,kind,parameter,note,delta,delta_reason\na,built into the data,,,,\n")
-    with pytest.raises(ValueError, match=r"claims\.csv:2: a claim built into the data must name the generator parameter"):
+    with pytest.raises(ValueError,
+                       match=r"claims\.csv:2: a claim built into the data must name the generator parameter"):
         report.read_claim_kinds(tmp_path)
 
 
@@ -210,7 +212,8 @@ def test_built_in_absolute_and_configuration_claims_are_counted_apart(tmp_path):
     assert "not judgeable on this corpus" in page and "Not yet classified" in page
     assert ("Findings about the method: 2</b> (1 reproduced, 1 contradicted, 0 absent, 0 inconclusive; "
             "decided: 2 (100 %))") in page
-    assert "Counted apart: 2 built into the data, 1 published absolute number (not judgeable here), 1 not yet classified" in page
+    assert ("Counted apart: 2 built into the data, 1 published absolute number (not judgeable here), "
+            "1 not yet classified") in page
     jeong = (reports / "jeong2022" / "index.html").read_text()
     assert "check passed" in jeong and "<td class=reproduced>" not in jeong
     # the index: findings by verdict, and the kinds counted apart, per paper and in total

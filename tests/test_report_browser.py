@@ -45,9 +45,11 @@ def _executed_notebook(figure: bool):
     cell = nbformat.v4.new_code_cell("fig, ax = plt.subplots(); ax.bar(lengths, ccc); plt.show()", execution_count=2)
     if figure:
         cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"})]
-    nb.cells = [nbformat.v4.new_markdown_cell(r"Eq. 1: $\mathrm{CCC} = \frac{2 s_{xy}}{s_x^2 + s_y^2 + (\bar x - \bar y)^2}$"),
+    nb.cells = [nbformat.v4.new_markdown_cell(r"Eq. 1: $\mathrm{CCC} = "
+                                              r"\frac{2 s_{xy}}{s_x^2 + s_y^2 + (\bar x - \bar y)^2}$"),
                 nbformat.v4.new_code_cell("1 + 1", execution_count=1),
-                nbformat.v4.new_markdown_cell("## Bars\n\nThe next cell draws the bars (`window.png`): look for the longest window on top."),
+                nbformat.v4.new_markdown_cell("## Bars\n\nThe next cell draws the bars (`window.png`): look for the "
+                                              "longest window on top."),
                 cell]
     return nb
 
@@ -67,7 +69,8 @@ def four_paper_report(tmp_path_factory):
         (reports / paper / "table1.json").write_text(json.dumps({
             "paper": paper, "notebook": "table1", "title": "Table 1", "seconds": 10.0 * (i + 1), "profile": "default",
             "data": "synthetic", "claims": claims,
-            "leaderboard": [{"paper": paper, "model": "final", "split": "test", "p_va": 0.3 + 0.05 * i, "p_expr": 0.25}]}))
+            "leaderboard": [{"paper": paper, "model": "final", "split": "test", "p_va": 0.3 + 0.05 * i,
+                             "p_expr": 0.25}]}))
         nbformat.write(_executed_notebook(figure=True), str(reports / paper / "table1.ipynb"))
     report.build(reports)
     return reports
@@ -91,7 +94,8 @@ def test_report_pages_open_in_chromium(chromium, four_paper_report):
         page = _check(reports / paper / "index.html", shots / f"{paper}.png", expect_claims=True, expect_figures=True)
         with open(report.ROOT / "papers" / paper / "claims.csv", newline="") as f:
             assert page["claim_rows"] == sum(1 for _ in csv.DictReader(f)), paper      # every claim, classified
-        assert len(page["images"]) == 2 and page["figures"] == 1                      # the claims chart, the notebook's figure
+        # the claims chart, the notebook's figure
+        assert len(page["images"]) == 2 and page["figures"] == 1
         assert page["resources"] == []                                                 # nothing fetched at all
     notebook = _check(reports / "zhang2021" / "table1.html", shots / "zhang2021-table1.png", expect_math=True)
     assert notebook["math"] >= 1 and notebook["math_rendered"] == notebook["math"]

@@ -69,7 +69,8 @@ def test_reports_folder_is_tracked_with_its_readme_and_nothing_else():
     assert tracked == ["reports/README.md"], tracked
     readme = (ROOT / "reports" / "README.md").read_text()
     assert "index.html" in readme and "make reproduce" in readme
-    for generated in ("reports/index.html", "reports/zhang2021/table1.json", "reports/smoke", "reports/screenshots/index.png"):
+    for generated in ("reports/index.html", "reports/zhang2021/table1.json", "reports/smoke",
+                      "reports/screenshots/index.png"):
         ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", generated], cwd=ROOT)
         assert ignored.returncode == 0, f"{generated} would be committed"
 
@@ -80,11 +81,13 @@ def test_progress_bars_draw_only_on_a_terminal():
     False, which glued the bars' carriage returns into one long line of the log."""
     import ast
     calls = []
-    for path in sorted([*(ROOT / "common").rglob("*.py"), *(ROOT / "papers").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]):
+    for path in sorted([*(ROOT / "common").rglob("*.py"), *(ROOT / "papers").rglob("*.py"),
+                        *(ROOT / "scripts").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "tqdm":
                 disable = next((k.value for k in node.keywords if k.arg == "disable"), None)
                 shown = disable.body if isinstance(disable, ast.IfExp) else disable
                 calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", ast.dump(shown) if shown else "absent"))
     assert len(calls) >= 8
-    assert all(how == ast.dump(ast.Constant(None)) for _, how in calls), [c for c in calls if c[1] != ast.dump(ast.Constant(None))]
+    none = ast.dump(ast.Constant(None))
+    assert all(how == none for _, how in calls), [c for c in calls if c[1] != none]

@@ -113,7 +113,8 @@ def test_layer_by_layer_output_lengths_and_strides_are_table1s(published):
     pools = {row[0].replace("pool", "conv"): row[2] for row in TABLE1 if row[0].startswith("pool")}
     for block, (name, filters, size, stride, pad) in zip(published.convs, convs):
         conv = block.conv
-        assert (conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0]) == (filters, size, stride, pad), name
+        got = (conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+        assert got == (filters, size, stride, pad), name
         assert (block.pool.kernel_size if name in pools else 0) == pools.get(name, 0), name
     assert published.objects.out_channels + published.scenes.out_channels == TABLE1[-1][1]
     assert published.objects.kernel_size[0] == TABLE1[-1][2] and published.objects.stride[0] == TABLE1[-1][3]
@@ -280,7 +281,8 @@ def test_a_file_that_does_not_fit_names_file_key_three_mismatches_and_the_publis
     assert "convs.0.conv.weight (16, 1, 64) in the file, (4, 1, 64) in the model" in msg
     # another network's state dict
     other = tmp_path / "resnet.pth"
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.zeros(64), "fc.bias": torch.zeros(10)}, other)
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.zeros(64), "fc.bias": torch.zeros(10)},
+               other)
     msg = _error(SoundNet8(1.0), other)
     assert str(other) in msg and "soundnet.weights" in msg and "sound8.pth" in msg
     assert len(re.findall(r"missing from the file", msg)) == 3

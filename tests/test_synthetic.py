@@ -97,16 +97,17 @@ def test_two_person_video_shares_audio_but_not_faces(corpus):
 
 def test_incomplete_labels_and_invalid_markers(corpus):
     root, summary = corpus
-    va_lines = [l for p in (root / "annotations" / "VA_Estimation_Challenge").rglob("*.txt")
-                for l in p.read_text().splitlines()[1:]]
-    invalid = sum(l == "-5,-5" for l in va_lines) / len(va_lines)
+    va_lines = [line for p in (root / "annotations" / "VA_Estimation_Challenge").rglob("*.txt")
+                for line in p.read_text().splitlines()[1:]]
+    invalid = sum(line == "-5,-5" for line in va_lines) / len(va_lines)
     assert 0.005 < invalid < 0.15
     # Not every video is annotated for every task.
     tracks = summary["videos"]
     per_task = [len(list((root / "annotations" / f).rglob("*.txt"))) for f in synthetic.TASK_DIRS.values()]
     assert min(per_task) < tracks
     mtl = (root / "annotations" / "MTL_Challenge" / "train.txt").read_text().splitlines()[1:]
-    full = [r for r in mtl if "-5" not in r.split(",")[1:3] and r.split(",")[3] != "-1" and "-1" not in r.split(",")[4:]]
+    full = [r for r in mtl if "-5" not in r.split(",")[1:3] and r.split(",")[3] != "-1"
+            and "-1" not in r.split(",")[4:]]
     assert 0.3 < len(full) / len(mtl) < 0.95
     assert summary["side_sets"] == {"affectnet": 60, "expw": 40, "afew_va": 40}
     header = (root / "side" / "affectnet" / "labels.csv").read_text().splitlines()[0]
@@ -275,7 +276,8 @@ def test_side_sets_read_back_with_their_labels(corpus):
     # Expressions in the side set follow VA there too: happy images are more positive than sad ones.
     happy, sad = EXPR_NAMES.index("Happiness"), EXPR_NAMES.index("Sadness")
     if (affectnet.expression == happy).any() and (affectnet.expression == sad).any():
-        assert affectnet.va[affectnet.expression == happy, 0].mean() > affectnet.va[affectnet.expression == sad, 0].mean()
+        valence = affectnet.va[:, 0]
+        assert valence[affectnet.expression == happy].mean() > valence[affectnet.expression == sad].mean()
     with pytest.raises(StillSetError, match="no_such_set|unknown side set"):
         read_still_set(root, "no_such_set")
 

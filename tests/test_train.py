@@ -89,7 +89,8 @@ def test_corrupt_checkpoint_is_named(tmp_path):
 def test_two_gloo_processes_match_one(tmp_path):
     # 2 gloo ranks with the model on the CPU, also on a machine with one GPU (2 nccl ranks cannot share it)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AFFECT_DDP_BACKEND": "gloo", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}   # the helper imports common
+           # the helper imports common
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     single = tmp_path / "single"
     single.mkdir()
     subprocess.run([sys.executable, str(HERE / "helpers" / "ddp_fit.py"), str(single)], check=True, env=env)

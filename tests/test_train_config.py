@@ -17,7 +17,8 @@ def _fit(tmp_path, **cfg):
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"batch_size": 0}, r"batch_size = 0 cannot be split over 1 process\(es\): set the params' batch_size to a positive"),
+    ({"batch_size": 0},
+     r"batch_size = 0 cannot be split over 1 process\(es\): set the params' batch_size to a positive"),
     ({"epochs": -1}, r"epochs = -1: at least 1 epoch is needed"),       # was a bare StopIteration
     ({"epochs": 0}, r"epochs = 0: at least 1 epoch is needed"),
 ])

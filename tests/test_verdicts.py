@@ -107,7 +107,8 @@ def test_no_verdict_is_called_not_reproduced():
     roots = [report.ROOT / d for d in ("papers", "common", "tests")] + [report.ROOT / "README.md"]
     hits = []
     for root in roots:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix in (".py", ".ipynb", ".md", ".csv")]
+        files = [root] if root.is_file() else [p for p in root.rglob("*")
+                                               if p.suffix in (".py", ".ipynb", ".md", ".csv")]
         for path in files:
             if path.name == "test_verdicts.py":
                 continue

@@ -184,7 +184,9 @@ def test_wrong_weights_file_raises_naming_file_and_key(tmp_path):
     net = vg.build_vggish({"width": 0.125, "fc": [64, 64], "embed_dim": 128})
     other = tmp_path / "wider.pt"
     torch.save(vg.VGGish(width=0.25, fc=(64, 64)).state_dict(), other)
-    with pytest.raises(vg.VGGishWeightsError, match=r"wider\.pt: .*shape mismatch .*conv1\.weight .*set vggish\.width / fc / embed_dim.*vggish-10086976\.pth"):
+    with pytest.raises(vg.VGGishWeightsError,
+                       match=r"wider\.pt: .*shape mismatch .*conv1\.weight .*set vggish\.width / fc / "
+                             r"embed_dim.*vggish-10086976\.pth"):
         vg.load_vggish_weights(net, other)
 
     foreign = tmp_path / "resnet.pt"
@@ -200,7 +202,8 @@ def test_wrong_weights_file_raises_naming_file_and_key(tmp_path):
         vg.load_vggish_weights(net, evil)
     assert not marker.exists()
 
-    with pytest.raises(vg.VGGishWeightsError, match=r"missing\.pt: not a usable VGGish state dict.*fix vggish\.weights"):
+    with pytest.raises(vg.VGGishWeightsError,
+                       match=r"missing\.pt: not a usable VGGish state dict.*fix vggish\.weights"):
         vg.load_vggish_weights(net, tmp_path / "missing.pt")
 
 

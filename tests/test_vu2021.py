@@ -153,11 +153,14 @@ def test_gru_teacher_loss_learns_a_toy_signal():
     va = torch.stack([torch.tanh(x[..., 4]), torch.tanh(x[..., 5])], -1)     # VA from the VA features
     model = MultitaskGRU(3, 16, 10)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
-    batch = {"expr": {"expr": expr, "va": torch.full_like(va, -5.0)}, "va": {"expr": torch.full_like(expr, -1), "va": va}}
+    batch = {"expr": {"expr": expr, "va": torch.full_like(va, -5.0)},
+             "va": {"expr": torch.full_like(expr, -1), "va": va}}
     losses = []
     for _ in range(60):
         loss = vl.teacher_loss(vt.forward_sets(model, {k: {**b, "x": x} for k, b in batch.items()}, "x"), batch, VP)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
 
@@ -236,7 +239,8 @@ def test_smoke_notebooks(tiny_features, tmp_path):
         assert answer["exercise"] == name and answer["metrics"] and answer["finite"], answer
     # the student's copy (python -m common.exercises: no solution cells) runs on the same runs
     from tests.helpers.notebooks import run_student_copy
-    printed = run_student_copy("vu2021", "table4", {"params_path": str(path), "out_dir": str(reports / "vu2021")}, tmp_path)
+    printed = run_student_copy("vu2021", "table4", {"params_path": str(path), "out_dir": str(reports / "vu2021")},
+                               tmp_path)
     assert len(printed) == len(EXERCISES)
 
 

@@ -54,7 +54,8 @@ def layers(net: JeongNet) -> dict:
 def map_weights(net: JeongNet, weights: dict) -> None:
     """Keras variables {name: array} into `net`: kernels transposed, the LSTM's one bias into bias_ih."""
     with torch.no_grad():
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+        def t(a):
+            return torch.from_numpy(np.ascontiguousarray(a))
         net.lstm.weight_ih_l0.copy_(t(weights["img_lstm_4/lstm_cell/kernel"].T))
         net.lstm.weight_hh_l0.copy_(t(weights["img_lstm_4/lstm_cell/recurrent_kernel"].T))
         net.lstm.bias_ih_l0.copy_(t(weights["img_lstm_4/lstm_cell/bias"]))
@@ -76,7 +77,8 @@ def map_weights(net: JeongNet, weights: dict) -> None:
 def grads_of(net: JeongNet) -> dict:
     """This model's gradients under the Keras variable names (kernels transposed back; zeros where the
     loss does not reach a parameter, as the fixture script stores Keras' None)."""
-    g = lambda p: torch.zeros_like(p) if p.grad is None else p.grad
+    def g(p):
+        return torch.zeros_like(p) if p.grad is None else p.grad
     out = {"img_lstm_4/lstm_cell/kernel": g(net.lstm.weight_ih_l0).T,
            "img_lstm_4/lstm_cell/recurrent_kernel": g(net.lstm.weight_hh_l0).T,
            "img_lstm_4/lstm_cell/bias": g(net.lstm.bias_ih_l0)}
@@ -145,7 +147,8 @@ def test_every_loss_term_matches_get_loss(task):
     discriminator terms, with gamma = exp(0.5 n) from a fixed non-improvement count. Tolerance: float32."""
     z = load("losses")
     teacher, student = outputs(z, "teacher"), outputs(z, "student")
-    gamma = {t: math.exp(float(z["task_weight_exp"]) * n) for t, n in zip(("va", "expr", "au", "mtl"), z["non_improve"])}
+    gamma = {t: math.exp(float(z["task_weight_exp"]) * n)
+             for t, n in zip(("va", "expr", "au", "mtl"), z["non_improve"])}
     b = batch_of(z, task)
     stream = task.lower()
     for k, (alpha, beta, dw) in enumerate(z["settings"]):
@@ -211,7 +214,8 @@ def test_gradients_of_a_training_step_match(task):
             else:
                 g = got[name]
             scale = float(np.abs(z[key]).max())
-            np.testing.assert_allclose(np.broadcast_to(g, z[key].shape), z[key], rtol=1e-4, atol=max(1e-5 * scale, 2e-6),
+            np.testing.assert_allclose(np.broadcast_to(g, z[key].shape), z[key], rtol=1e-4,
+                                       atol=max(1e-5 * scale, 2e-6),
                                        err_msg=f"{task} {role} {name}")
         if role == "teacher":                     # Keras' moving statistics after one training call
             for key in (k for k in z if k.startswith(f"{task}/teacher/after/")):

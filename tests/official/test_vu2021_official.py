@@ -128,8 +128,8 @@ def loss_inputs(f: dict, student: bool = True):
     """The fixture's outputs and labels in this project's layout (NA markers -1 / -5)."""
     sets = (("expr", "EXPR"), ("va", "VA"), ("both", "EXPR_VA"))
     role = "student" if student else "train"
-    pair = lambda who, t: (torch.from_numpy(f[f"{who}_expr_{t}"]),
-                           torch.from_numpy(f[f"{who}_va_{t}"]).unflatten(-1, (2, K)))
+    def pair(who, t):
+        return torch.from_numpy(f[f"{who}_expr_{t}"]), torch.from_numpy(f[f"{who}_va_{t}"]).unflatten(-1, (2, K))
     out = {n: pair(role, t) for n, t in sets}
     teacher = {n: pair("teacher", t) for n, t in sets}
     sub_va = torch.from_numpy(f["sub_va_EXPR"])
@@ -184,7 +184,8 @@ def test_samplers_match_official():
     1/cell + 1/class over the maximum (released) or 1/class (paper). Same draws up to normalisation."""
     f = load("samplers.npz")
     expr, va = f["expr"], f["va"]
-    norm = lambda w: w / w.sum()
+    def norm(w):
+        return w / w.sum()
     assert np.allclose(vd.expr_balance_weights(expr), norm(f["expr_weights"]), rtol=1e-12)
     assert np.allclose(vd.va_balance_weights(va), norm(f["va_weights"]), rtol=1e-12)
     released = vd.BOTH_WEIGHTS["released"](expr, va)

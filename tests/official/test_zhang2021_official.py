@@ -34,7 +34,8 @@ def fixture(name):
 
 def generated_weights(shapes, seed):
     """The fixture script's weights, regenerated from the seed it stored."""
-    spec = importlib.util.spec_from_file_location("zhang_fixtures", ROOT / "scripts" / "official_fixtures" / "zhang2021.py")
+    spec = importlib.util.spec_from_file_location("zhang_fixtures",
+                                                  ROOT / "scripts" / "official_fixtures" / "zhang2021.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.generated_weights(shapes, seed)
@@ -138,7 +139,8 @@ def multimodal_mapping(model) -> dict:
     return m
 
 
-MM_TRANSFORM = {"fusion.norm.weight": lambda w: w[[0, 2, 1]].ravel(), "fusion.norm.bias": lambda w: w[[0, 2, 1]].ravel(),
+MM_TRANSFORM = {"fusion.norm.weight": lambda w: w[[0, 2, 1]].ravel(),
+                "fusion.norm.bias": lambda w: w[[0, 2, 1]].ravel(),
                 "head.weight": lambda w: w[:, HEAD_COLUMNS]}
 
 
@@ -241,7 +243,8 @@ def test_scalar_normalisation_per_partition_matches_calculate_mean_and_std():
             assert norm.mean[m] == pytest.approx(mean, rel=1e-6) and norm.std[m] == pytest.approx(std, rel=1e-6)
 
 
-@pytest.mark.parametrize("mode,part,split", [("train", "Train_Set", "train"), ("validate", "Validation_Set", "validation")])
+@pytest.mark.parametrize("mode,part,split",
+                         [("train", "Train_Set", "train"), ("validate", "Validation_Set", "validation")])
 def test_released_windows_match_the_official_dataset_items(mode, part, split):
     z = fixture("normalisation")
     trials = trials_of(z, part, split)
