@@ -37,7 +37,7 @@ INSTALL_HINT = ("headless Chromium is needed to open the report pages: install D
                 "(`apt-get install -y chromium`; .ci/run does this before `make test`) or set $CHROMIUM "
                 "to a Chromium/Chrome binary")
 
-PROBE = """<script>(function(){
+PROBE = r"""<script>(function(){
 var errs=[];
 window.addEventListener('error',function(e){var t=e.target;
   if(t&&t!==window&&(t.src||t.href)){errs.push('failed to load '+String(t.src||t.href).slice(0,120));}

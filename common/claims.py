@@ -164,14 +164,15 @@ def rejudge(claim: dict, delta: float | None) -> dict:
 # What a judged claim is evidence of (papers/<paper>/claims.csv). Only findings are verdicts on the method.
 CLAIM_KINDS = {
     "finding": ("Findings about the method",
-                "The verdicts that test the method. Only these count as reproduced, contradicted, absent or inconclusive."),
+                "The verdicts that test the method. Only these count as reproduced, contradicted, absent or "
+                "inconclusive."),
     "built into the data": ("Built into the data",
                             "The embedded corpus's generator builds these effects in by construction (the parameter is "
                             "named). The computed verdict shows only that the pipeline recovers the effect, so these "
                             "claims are counted apart from the findings."),
     "published absolute number": ("Published absolute numbers",
-                                  "These compare with a number measured on the real Aff-Wild2. They are not judgeable on "
-                                  "this corpus, whose absolute values are not comparable."),
+                                  "These compare with a number measured on the real Aff-Wild2. They are not "
+                                  "judgeable on this corpus, whose absolute values are not comparable."),
     "configuration check": ("Configuration checks",
                             "These check this repository's configuration. They are not results."),
 }
@@ -230,8 +231,8 @@ def result_row(table: str, row: str, column: str, values, split: str) -> dict:
 
 
 def write_summary(out_dir: str | Path, notebook: str, summary: dict) -> Path:
-    """<out_dir>/<notebook>.json, what the report reads (format: common/report.py): a temp file renamed into place, numpy
-    scalars written as numbers."""
+    """<out_dir>/<notebook>.json, what the report reads (format: common/report.py): a temp file renamed into
+    place, numpy scalars written as numbers."""
     out = Path(out_dir) / f"{notebook}.json"
     atomic_write_text(out, json.dumps(summary, indent=2, default=float) + "\n")
     return out
@@ -271,7 +272,8 @@ def notebook_summary(paper: str, notebook: str, title: str, params, started: flo
     the profile and data source of `params`, the seconds since `started` (time.perf_counter()), then
     `fields` in the order given (results, claims, leaderboard, differences, anything else)."""
     # The real release keeps its test labels back: the report then shows the test rows as not released.
-    released = {} if params["data"]["source"] != "real" else {"test_labels": test_labels_released(params["data"]["root"])}
+    released = ({} if params["data"]["source"] != "real"
+                else {"test_labels": test_labels_released(params["data"]["root"])})
     return {"paper": paper, "notebook": notebook, "title": title, "profile": params["profile"],
             "data": params["data"]["source"], **released, "seconds": round(time.perf_counter() - started, 1), **fields}
 

@@ -214,12 +214,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default=None)
     ap.add_argument("--out", default=str(ROOT / "reports" / "controls.json"))
     args = ap.parse_args(argv)
-    params = load_params(ROOT / "params.yaml", profile=args.profile) if args.profile else load_params(ROOT / "params.yaml")
+    params = (load_params(ROOT / "params.yaml", profile=args.profile) if args.profile
+              else load_params(ROOT / "params.yaml"))
     result = run_controls(params)
     atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     for c in result["claims"]:
         print(f"{c['paper']:>10} {c['claim']:<36} {c['link']:<28} cut: {c['verdict']:<12} {c['effect']:+.3f} "
-              f"[{c['low']:+.3f}, {c['high']:+.3f}]   intact: {c['intact']['verdict']:<12} {c['intact']['effect']:+.3f}")
+              f"[{c['low']:+.3f}, {c['high']:+.3f}]   "
+              f"intact: {c['intact']['verdict']:<12} {c['intact']['effect']:+.3f}")
     return 0
 
 

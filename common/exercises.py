@@ -71,8 +71,9 @@ EXPECTED = {"up": "a rise", "down": "a fall", "same": "no change"}
 
 def check(result: dict, expect: dict, needs: str, profile: str, tolerance: float = NO_CHANGE) -> list[str]:
     """The instructor's answer against the run: for each metric of `expect` ({metric: 'up', 'down',
-    'same', or alternatives joined by '|', e.g. 'down|same'}), what the run did and whether it agrees. Prints and returns the lines ("Answer (<name>)"
-    first). Under a profile other than `needs` the numbers check the mechanics only, and it says so."""
+    'same', or alternatives joined by '|', e.g. 'down|same'}), what the run did and whether it agrees.
+    Prints and returns the lines ("Answer (<name>)" first). Under a profile other than `needs` the numbers
+    check the mechanics only, and it says so."""
     lines = [f"Answer ({result['exercise']}): {result['change']}"]
     if profile != needs:
         lines.append(f"(this ran under the {profile} profile; the exercise needs the {needs} profile, so these "

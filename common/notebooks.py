@@ -63,7 +63,8 @@ def declared_parameters(path: Path) -> dict:
     import papermill
     params = papermill.inspect_notebook(str(path))
     if not params:
-        raise NotebookError(f"{path}: no cell tagged 'parameters'; tag the first code cell so papermill can inject values")
+        raise NotebookError(f"{path}: no cell tagged 'parameters'; "
+                            "tag the first code cell so papermill can inject values")
     return params
 
 

@@ -69,7 +69,8 @@ def finished_runs(jobs, out_dir: Callable, train: Callable, key: Callable, worke
     """Every job's result.json in job order (out_dir(job) is its folder, key(job) its configuration);
     the jobs not finished under their key train first, train(job), `workers` at a time (run_parallel)."""
     jobs = list(jobs)
-    todo = [job for job in jobs if not ((Path(out_dir(job)) / RESULT).exists() and runs.matches(out_dir(job), key(job)))]
+    todo = [job for job in jobs
+            if not ((Path(out_dir(job)) / RESULT).exists() and runs.matches(out_dir(job), key(job)))]
     for job in todo:
         runs.prepare(out_dir(job), key(job))
     run_parallel(train, todo, workers)

@@ -257,7 +257,8 @@ RANGES = [
     ("*.temperature", Range(0, open_low=True)), ("*.betas", Range(0, 1, open_high=True)),
     # probabilities and shares of something
     ("*_fraction", Range(0, 1)), ("*_fractions", Range(0, 1)), ("corpus.coverage.*", Range(0, 1)),
-    ("*dropout", Range(0, 1, open_high=True)), ("*.mask_prob", Range(0, 1)), ("*.mask_ratio", Range(0, 1, open_high=True)),
+    ("*dropout", Range(0, 1, open_high=True)), ("*.mask_prob", Range(0, 1)),
+          ("*.mask_ratio", Range(0, 1, open_high=True)),
     ("*.lam", Range(0, 1)), ("corpus.jpeg_quality", Range(1, 100)),
 ]
 

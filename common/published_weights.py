@@ -16,7 +16,6 @@ fetched again.
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 import tarfile

@@ -69,15 +69,19 @@ def read_results(reports_paper: Path) -> list[dict]:
 # ---- HTML --------------------------------------------------------------------------------------
 
 CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.8em 0}
 th,td{padding:.3em .7em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}th{background:#f6f6f6}
-td.num{text-align:right;font-variant-numeric:tabular-nums}.banner{background:#fff6d6;border:1px solid #e8d48a;padding:.7em 1em;border-radius:6px}
-.reproduced{color:#0a7d32;font-weight:600}.contradicted{color:#b3261e;font-weight:600}.absent{color:#1f5fa8;font-weight:600}.inconclusive{color:#8a6d00;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.banner{background:#fff6d6;border:1px solid #e8d48a;padding:.7em 1em;border-radius:6px}
+.reproduced{color:#0a7d32;font-weight:600}.contradicted{color:#b3261e;font-weight:600}
+.absent{color:#1f5fa8;font-weight:600}.inconclusive{color:#8a6d00;font-weight:600}
 .built-in{color:#555;font-weight:600}.not-judgeable{color:#3c5f86;font-weight:600}.check{color:#5e4a9c;font-weight:600}
 .unclassified{color:#b3261e;font-style:italic}img.chart{max-width:100%;height:auto;display:block;margin:.6em 0}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px}.muted{color:#777}
-table.papers{font-size:.92em}table.papers th,table.papers td{padding:.3em .45em}table.papers td:first-child{white-space:nowrap}table.papers th{font-size:.88em}
+table.papers{font-size:.92em}table.papers th,table.papers td{padding:.3em .45em}
+table.papers td:first-child{white-space:nowrap}table.papers th{font-size:.88em}
 """
 
 
@@ -220,7 +224,8 @@ def notebook_to_html(ipynb: Path, out: Path) -> None:
     atomic_write_text(out, body)
 
 
-_EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
+_EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>",
+                       re.I)
 
 
 def strip_external(text: str) -> str:
@@ -256,7 +261,8 @@ def paper_report(paper: str, reports: Path, seeds: int | None = None, controls: 
     kinds = read_claim_kinds(paper_dir)
     results = [{**r, "claims": mark_not_released(r, classify_claims(r.get("claims", []), kinds))} for r in results]
     for r in results:
-        r["claims"] = [{**c, "plan": plan(c, seeds, target_power), "control": control_for(str(c.get("id", "")), controls or [])}
+        r["claims"] = [{**c, "plan": plan(c, seeds, target_power),
+                        "control": control_for(str(c.get("id", "")), controls or [])}
                        for c in r["claims"]]
     claims = [c for r in results for c in r.get("claims", [])]
     profile = next((str(r["profile"]) for r in results if r.get("profile")), "default")
@@ -266,16 +272,21 @@ def paper_report(paper: str, reports: Path, seeds: int | None = None, controls: 
         ipynb = out_dir / f"{res['notebook']}.ipynb"
         if ipynb.exists():
             notebook_to_html(ipynb, out_dir / f"{res['notebook']}.html")
-            notebooks.append(f"<li><a href=\"{res['notebook']}.html\">{html.escape(res.get('title', res['notebook']))}</a>"
-                             f" <span class=muted>({fmt(res.get('seconds'), 1)} s, profile {html.escape(str(res.get('profile', '?')))})</span></li>")
+            title = html.escape(res.get("title", res["notebook"]))
+            notebooks.append(f"<li><a href=\"{res['notebook']}.html\">{title}</a>"
+                             f" <span class=muted>({fmt(res.get('seconds'), 1)} s, profile "
+                             f"{html.escape(str(res.get('profile', '?')))})</span></li>")
     # the notebooks' own figures, under the claims each notebook judged (common/report_figures.py)
     figures = report_figures.figures_section(results, out_dir, lambda c: shown_verdict(c)[0])
     figures = ["<h2>Figures behind the claims</h2>", figures] if figures else []
     body = [f"<p><a href=\"../index.html\">← all papers</a></p><h1>{html.escape(PAPERS.get(paper, paper))}</h1>",
-            banner(source), "" if counted(profile) else SMOKE_NOTE, NOT_RELEASED_NOTE if test_labels_missing(results) else "",
-            "<h2>Claims</h2>", counts_sentence(counts) if claims and counted(profile) else "", verdict_legend() if claims else "",
+            banner(source), "" if counted(profile) else SMOKE_NOTE,
+            NOT_RELEASED_NOTE if test_labels_missing(results) else "",
+            "<h2>Claims</h2>", counts_sentence(counts) if claims and counted(profile) else "",
+            verdict_legend() if claims else "",
             report_charts.claims_chart(claims), claims_table(results), *figures,
-            "<h2>Published vs reproduced</h2>", results_table(published, results) or "<p class=muted>No tables yet.</p>"]
+            "<h2>Published vs reproduced</h2>",
+            results_table(published, results) or "<p class=muted>No tables yet.</p>"]
     diff = differences_table(results)
     if diff:
         body += ["<h2>What differs from the paper, and why</h2>", diff]
@@ -313,7 +324,8 @@ def papers_table(summaries: list[dict]) -> list[str]:
     head = ("<tr><th rowspan=2>paper</th><th colspan=5>findings about the method</th><th colspan=3>counted apart</th>"
             "<th rowspan=2>published numbers</th><th rowspan=2>reproduced numbers</th></tr>"
             "<tr><th>judged</th>" + "".join(f"<th>{v}</th>" for v in VERDICTS) +
-            "<th>built into the data</th><th>published absolute number (not judgeable)</th><th>configuration checks</th></tr>")
+            "<th>built into the data</th><th>published absolute number (not judgeable)</th>"
+            "<th>configuration checks</th></tr>")
     rows, total = [head], claim_counts([])
     for s in summaries:
         counts = s.get("counts") or claim_counts([])
@@ -321,7 +333,8 @@ def papers_table(summaries: list[dict]) -> list[str]:
             for v, n in by_verdict.items():
                 total.setdefault(k, {}).setdefault(v, 0)
                 total[k][v] += n
-        link = f"<a href=\"{s['paper']}/index.html\">{html.escape(PAPERS[s['paper']])}</a>" if s["ran"] else html.escape(PAPERS[s["paper"]])
+        name = html.escape(PAPERS[s["paper"]])
+        link = f"<a href=\"{s['paper']}/index.html\">{name}</a>" if s["ran"] else name
         f = counts["finding"]
         rows.append(f"<tr><td>{link}</td><td class=num>{sum(f.values())}</td>"
                     + "".join(f"<td class=num>{f[v]}</td>" for v in VERDICTS)
@@ -361,10 +374,12 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     body.append("<h2>Leaderboard: every paper's final model, same metrics code, same held-out split</h2>")
     if board:
         cols = ["p_va", "p_expr", "p_au", "p_mtl"]
-        body.append("<table><tr><th>paper</th><th>model</th><th>split</th>" + "".join(f"<th>{c.upper()}</th>" for c in cols) + "</tr>")
+        body.append("<table><tr><th>paper</th><th>model</th><th>split</th>"
+                    + "".join(f"<th>{c.upper()}</th>" for c in cols) + "</tr>")
         for row in sorted(board, key=lambda r: -(r.get("p_va") or -9)):
             body.append(f"<tr><td>{html.escape(row.get('paper', ''))}</td><td>{html.escape(row.get('model', ''))}</td>"
-                        f"<td>{html.escape(row.get('split', ''))}</td>" + "".join(f"<td class=num>{fmt(row.get(c))}</td>" for c in cols) + "</tr>")
+                        f"<td>{html.escape(row.get('split', ''))}</td>"
+                        + "".join(f"<td class=num>{fmt(row.get(c))}</td>" for c in cols) + "</tr>")
         body.append("</table>")
         body.append(report_charts.leaderboard_chart(board))
     else:
@@ -372,7 +387,8 @@ def build(reports: Path | None = None, params_path: Path | None = None) -> Path:
     body.append("<h2>Time per stage (this machine)</h2><table><tr><th>stage</th><th>seconds</th></tr>")
     body += [f"<tr><td>{html.escape(name)}</td><td class=num>{fmt(sec, 1)}</td></tr>" for name, sec in timings]
     total = sum(sec for _, sec in timings if sec is not None)
-    body.append(f"<tr><th>sum of the stages above</th><th class=num>{fmt(total, 1)} ({total / 60:.1f} min)</th></tr></table>")
+    body.append(f"<tr><th>sum of the stages above</th><th class=num>{fmt(total, 1)} ({total / 60:.1f} "
+                "min)</th></tr></table>")
     body.append(report_charts.timings_chart(timings))
     body.append("<p class=muted>Seconds measured inside each stage (without DVC and interpreter start-up); "
                 "<code>make benchmark-pipeline</code> measures wall time per stage.</p>")

@@ -85,7 +85,8 @@ def claims_chart(claims: list[dict]) -> str:
             ax.fill_betweenx([i - 0.4, i + 0.4], max(start, -reach), min(stop, reach), color="#d8efd8", zorder=0)
             delta = number(c, "delta")
             if c.get("direction") != "~" and math.isfinite(delta):
-                ax.fill_betweenx([i - 0.18, i + 0.18], max(-delta, -reach), min(delta, reach), color="#c9c9c9", zorder=1)
+                ax.fill_betweenx([i - 0.18, i + 0.18], max(-delta, -reach), min(delta, reach), color="#c9c9c9",
+                                 zorder=1)
             ax.text(0.995 * reach, i - 0.22, words, va="center", ha="right", fontsize=6.5, color="#2d6a2d")
             if math.isfinite(low) and math.isfinite(high):
                 ax.plot([low, high], [i, i], color=colour, lw=2.2, zorder=3)
@@ -100,7 +101,8 @@ def claims_chart(claims: list[dict]) -> str:
         handles = [_marker(VERDICT_COLOURS[v], v + " (finding)") for v in VERDICT_COLOURS]
         handles += [_marker(KIND_COLOURS[k], k, hollow=True) for k in KIND_COLOURS
                     if any(c.get("kind") == k for c in rows)]
-        handles += [_patch("#d8efd8", "the side the claim states"), _patch("#c9c9c9", "±delta: absent if the CI lies inside")]
+        handles += [_patch("#d8efd8", "the side the claim states"),
+                    _patch("#c9c9c9", "±delta: absent if the CI lies inside")]
         fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=7, frameon=False)
     return (to_img(fig, "Each claim's effect and 95% confidence interval in its raw sign, claimed side shaded")
             + "<p class=muted>Each claim's mean effect (dot) and 95% confidence interval (bar) in its raw sign, the "
@@ -132,12 +134,14 @@ def verdict_counts_chart(summaries: list[dict]) -> str:
         for ax, parts, colours, title in (
                 (left, [("finding", v) for v in VERDICT_COLOURS], list(VERDICT_COLOURS.values()),
                  "findings about the method, by verdict"),
-                (right, [(k, None) for k in ("built into the data", "published absolute number", "configuration check")],
+                (right,
+                 [(k, None) for k in ("built into the data", "published absolute number", "configuration check")],
                  [KIND_COLOURS[k] for k in ("built into the data", "published absolute number", "configuration check")],
                  "counted apart, by kind")):
             base = [0] * len(papers)
             for (kind, verdict), colour in zip(parts, colours):
-                counts = [s["counts"].get(kind, {}).get(verdict, 0) if verdict else sum(s["counts"].get(kind, {}).values())
+                counts = [s["counts"].get(kind, {}).get(verdict, 0) if verdict
+                          else sum(s["counts"].get(kind, {}).values())
                           for s in papers]
                 ax.barh(names, counts, left=base, color=colour, label=verdict or kind)
                 base = [b + n for b, n in zip(base, counts)]

@@ -1,6 +1,7 @@
 """The claims part of the reports (common/report.py): each claim classified by its claims.csv row
-(common/claims.py reads it and decides the verdict), how the report states and counts its verdict, its runs made and planned and power at delta
-(common/power.py), and its negative control (common/controls.py, reports/controls.json).
+(common/claims.py reads it and decides the verdict), how the report states and counts its verdict, its runs
+made and planned and power at delta (common/power.py), and its negative control (common/controls.py,
+reports/controls.json).
 """
 from __future__ import annotations
 
@@ -110,10 +111,13 @@ def claims_table(results: list[dict]) -> str:
             why = f"<br><span class=muted>{html.escape(c['explanation'])}</span>" if c.get("explanation") else ""
             basis = "<br>".join(x for x in (f"<code>{html.escape(c['parameter'])}</code>" if c.get("parameter") else "",
                                              html.escape(c["note"]) if c.get("note") else "") if x)
-            rows.append(f"<tr data-kind=\"{html.escape(kind)}\"><td>{html.escape(c.get('text', c.get('id', '')))}{why}</td>"
+            text = html.escape(c.get("text", c.get("id", "")))
+            rows.append(f"<tr data-kind=\"{html.escape(kind)}\"><td>{text}{why}</td>"
                         f"<td class={cls}>{html.escape(label)}</td>"
-                        f"<td class=num title=\"{html.escape(c.get('delta_reason') or '')}\">{fmt(c.get('delta'), 4)}</td>"
-                        f"<td class=num>{fmt(c.get('effect'))}</td><td class=num>[{fmt(c.get('low'))}, {fmt(c.get('high'))}]</td>"
+                        "<td class=num "
+                        f"title=\"{html.escape(c.get('delta_reason') or '')}\">{fmt(c.get('delta'), 4)}</td>"
+                        f"<td class=num>{fmt(c.get('effect'))}</td><td class=num>[{fmt(c.get('low'))}, "
+                        f"{fmt(c.get('high'))}]</td>"
                         f"<td class=num>{fmt(c.get('cohens_d'), 2)}</td>{power_cells(c)}<td>{control_cell(c)}</td>"
                         f"<td class=muted>{basis}</td></tr>")
         parts.append(f"<h3>{html.escape(title)} ({len(mine)})</h3><p class=muted>{html.escape(intro)}</p>"

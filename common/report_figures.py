@@ -19,7 +19,8 @@ MAX_CAPTION = 420          # characters of the introducing markdown shown under 
 def caption(markdown: str) -> str:
     """The introducing markdown cell as a short caption: headings dropped, whitespace joined, cut
     at a sentence end near MAX_CAPTION characters."""
-    text = " ".join(line.strip() for line in markdown.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    text = " ".join(line.strip() for line in markdown.splitlines() if line.strip()
+                    and not line.lstrip().startswith("#"))
     if len(text) > MAX_CAPTION:
         cut = text.rfind(". ", 0, MAX_CAPTION)
         text = text[:cut + 1] if cut > 0 else text[:MAX_CAPTION] + "…"

@@ -78,7 +78,8 @@ def config_key(params, paper: str, **job) -> dict:
 def feature_key(params) -> dict:
     """The key of a network's pre-training in a feature stage: every params section but the papers'
     (the corpus, the data, the face crops and the network's own section all shape it)."""
-    return {"params": plain({k: v for k, v in dict(params).items() if k not in PAPERS}), "data": data_fingerprint(params)}
+    return {"params": plain({k: v for k, v in dict(params).items() if k not in PAPERS}),
+            "data": data_fingerprint(params)}
 
 
 def stored_key(folder) -> dict | None:

@@ -12,6 +12,12 @@ class UnreadableWeights(ValueError):
     """torch.load refused the file; the message is torch's first line, without its long advice."""
 
 
+def _first_line(e: Exception) -> str:
+    """The first line of an exception's message ('' when it has none): what a loader's error repeats."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def load_weights_file(path: str | Path):
     """torch.load(path, weights_only=True) onto the CPU.
 
@@ -44,7 +50,7 @@ def read_state_dict(path: str | Path) -> dict:
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001 - a broken or object-holding archive
-            raise UnreadableWeights(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise UnreadableWeights(f"{type(e).__name__}: {_first_line(e)}") from None
     state = load_weights_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -64,7 +70,8 @@ def state_dict_problems(model: torch.nn.Module | dict, state: dict) -> str:
              if k in state and state[k].shape != own[k].shape]
 
     def few(what, keys):                       # the first three of each kind, and how many more
-        return (f"{what} {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")) if keys else ""
+        more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+        return f"{what} {', '.join(keys[:3])}{more}" if keys else ""
     parts = [few("missing key", missing), few("unexpected key", unexpected),
              few("shape mismatch (file vs model)", wrong)]
     return "; ".join(p for p in parts if p)
@@ -204,5 +211,5 @@ def read_numpy_weights(path: str | Path):
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - not a .npy, or a pickle that wants more than arrays
-        raise UnreadableWeights(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        raise UnreadableWeights(f"{type(e).__name__}: {_first_line(e)}") from None
     return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj

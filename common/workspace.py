@@ -80,7 +80,8 @@ def prepare(profile: str, root: Path = ROOT) -> Path:
     if not (workspace / ".dvc").is_dir():
         dvc = [sys.executable, "-m", "dvc"]
         subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=workspace, check=True)
-        subprocess.run(dvc + ["config", "--local", "cache.dir", str(root / ".dvc" / "cache")], cwd=workspace, check=True)
+        subprocess.run(dvc + ["config", "--local", "cache.dir", str(root / ".dvc" / "cache")], cwd=workspace,
+                       check=True)
     for rel in SHARED:
         link, target = workspace / rel, root / rel
         if target.exists() and not link.exists():
