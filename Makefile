@@ -28,7 +28,9 @@ weights: $(STAMP)
 chromium:
 	@scripts/chromium.sh
 
+# Lint first (ruff, pyproject.toml [tool.ruff]: Python files and notebooks), so a style slip fails in seconds.
 test: chromium $(STAMP) weights
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -q
 
 # The whole pipeline: corpus -> features -> papers -> reports/index.html. PROFILE=default (the
