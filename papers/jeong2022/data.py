@@ -161,7 +161,8 @@ def load_corpus(params: dict) -> Corpus:
         in_split = split_of == s
         for task, valid in (("va", (va != -5).all(1)), ("expr", expr != -1), ("au", (au != -1).any(1))):
             rows = np.flatnonzero(in_split & valid)
-            sets[(split, task)] = filtered(split, task, {"rows": rows, "va": va[rows], "expr": expr[rows], "au": au[rows]})
+            sets[(split, task)] = filtered(split, task,
+                                           {"rows": rows, "va": va[rows], "expr": expr[rows], "au": au[rows]})
         mtl = _mtl_set(params, split, index)
         if mtl is not None:
             sets[(split, "mtl")] = filtered(split, "mtl", mtl)

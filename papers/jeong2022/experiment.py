@@ -91,13 +91,15 @@ def released_vs_paper(params: dict, paper_rows: list[dict], released_rows: list[
     released = values(released_rows, "mtl", split="validation_paper_frames", role=role, inputs="I+A")
     cells = []
     for column, key in TABLE_COLUMNS.items():
-        for method, rows, split in (("paper", paper_rows, "validation"), ("released", released_rows, "validation_paper_frames")):
+        for method, rows, split in (("paper", paper_rows, "validation"),
+                                    ("released", released_rows, "validation_paper_frames")):
             cells.append(result_row(table, f"{label}: released vs paper", f"{column}, method {method}",
                                     values(rows, key, split, role=role, inputs="I+A"), "validation"))
     judged = claim(f"released_vs_paper_{role}", table,
                    f"The released code's training (jeong2022.method: released) scores the I+A {role} about as the "
                    f"paper's method does: validation P_MTL within {SAME_WITHIN[role]} "
-                   f"({'Table 2: I+A 2.08 vs I 1.86' if role == 'teacher' else 'Table 3: student 2.40 vs teacher 2.08'})",
+                   + ("(Table 2: I+A 2.08 vs I 1.86)" if role == "teacher"
+                      else "(Table 3: student 2.40 vs teacher 2.08)"),
                    released, paper, direction="~", tolerance=SAME_WITHIN[role],
                    explanation="Both scored with the ABAW metric on every labelled validation frame; the released runs "
                                "trained on the released rows, with the released losses, discriminator and model "
@@ -162,7 +164,8 @@ METRIC_KEYS = ("mtl", "mtl_va", "mtl_expr", "mtl_au", "stl_va", "stl_expr", "stl
 
 def table_rows(table: str, label: str, rows: list[dict], split: str = "validation", **pick) -> list[dict]:
     """One row of Table 2 or 3: a result row per column of TABLE_COLUMNS, over the matching runs' seeds."""
-    return [cell(table, label, column, values(rows, key, split, **pick), split) for column, key in TABLE_COLUMNS.items()]
+    return [cell(table, label, column, values(rows, key, split, **pick), split)
+            for column, key in TABLE_COLUMNS.items()]
 
 
 def show_table(results: list[dict]) -> None:
@@ -173,7 +176,8 @@ def show_table(results: list[dict]) -> None:
         print(f"{label:>10} " + " ".join(f"{r['value']:7.3f} ± {(r['spread'] or 0):5.3f} " for r in cells))
 
 
-def student_predictions(params: dict, corpus, rows: list[dict], students: str | Path, split: str = "validation") -> dict:
+def student_predictions(params: dict, corpus, rows: list[dict], students: str | Path,
+                        split: str = "validation") -> dict:
     """{seed: (frames, {task: predictions})} of each student run's best.pt on `split`, checked against the
     ABAW and consecutive-256 metrics its result.json recorded (the same weights give the same numbers)."""
     from common.weights import load_weights_file
@@ -226,7 +230,8 @@ def metric_mechanism(delta: dict, mtl_batch: int) -> str:
     net = sum(delta.values())
     return (f"Each batch of the authors' code holds shuffled frames from every video, so its CCC stays near the "
             f"split-level value (it moves {delta['mtl_va']:+.3f} here; 256 consecutive frames would collapse it), and "
-            f"the rest of the {net:+.3f} difference comes from the F1 terms. In MTL batches of {mtl_batch} frames an AU absent from "
-            f"both truth and prediction scores 1 (zero_division=1) while one present but missed scores 0, and EXPR F1 "
-            f"averages only the classes present (labels=None), so one wrongly predicted class weighs as much as a "
-            f"correct one: here AU F1 moved {delta['mtl_au']:+.3f} and EXPR F1 {delta['mtl_expr']:+.3f}.")
+            f"the rest of the {net:+.3f} difference comes from the F1 terms. In MTL batches of {mtl_batch} frames "
+            f"an AU absent from both truth and prediction scores 1 (zero_division=1) while one present but missed "
+            f"scores 0, and EXPR F1 averages only the classes present (labels=None), so one wrongly predicted class "
+            f"weighs as much as a correct one: here AU F1 moved {delta['mtl_au']:+.3f} "
+            f"and EXPR F1 {delta['mtl_expr']:+.3f}.")

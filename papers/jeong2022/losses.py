@@ -254,8 +254,8 @@ def keras_binary_crossentropy_cached_logits(y_true: torch.Tensor, logits: torch.
 
 
 def _released_labels(b: dict, task: str) -> torch.Tensor:
-    """The labels as the released code feeds them (ledger: swapped_supervision): VA values, EXPR one-hot, AU 0/1. Its row
-    filter (data.py) dropped every row with a marker, so one here means the filter was bypassed."""
+    """The labels as the released code feeds them (ledger: swapped_supervision): VA values, EXPR one-hot, AU 0/1.
+    Its row filter (data.py) dropped every row with a marker, so one here means the filter was bypassed."""
     y = b[task]
     bad = (y == -5).any(-1) if task == "va" else (y == -1) if task == "expr" else (y == -1).any(-1)
     if bool(bad.any()):
@@ -296,7 +296,8 @@ def released_student_loss(out: dict, soft: dict, b: dict, stream: str, gamma: Ma
     s_expr, s_au, s_va = F.softmax(out["expr"] / t, -1), torch.sigmoid(out["au"]), out["va"]   # utils.py:120
     g = gamma
     if stream == "mtl":                                                        # utils.py:131: gamma, no alpha
-        return (g["va"] * ccc_loss(s_va, _released_labels(b, "va")) + g["expr"] * cce(s_expr, _released_labels(b, "expr"))
+        return (g["va"] * ccc_loss(s_va, _released_labels(b, "va")) + g["expr"]
+                * cce(s_expr, _released_labels(b, "expr"))
                 + g["au"] * bce(s_au, _released_labels(b, "au")))
     t_expr = F.softmax(soft["expr"].detach() / t, -1)                          # utils.py:119
     t_au, t_va = torch.sigmoid(soft["au"].detach()), soft["va"].detach()

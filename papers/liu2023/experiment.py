@@ -313,7 +313,8 @@ def network_provenance(params: dict, name: str) -> str:
     transfer = info.get("transfer", {})
     on_video = ", ".join(f"{k} {v:.3f}" for k, v in transfer.items() if isinstance(v, float) and k != "score")
     text = f"this run: {recorded_provenance(found[0])}"      # published weights / pre-trained in the pipeline
-    return text + (f"; held out: {held_out}" if held_out else "") + (f"; on Validation_Set frames: {on_video}" if on_video else "")
+    return text + (f"; held out: {held_out}" if held_out else "") + (f"; on Validation_Set frames: {on_video}"
+                                                                     if on_video else "")
 
 
 def feature_differences(params: dict | None = None) -> list[dict]:
@@ -370,7 +371,8 @@ def group_runs(rows: list[dict]) -> dict:
 
 def show_results(results: list[dict]) -> None:
     for r in results:
-        print(f"{r['table']:>2} | {r['row']:<55} | {r['column']:<11} | {r['value']:.3f} +- {r['spread'] or 0:.3f} ({r['split']})")
+        print(f"{r['table']:>2} | {r['row']:<55} | {r['column']:<11} | "
+              f"{r['value']:.3f} +- {r['spread'] or 0:.3f} ({r['split']})")
 
 
 def validation_ensembles(rows: list[dict], runs, val_clips, sizes: dict, seeds) -> tuple[dict, dict, dict]:
@@ -415,7 +417,11 @@ def ablation_chart(scores: dict, path) -> None:
     for k, t in enumerate(TASKS):
         ax.bar(np.arange(len(labels)) + 0.4 * k, [np.mean(scores[label][t]) for label in labels], 0.4, label=t)
     ax.set_xticks(np.arange(len(labels)) + 0.2, labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("validation CCC"); ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=110); plt.show()
+    ax.set_ylabel("validation CCC")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.show()
 
 
 def mean_of_tasks(scores: dict) -> list[float]:
@@ -427,7 +433,8 @@ def mean_of_tasks(scores: dict) -> list[float]:
 FEATURE_CLAIMS = [("densenet", "valence"), ("ms_va", "valence"), ("ires100", "arousal"), ("hubert", "arousal"),
                   ("mae", "arousal")]
 # The paper's own Table 5 rows that add one feature to another: (feature, task, row, reference, published gain)
-TABLE5_PAIRS = [("ires100", "arousal", "ires100,fau,densenet | ecapatdnn", "fau,densenet | ecapatdnn", 0.72417 - 0.70253),
+TABLE5_PAIRS = [("ires100", "arousal", "ires100,fau,densenet | ecapatdnn", "fau,densenet | ecapatdnn",
+                 0.72417 - 0.70253),
                 ("hubert", "arousal", "fau,densenet | hubert,ecapatdnn", "fau,densenet | ecapatdnn", 0.70275 - 0.70253)]
 
 
@@ -442,7 +449,7 @@ def feature_claims(scores: dict, visual_only: str | None) -> tuple[list[dict], l
         if visual_only and row in scores:
             gain = np.array(scores[row][task]) - np.array(scores[visual_only][task])
             claims.append(claim(f"{feature}_helps_{task}", "5", f"Adding {feature} to the visual features helps "
-                                       f"{task} ({row} vs {visual_only}; Sec. 4.6, Table 5)", gain, None, direction=">"))
+                                f"{task} ({row} vs {visual_only}; Sec. 4.6, Table 5)", gain, None, direction=">"))
         else:
             not_judged.append(f"{feature} helps {task}")
     for feature, task, row, reference, published_gain in TABLE5_PAIRS:
@@ -487,9 +494,11 @@ def released_vs_paper(params: dict, clips, root, rows: list[dict], grid: list[di
     for t in TASKS:
         a, b = [r["validation"][t] for r in released], [paper[s]["validation"][t] for s in seeds]
         cells += [(label, f"{t.title()}, method paper", b), (label, f"{t.title()}, method released", a)]
-        which = "Table 1's best row" if cfg is best else "a stand-in for Table 1's best row (not in this profile's grid)"
+        which = ("Table 1's best row" if cfg is best
+                 else "a stand-in for Table 1's best row (not in this profile's grid)")
         claims.append(claim(
-            f"released_vs_paper_{t}", "1", f"The released code's training (liu2023.method: released) scores {t} about as "
+            f"released_vs_paper_{t}", "1",
+                            f"The released code's training (liu2023.method: released) scores {t} about as "
             f"the paper's does, on {which} {row_label(cfg)} (within {SAME_WITHIN[t]}, the Transformer vs LSTM gap "
             "of Table 1 that Sec. 4.3 calls competitive)", a, b, direction="~", tolerance=SAME_WITHIN[t]))
     return result_rows("1", cells, "validation"), claims
@@ -515,7 +524,8 @@ def train_val_mix(params: dict, clips, root, rows: list[dict]) -> dict:
     for seed in lp["seeds"]:
         chosen = ensemble_members([r for r in rows if r["seed"] == seed], {t: lp["tvm_members"] for t in TASKS})
         members[seed] = {t: [{**r, "plan": "tvm"} for r in chosen[t]] for t in TASKS}
-        run_grid(params, clips, root, unique([r["config"] for t in TASKS for r in chosen[t]]), plans=("tvm",), seeds=[seed])
+        run_grid(params, clips, root, unique([r["config"] for t in TASKS for r in chosen[t]]), plans=("tvm",),
+                 seeds=[seed])
     return members
 
 
@@ -532,10 +542,12 @@ def strategy_scores(params: dict, runs, own_runs, rows: list[dict], tvm_members:
         seed_rows = [r for r in rows if r["seed"] == seed]
         e1 = task_ensemble(runs, ensemble_members(seed_rows, lp["ensemble1"]), "test")
         tvm = task_ensemble(own_runs, tvm_members[seed], "test")
-        preds = {"1: Ensemble 1": e1, "2: Ensemble 2": task_ensemble(runs, ensemble_members(seed_rows, lp["ensemble2"]), "test"),
+        preds = {"1: Ensemble 1": e1,
+                 "2: Ensemble 2": task_ensemble(runs, ensemble_members(seed_rows, lp["ensemble2"]), "test"),
                  "3: Train-Val-Mix": tvm, "4: Ensemble 3": average([e1, tvm])}
         if cv:
-            preds["5: 6-Fold"] = average([load_predictions(own_runs, cv[0], f"fold{k}", seed, "test", Method.of(lp).name)
+            preds["5: 6-Fold"] = average([load_predictions(own_runs, cv[0], f"fold{k}", seed, "test",
+                                                           Method.of(lp).name)
                                           for k in range(lp["folds"])])
         for s, p in preds.items():
             scores[s].append(split_ccc(test_clips, p))
@@ -576,4 +588,5 @@ def exercise_runs(params: dict, clips, out_dir, name: str, configs: list[dict], 
 def run_scores(rows: list[dict], configs: list[dict], seed: int) -> dict:
     """{"<encoder> <task>": validation CCC} of the fold0 run of each config with `seed`."""
     found = {r["name"]: r for r in rows if r["seed"] == seed and r["plan"] == "fold0"}
-    return {f"{ENCODER_NAMES[c['encoder']]} {t}": found[config_name(c)]["validation"][t] for c in configs for t in TASKS}
+    return {f"{ENCODER_NAMES[c['encoder']]} {t}": found[config_name(c)]["validation"][t]
+            for c in configs for t in TASKS}

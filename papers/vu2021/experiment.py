@@ -242,7 +242,8 @@ def show_results(results: list[dict]) -> None:
     """One line per result row: table, row, column, mean ± spread over seeds (n, split)."""
     for r in results:
         spread = f" ± {r['spread']:.3f}" if r["spread"] is not None else ""
-        print(f"{r['table']:>8} | {r['row']:<32} | {r['column']:<9} | {r['value']:.3f}{spread} (n={r['n']}, {r['split']})")
+        print(f"{r['table']:>8} | {r['row']:<32} | {r['column']:<9} | "
+              f"{r['value']:.3f}{spread} (n={r['n']}, {r['split']})")
 
 
 def leaderboard(final: list[dict]) -> list[dict]:

@@ -88,7 +88,8 @@ def run_grid(params: dict, trials: list, root: str | Path, folds, emotions=tuple
     """Train every combination (or reuse a finished run); return their result.json rows.
     The runs left to do train `zhang2021.workers` at a time, one per core (common/parallel.py)."""
     seeds = params["zhang2021"]["seeds"] if seeds is None else seeds
-    jobs = [(fold, emotion, modality, seed) for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds)]
+    jobs = [(fold, emotion, modality, seed)
+            for modality, emotion, fold, seed in product(modalities, emotions, folds, seeds)]
 
     def folder(job) -> Path:
         return Path(root) / run_name(*job, window, params["zhang2021"]["method"])
@@ -125,7 +126,8 @@ def test_scores(params: dict, trials: list, root: str | Path, emotion: str, moda
 
 
 @torch.no_grad()
-def attention_over_time(params: dict, trials: list, root: str | Path, emotion: str, seed: int, video: str) -> np.ndarray:
+def attention_over_time(params: dict, trials: list, root: str | Path, emotion: str, seed: int,
+                        video: str) -> np.ndarray:
     """(T, 3, 3) leader-follower attention scores (Eq. 1 softmax) of the fold-0 multimodal model on one trial.
 
     Row i of a time step holds how branch i's query spreads over the keys of (visual, MFCC, VGGish).

@@ -144,7 +144,8 @@ def released_merge(predictions, clip: str = "late") -> np.ndarray:
     x = np.stack([np.asarray(p, np.float64).ravel() for p in predictions])      # (M, N)
     if x.shape[0] > 1 and x.shape[0] > x.shape[1]:
         # logger.py:124-125 would transpose such a matrix and merge the frames instead of the models
-        raise ValueError(f"{x.shape[1]} frames from {x.shape[0]} models: the released merge needs more frames than models")
+        raise ValueError(f"{x.shape[1]} frames from {x.shape[0]} models: "
+                         "the released merge needs more frames than models")
     if clip == "early":
         x = np.clip(x, -1, 1)
     m = len(x)
