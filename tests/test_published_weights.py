@@ -184,8 +184,7 @@ def test_insightface_iresnet_loads_and_runs_as_published(tmp_path):
         torch.testing.assert_close(model(x), insightface_forward(sd, x, layers), atol=1e-5, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- IR-50 (face.evoLVe / Zhang's FER+
-# checkpoint)
+# ---------------------------------------------------------------- IR-50 (face.evoLVe / Zhang's FER+ checkpoint)
 
 def evolve_keys(layers=(3, 4, 14, 3), width=64, embed=512, side=5) -> dict:
     """face.evoLVe model_irse.Backbone (mode 'ir'): input_layer.0-2, body.N.shortcut_layer.0/1 (a MaxPool,
@@ -290,8 +289,7 @@ def test_ferplus_dag_layout_loads_exactly_with_caffe_strides(tmp_path):
         resnet_dag.load_ferplus_resnet50(model, save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth"))
 
 
-# --------------------------------------------------------------------------- MAE ViT-B/16 (official release, timm
-# names)
+# --------------------------------------------------------------- MAE ViT-B/16 (official release, timm names)
 
 def mae_release_keys(depth=12, dim=768, patch=16, grid=14) -> dict:
     """mae_pretrain_vit_base.pth["model"]: cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1, attn.qkv,
@@ -465,8 +463,7 @@ def test_fairseq_hubert_checkpoint_loads_through_torchaudios_key_map(tmp_path):
         hub.load_hubert_weights(hub.build_hubert({**cfg, "dim": 64}), tmp_path / "hubert_base_ls960.pt")
 
 
-# --------------------------------------------------------------------------- ECAPA-TDNN: speechbrain's
-# embedding_model.ckpt
+# ---------------------------------------------------------------------- ECAPA-TDNN: speechbrain's embedding_model.ckpt
 
 def speechbrain_ecapa_keys(n_mels=80, channels=1024, mfa=3072, embed=192, scale=8, se=128, attention=128) -> dict:
     """speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN(input_size=n_mels, channels=[C, C, C, C, mfa],
@@ -581,8 +578,8 @@ def test_speechbrain_ecapa_checkpoint_loads_and_runs_as_speechbrain(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(fbank), speechbrain_ecapa_forward(sd, fbank, 8), atol=1e-5, rtol=1e-5)
 
-    # the same file into the paper variant, or a narrower network: stops, names file, key, mismatches, the file that
-    # fits
+    # the same file into the paper variant, or a narrower network: stops, names file, key, mismatches,
+    # the file that fits
     for cfg in ({**small, "variant": "paper"}, {**small, "channels": 16}):
         wrong = ecapa_backbone.build_ecapa(cfg)
         before = {k: v.clone() for k, v in wrong.state_dict().items()}
@@ -611,8 +608,7 @@ def test_speechbrain_ecapa_file_is_reported_as_published_weights(tmp_path):
     ecapa_backbone.load_ecapa_weights(ecapa_backbone.build_ecapa(cfg), ecapatdnn.model_path(params))
 
 
-# --------------------------------------------------------------------------- every paper's report: published or
-# pre-trained here
+# ---------------------------------------------------------- every paper's report: published or pre-trained here
 
 def record(folder, name: str, **info) -> None:
     folder.mkdir(parents=True, exist_ok=True)
