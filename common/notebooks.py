@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from common.files import atomic_path
@@ -38,6 +40,14 @@ def runner_kernel_manager():
 
     class RunnerKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
+
+        def _ip_default(self) -> str:
+            # The IPC sockets' path prefix. jupyter_client's default, read before the connection file
+            # is named, is "kernel-ipc" in the working directory, and it numbers sockets by probing
+            # which files exist: two notebooks started at once from the project root (the tests' two
+            # workers, two stages) then share sockets and each rejects the other's messages ("Invalid
+            # Signature", "Kernel died"). A prefix of its own per kernel cannot collide.
+            return os.path.join(tempfile.gettempdir(), f"affect-kernel-{uuid.uuid4().hex}")
 
         async def _async_interrupt_kernel(self):
             if self.shutting_down:      # jupyter_client.manager._async_shutdown_kernel interrupts first

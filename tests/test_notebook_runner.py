@@ -43,3 +43,22 @@ def test_no_notebook_picks_a_backend_that_hides_its_figures():
     sources = [*root.glob("papers/*/*.ipynb"), *root.glob("papers/*/*.py")]
     assert len(sources) > 20
     assert [p.name for p in sources if "matplotlib.use(" in p.read_text()] == []
+
+
+def test_notebooks_started_at_once_each_get_their_own_kernel_sockets(tmp_path, monkeypatch):
+    """Two notebooks run at the same moment from the same folder (the tests' two workers, two stages):
+    each kernel listens on sockets of its own, so neither sees the other's messages (with a shared
+    "kernel-ipc" prefix they failed with "Invalid Signature" or "Kernel died")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    manager = notebooks.runner_kernel_manager()
+    assert manager(kernel_name="python3").ip != manager(kernel_name="python3").ip
+    _toy_paper(tmp_path, monkeypatch, "import time\nfor i in range(20):\n    print(i)\n    time.sleep(0.05)")
+    monkeypatch.chdir(tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(notebooks.run_notebook, "toy", "probe", reports_dir=tmp_path / f"reports{i}")
+                for i in range(2)]
+        executed = [r.result() for r in runs]
+    for path in executed:
+        printed = "".join(o.get("text", "") for c in nbformat.read(path, 4).cells for o in c.outputs)
+        assert printed.split() == [str(i) for i in range(20)]
