@@ -675,7 +675,8 @@ def test_jeong_report_reads_fer_and_soundnet_records(tmp_path):
     rows = {d["what"]: d for d in experiment.differences(params)}
     assert "pre-trained in the pipeline with SoundNet's own recipe" in rows["SoundNet"]["here"]
     record(Path(params["fer"]["model_dir"]), "fer", source="loaded", weights_file="/w/fer.pt")
-    assert "weights loaded from /w/fer.pt" in experiment.differences(params)[0]["here"]
+    rows = {d["what"]: d for d in experiment.differences(params)}
+    assert "weights loaded from /w/fer.pt" in rows["FER backbone"]["here"]
 
 
 def test_vu_report_says_its_cnn_trains_here_and_why_no_ferplus_file(tmp_path):
