@@ -8,6 +8,7 @@ import pytest
 
 from common import claims, report
 from common.claims import VERDICTS, judge_claim
+from common.params import load_params
 
 JUDGED_KINDS = ("finding", "built into the data", "configuration check")
 
@@ -94,7 +95,8 @@ def test_the_report_shows_delta_power_and_the_verdict_legend(tmp_path):
     assert "<td class=num title=\"Table 1: EXPR criterion 0.513" in page and ">0.0150<" in page
     assert "<td class=absent>absent</td>" in page                       # sharing_expr: inside +-0.012
     assert "<td class=inconclusive>inconclusive</td>" in page
-    assert re.search(r"4 / \d+<br><span class=muted>budget 4: \d+ seeds would decide", page)
+    budget = len(load_params(report.ROOT / "params.yaml")["vu2021"]["seeds"])     # the runs budget: Vu's seeds
+    assert re.search(rf"4 / \d+<br><span class=muted>budget {budget}: \d+ seeds would decide", page)
     assert "voice follows arousal cut" in page
     assert "Negative controls: can the harness say no?" in index and "sharing_expr" in index
     for v in VERDICTS:
