@@ -32,8 +32,7 @@ def tiny_features(tiny_params):
     """The tiny corpus with the shared features extracted (faces, MFCC, frame encoder, VGGish) and a
     params.yaml whose every path points at it: (params, params_path). Paper tests extract what
     else they need into the same feature root, and run their notebooks with this params_path."""
-    from common.features import faces, vggish, visual
-    from common.features.extract import extract_audio
+    from tests.helpers.features import build_zhang_features
     base = Path(tiny_params["features"]["root"]).parent
     text = (ROOT / "params.yaml").read_text()
     text = text.replace("profile: default", "profile: smoke", 1)
@@ -45,10 +44,5 @@ def tiny_features(tiny_params):
     path.write_text(text)
     shutil.copytree(ROOT / "params", base / "params")     # the profile files beside it
     params = load_params(path, overrides={"corpus": tiny_params["corpus"]})
-    faces.extract_faces(params, workers=2, progress=False)
-    extract_audio(params, "mfcc", workers=2, progress=False)
-    visual.pretrain_frame_encoder(params, progress=False)
-    visual.extract_visual(params, progress=False)
-    vggish.pretrain_vggish(params, progress=False)
-    vggish.extract_vggish(params, progress=False)
+    build_zhang_features(params)
     return params, path

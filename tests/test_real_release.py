@@ -83,9 +83,9 @@ def test_a_video_without_audio_stops_the_corpus_stage_unless_silence_stands_in(r
 @pytest.fixture(scope="module")
 def real_pipeline(release):
     """The smoke pipeline on the release with `source: real`: corpus stage, features, Zhang Tables 1-2, report."""
-    from common.features import faces, vggish, visual
-    from common.features.extract import extract_audio
+    from common.features import vggish
     from common.notebooks import run_notebook
+    from tests.helpers.features import build_zhang_features
     base, root = release
     smoke = load_params(ROOT / "params.yaml", "smoke")
     torch.manual_seed(0)
@@ -95,12 +95,7 @@ def real_pipeline(release):
     stage_out = base / "data" / "affwild2"
     assert corpus.main(["--params", str(path), "--stage-out", str(stage_out)]) == 0
     params = load_params(path)
-    faces.extract_faces(params, workers=2, progress=False)
-    extract_audio(params, "mfcc", workers=2, progress=False)
-    visual.pretrain_frame_encoder(params, progress=False)
-    visual.extract_visual(params, progress=False)
-    vggish.pretrain_vggish(params, progress=False)
-    vggish.extract_vggish(params, progress=False)
+    build_zhang_features(params)
     reports = base / "reports"
     for notebook in ("table1", "table2"):                # Table 2 is scored on the test split
         run_notebook("zhang2021", notebook, {"params_path": str(path)}, reports)

@@ -30,3 +30,16 @@ def first_track_rows(params: dict, name: str, split: str, dim: int) -> np.ndarra
     rows = bank.open_cache(params, name).get(video.video, video.n_frames)
     assert rows.shape == (video.n_frames, dim) and np.isfinite(rows).all()
     return rows
+
+
+def build_zhang_features(params: dict) -> None:
+    """What Zhang's notebooks read, built for a tiny corpus as the pipeline's stages build it: the face
+    pixels, MFCC, the frame encoder (pre-trained, then extracted) and VGGish (pre-trained or loaded)."""
+    from common.features import faces, vggish, visual
+    from common.features.extract import extract_audio
+    faces.extract_faces(params, workers=2, progress=False)
+    extract_audio(params, "mfcc", workers=2, progress=False)
+    visual.pretrain_frame_encoder(params, progress=False)
+    visual.extract_visual(params, progress=False)
+    vggish.pretrain_vggish(params, progress=False)
+    vggish.extract_vggish(params, progress=False)
