@@ -69,10 +69,12 @@ def finished_runs(jobs, out_dir: Callable, train: Callable, key: Callable, worke
     """Every job's result.json in job order (out_dir(job) is its folder, key(job) its configuration);
     the jobs not finished under their key train first, train(job), `workers` at a time (run_parallel)."""
     jobs = list(jobs)
-    todo = [job for job in jobs
-            if not ((Path(out_dir(job)) / RESULT).exists() and runs.matches(out_dir(job), key(job)))]
-    for job in todo:
-        runs.prepare(out_dir(job), key(job))
+    todo = []
+    for job in jobs:               # each key once: it hashes the params and reads the training code
+        folder, job_key = Path(out_dir(job)), key(job)
+        if not ((folder / RESULT).exists() and runs.matches(folder, job_key)):
+            runs.prepare(folder, job_key)
+            todo.append(job)
     run_parallel(train, todo, workers)
     return [_result(Path(out_dir(job)) / RESULT) for job in jobs]
 

@@ -11,6 +11,7 @@ the stage; this covers everything else: notebooks run by hand, exercises, a seco
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -53,17 +54,13 @@ def data_fingerprint(params) -> str:
     (common.data.corpus.annotation_fingerprint, memoised per process: one read of the label files)."""
     if params["data"]["source"] != "real":
         return "generated from params.corpus"
+    return _real_fingerprint(str(Path(params["data"]["root"]).resolve()))
+
+
+@functools.lru_cache(maxsize=None)
+def _real_fingerprint(root: str) -> str:
     from common.data.corpus import annotation_fingerprint     # the corpus reader, only for the real corpus
-    return _real_fingerprint(str(Path(params["data"]["root"]).resolve()), annotation_fingerprint)
-
-
-_FINGERPRINTS: dict = {}
-
-
-def _real_fingerprint(root: str, fingerprint) -> str:
-    if root not in _FINGERPRINTS:
-        _FINGERPRINTS[root] = fingerprint(Path(root))
-    return _FINGERPRINTS[root]
+    return annotation_fingerprint(root)
 
 
 def config_key(params, paper: str, **job) -> dict:
